@@ -1,0 +1,438 @@
+"""The Application: one event loop, its listeners, pools, janitor, reload and shutdown.
+
+Strategy: everything lives on one loop (uvloop when importable). Listeners create a
+:class:`ClientConn` per connection; pools are created on first use per (database, login user);
+a janitor ticks once a second for the timeouts, the reserve pool, min_pool_size and the
+shutdown modes. Configuration is loaded in two phases (parse and validate, then apply), so a
+RELOAD with a bad file changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from dataclasses import dataclass, field
+
+from . import VERSION_STRING
+from . import log as logmod
+from .auth.userlist import load_userlist
+from .config import Config, DatabaseEntry, load_config
+from .errors import ClientFatal, ConfigError, PgusherError
+from .log import log
+from .net.cancel import send_cancel
+from .net.client_conn import ClientConn
+from .pooling.pool import Pool
+
+# The parameters PostgreSQL reports that a client may change and the pooler must carry from
+# server to server, by lower-case name -> the spelling PostgreSQL reports.
+BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
+                "standard_conforming_strings", "application_name")
+
+
+@dataclass(eq=False)
+class DbTarget:
+    """A [databases] entry resolved for use (the ``*`` entry yields one per database name)."""
+
+    name: str
+    entry: DatabaseEntry
+    dbname: str
+    hosts: list[str | None]
+    port: int
+    user: str | None
+    password: str | None
+    connect_query: str | None
+    server_lifetime: float
+    startup_params: dict[str, str] = field(default_factory=dict)
+    _next: int = 0
+
+    def next_address(self) -> tuple[str | None, int]:
+        host = self.hosts[self._next % len(self.hosts)]
+        self._next += 1
+        return host, self.port
+
+    def same_server(self, other: DbTarget) -> bool:
+        return (self.dbname, self.hosts, self.port, self.user, self.password,
+                self.startup_params, self.connect_query) == (
+            other.dbname, other.hosts, other.port, other.user, other.password,
+            other.startup_params, other.connect_query)
+
+
+class Application:
+    def __init__(self, config_path: str, *, verbose: int = 0, quiet: bool = False) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.verbose = verbose
+        self.quiet = quiet
+        self.config: Config = load_config(self.config_path)
+        self.userlist: dict[str, str] = {}
+        self._load_userlist(self.config)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.targets: dict[str, DbTarget] = {}
+        self.clients: set[ClientConn] = set()
+        self.cancel_keys: dict[tuple[int, int], ClientConn] = {}
+        self.tracked_params: dict[str, str] = {}
+        self.paused = False
+        self.shutting_down = False
+        self.shutdown_mode = ""
+        self._sigterm_count = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._unix_paths: list[str] = []
+        self._stop: asyncio.Event | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._pidfile_written = ""
+        self._apply_tracked()
+
+    # ------------------------------------------------------------------ config
+
+    def setup_logging(self) -> None:
+        s = self.config.settings
+        logmod.setup(verbose=max(self.verbose, s.verbose), quiet=self.quiet, logfile=s.logfile,
+                     syslog=bool(s.syslog), syslog_ident=s.syslog_ident,
+                     syslog_facility=s.syslog_facility)
+
+    def _load_userlist(self, config: Config) -> None:
+        path = config.settings.auth_file
+        if not path:
+            self.userlist = {}
+            return
+        users, warnings = load_userlist(path)
+        for warning in warnings:
+            log.warning("%s", warning)
+        self.userlist = users
+
+    def _apply_tracked(self) -> None:
+        names = list(BASE_TRACKED) + list(self.config.settings.track_extra_parameters)
+        self.tracked_params = {n.lower(): n for n in names}
+
+    def reload(self) -> list[str]:
+        """Re-read the configuration; on error keep the old one. Returns problems found."""
+        log.info("got SIGHUP, re-reading config")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload failed: %s", exc.message)
+            return [exc.message]
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        changed = self.config.reload_changes(new)
+        from .config import SETTINGS_TABLE
+
+        fixed = [k for k in changed if k in SETTINGS_TABLE and not SETTINGS_TABLE[k].reloadable]
+        for key in fixed:
+            log.warning("setting %s cannot be changed by reload; restart to apply it", key)
+        self.config = new
+        try:
+            self._load_userlist(new)
+        except ConfigError as exc:
+            log.error("could not reload auth_file: %s", exc.message)
+        self._apply_tracked()
+        self.setup_logging()
+        # Database entries whose server side changed: their servers are closed once free.
+        for name, target in list(self.targets.items()):
+            fresh = self._resolve_target(name)
+            if fresh is None or not fresh.same_server(target):
+                for pool in [p for p in self.pools.values() if p.target is target]:
+                    for server in list(pool.active):
+                        server.dirty = True
+                    for server in list(pool.idle):
+                        server.close("database configuration changed")
+                    pool.welcome_params = None
+                    if fresh is not None:
+                        pool.target = fresh
+                if fresh is None:
+                    del self.targets[name]
+                else:
+                    self.targets[name] = fresh
+            else:
+                target.entry = fresh.entry
+                target.server_lifetime = fresh.server_lifetime
+        for pool in self.pools.values():
+            pool.mode = self.effective_pool_mode(pool.target, pool.user)
+        return []
+
+    # ------------------------------------------------------------------ databases and pools
+
+    def _resolve_target(self, name: str) -> DbTarget | None:
+        entry = self.config.databases.get(name)
+        if entry is None:
+            entry = self.config.databases.get("*")
+            if entry is None:
+                return None
+        dbname = entry.dbname or name
+        hosts: list[str | None] = ([h.strip() or None for h in entry.host.split(",")]
+                                   if entry.host else [None])
+        startup: dict[str, str] = {}
+        if entry.client_encoding:
+            startup["client_encoding"] = entry.client_encoding
+        if entry.datestyle:
+            startup["DateStyle"] = entry.datestyle
+        if entry.timezone:
+            startup["TimeZone"] = entry.timezone
+        if entry.application_name:
+            startup["application_name"] = entry.application_name
+        lifetime = entry.server_lifetime
+        if lifetime is None:
+            lifetime = self.config.settings.server_lifetime
+        return DbTarget(name=name, entry=entry, dbname=dbname, hosts=hosts, port=entry.port,
+                        user=entry.user, password=entry.password,
+                        connect_query=entry.connect_query, server_lifetime=lifetime,
+                        startup_params=startup)
+
+    def find_target(self, name: str) -> DbTarget | None:
+        target = self.targets.get(name)
+        if target is None:
+            target = self._resolve_target(name)
+            if target is not None:
+                self.targets[name] = target
+        return target
+
+    def get_pool(self, db_name: str, client_user: str) -> Pool:
+        target = self.find_target(db_name)
+        if target is None:
+            raise ClientFatal(f"no such database: {db_name}", sqlstate="3D000")
+        user = target.user or client_user
+        key = (db_name, user)
+        pool = self.pools.get(key)
+        if pool is None:
+            if target.user and target.password:
+                password: str | None = target.password
+            else:
+                password = self.userlist.get(user)
+            pool = Pool(self, target, user, password, self.effective_pool_mode(target, user))
+            self.pools[key] = pool
+        return pool
+
+    def effective_pool_mode(self, target: DbTarget, user: str) -> str:
+        user_entry = self.config.users.get(user)
+        if user_entry is not None and user_entry.pool_mode:
+            return user_entry.pool_mode
+        if target.entry.pool_mode:
+            return target.entry.pool_mode
+        return self.config.settings.pool_mode
+
+    def effective_pool_size(self, pool: Pool) -> int:
+        user_entry = self.config.users.get(pool.user)
+        if user_entry is not None and user_entry.pool_size is not None:
+            return user_entry.pool_size
+        if pool.target.entry.pool_size is not None:
+            return pool.target.entry.pool_size
+        return self.config.settings.default_pool_size
+
+    def effective_reserve_size(self, pool: Pool) -> int:
+        user_entry = self.config.users.get(pool.user)
+        if user_entry is not None and user_entry.reserve_pool_size is not None:
+            return user_entry.reserve_pool_size
+        if pool.target.entry.reserve_pool_size is not None:
+            return pool.target.entry.reserve_pool_size
+        return self.config.settings.reserve_pool_size
+
+    def effective_min_pool_size(self, pool: Pool) -> int:
+        if pool.target.entry.min_pool_size is not None:
+            return pool.target.entry.min_pool_size
+        return self.config.settings.min_pool_size
+
+    def effective_max_db_connections(self, target: DbTarget) -> int:
+        if target.entry.max_db_connections is not None:
+            return target.entry.max_db_connections
+        return self.config.settings.max_db_connections
+
+    def effective_max_user_connections(self, user: str) -> int:
+        user_entry = self.config.users.get(user)
+        if user_entry is not None and user_entry.max_user_connections is not None:
+            return user_entry.max_user_connections
+        return self.config.settings.max_user_connections
+
+    def db_server_count(self, db_name: str) -> int:
+        return sum(p.total for p in self.pools.values() if p.db_name == db_name)
+
+    def user_server_count(self, user: str) -> int:
+        return sum(p.total for p in self.pools.values() if p.user == user)
+
+    def on_server_idle(self, pool: Pool) -> None:
+        """A server went idle: another pool of the same database or user may be waiting."""
+        if not self._limits_shared():
+            return
+        for other in self.pools.values():
+            if other is not pool and other.waiting and (
+                    other.db_name == pool.db_name or other.user == pool.user):
+                surplus = len(pool.idle) > self.effective_min_pool_size(pool)
+                if surplus and not other._may_open():
+                    pool.idle.pop(0).close("released for another pool")
+                other.grow()
+
+    def _limits_shared(self) -> bool:
+        s = self.config.settings
+        return bool(s.max_db_connections or s.max_user_connections
+                    or any(e.max_db_connections for e in self.config.databases.values())
+                    or any(u.max_user_connections for u in self.config.users.values()))
+
+    # ------------------------------------------------------------------ clients
+
+    def client_count(self) -> int:
+        return len(self.clients)
+
+    def client_connected(self, client: ClientConn) -> None:
+        self.clients.add(client)
+
+    def client_is_cancel(self, client: ClientConn) -> None:
+        self.clients.discard(client)
+
+    def client_closed(self, client: ClientConn) -> None:
+        self.clients.discard(client)
+        if client.cancel_pid or client.cancel_key:
+            self.cancel_keys.pop((client.cancel_pid, client.cancel_key), None)
+
+    def register_cancel_key(self, client: ClientConn) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31)
+            key = secrets.randbits(32) - (1 << 31)
+            if (pid, key) not in self.cancel_keys:
+                self.cancel_keys[(pid, key)] = client
+                return pid, key
+
+    def forward_cancel(self, pid: int, key: int) -> None:
+        client = self.cancel_keys.get((pid, key))
+        if client is None:
+            log.debug("cancel request for unknown key, ignored")
+            return
+        server = client.server
+        if server is None or client.outstanding == 0 or server.transport is None:
+            log.debug("%s cancel request while nothing runs, ignored", client.prefix())
+            return
+        log.info("%s cancel request forwarded to server", client.prefix())
+        self.loop.create_task(send_cancel(self, server))
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self._listen()
+        self._install_signals()
+        self._janitor = self.loop.create_task(self._janitor_loop())
+        log.info("process up: %s, loop: %s", VERSION_STRING, type(self.loop).__module__)
+        try:
+            await self._stop.wait()
+        finally:
+            await self._cleanup()
+        return 0
+
+    async def _listen(self) -> None:
+        s = self.config.settings
+        loop = self.loop
+        factory_tcp = lambda: ClientConn(self, False)  # noqa: E731
+        factory_unix = lambda: ClientConn(self, True)  # noqa: E731
+        addrs = [a.strip() for a in s.listen_addr.split(",") if a.strip()]
+        for addr in addrs:
+            host: str | None = None if addr == "*" else addr
+            server = await loop.create_server(
+                factory_tcp, host, s.listen_port, backlog=s.listen_backlog,
+                reuse_address=True, reuse_port=bool(s.so_reuseport))
+            self._servers.append(server)
+            for sock in server.sockets:
+                name = sock.getsockname()
+                log.info("listening on %s:%s", name[0], name[1])
+        if s.unix_socket_dir:
+            path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
+            if os.path.exists(path):
+                probe = socket.socket(socket.AF_UNIX)
+                try:
+                    probe.connect(path)
+                except OSError:
+                    os.unlink(path)
+                else:
+                    probe.close()
+                    raise ConfigError(f"unix socket {path} is in use by another process")
+            server = await loop.create_unix_server(factory_unix, path,
+                                                   backlog=s.listen_backlog)
+            os.chmod(path, s.unix_socket_mode)
+            self._servers.append(server)
+            self._unix_paths.append(path)
+            log.info("listening on unix:%s", path)
+        if not self._servers:
+            raise ConfigError("nothing to listen on: set listen_addr or unix_socket_dir")
+
+    def _install_signals(self) -> None:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_sigquit)
+
+    def _on_sigint(self) -> None:
+        log.info("got SIGINT, shutting down, waiting for all servers connections to be "
+                 "released")
+        self.begin_shutdown("servers")
+
+    def _on_sigterm(self) -> None:
+        self._sigterm_count += 1
+        if self._sigterm_count > 1:
+            log.info("got SIGTERM while shutting down, fast exit")
+            self.stop()
+            return
+        log.info("got SIGTERM, shutting down, waiting for all clients to disconnect")
+        self.begin_shutdown("clients")
+
+    def _on_sigquit(self) -> None:
+        log.info("got SIGQUIT, fast exit")
+        self.stop()
+
+    def begin_shutdown(self, mode: str) -> None:
+        self.shutting_down = True
+        self.shutdown_mode = mode
+        for server in self._servers:
+            server.close()
+        if mode == "servers":
+            self.paused = True
+        self._check_shutdown()
+
+    def _check_shutdown(self) -> None:
+        if self.shutdown_mode == "servers":
+            if not any(p.active or p.connecting for p in self.pools.values()):
+                self.stop()
+        elif self.shutdown_mode == "clients" and not self.clients:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _cleanup(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        for server in self._servers:
+            server.close()
+        for client in list(self.clients):
+            client.fatal(ClientFatal("database shutting down", sqlstate="57P01"),
+                         log_as="pooler shutting down")
+        for pool in self.pools.values():
+            for srv in list(pool.idle) + list(pool.active):
+                srv.close("pooler shutting down")
+        for path in self._unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        await asyncio.sleep(0)
+        log.info("shutdown complete")
+
+    # ------------------------------------------------------------------ janitor
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0 if not self.shutting_down else 0.2)
+            try:
+                self.janitor_tick()
+            except PgusherError as exc:  # pragma: no cover - defensive
+                log.error("janitor: %s", exc.message)
+
+    def janitor_tick(self) -> None:
+        from .pooling.janitor import tick
+
+        tick(self)
+        if self.shutting_down:
+            self._check_shutdown()

@@ -1,0 +1,147 @@
+"""Command line, compatible with PgBouncer's: ``pgusher [-d] [-q] [-v] [-u USER] CONFIG.ini``.
+
+Strategy: parse flags, load and validate the configuration before anything else (so a bad
+file fails fast with file and line), then daemonize and drop privileges if asked, install
+uvloop and run the Application until a signal ends it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import sys
+
+from . import VERSION_STRING
+from .errors import ConfigError
+from .log import log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgusher", add_help=False,
+        description="PostgreSQL connection pooler, compatible with PgBouncer's configuration.")
+    parser.add_argument("config", nargs="?", help="path to pgbouncer.ini / pgusher.ini")
+    parser.add_argument("-d", "--daemon", action="store_true",
+                        help="run in the background (needs pidfile)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not log to stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging; repeat for more")
+    parser.add_argument("-u", "--user", help="switch to this user after start-up")
+    parser.add_argument("-V", "--version", action="store_true", help="show version and exit")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    return parser
+
+
+def version_text() -> str:
+    import platform
+
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return f"{VERSION_STRING}\nPython {platform.python_version()}\nevent loop: {loop}"
+
+
+def _daemonize() -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+def _switch_user(name: str) -> None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"could not find user '{name}' to switch to") from None
+    os.setgid(entry.pw_gid)
+    os.initgroups(name, entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _write_pidfile(path: str) -> None:
+    if os.path.exists(path):
+        try:
+            with open(path) as fh:
+                old = int(fh.read().strip() or "0")
+            if old:
+                os.kill(old, 0)
+                raise ConfigError(f"pidfile {path} exists and process {old} is running")
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+    with open(path, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.help:
+        parser.print_help()
+        return 0
+    if args.version:
+        print(version_text())
+        return 0
+    if not args.config:
+        parser.print_usage(sys.stderr)
+        print("pgusher: error: a configuration file is required", file=sys.stderr)
+        return 1
+    from .app import Application
+
+    try:
+        app = Application(args.config, verbose=args.verbose, quiet=args.quiet or args.daemon)
+    except ConfigError as exc:
+        print(f"pgusher: {exc.message}", file=sys.stderr)
+        return 1
+    app.setup_logging()
+    for warning in app.config.warnings:
+        log.warning("%s", warning)
+    pidfile = app.config.settings.pidfile
+    if args.daemon:
+        if not pidfile:
+            print("pgusher: in daemon mode, pidfile must be set in the config", file=sys.stderr)
+            return 1
+        _daemonize()
+    try:
+        if pidfile:
+            _write_pidfile(pidfile)
+        user = args.user or app.config.settings.user
+        if user and os.geteuid() == 0:
+            _switch_user(user)
+        return _run(app)
+    except ConfigError as exc:
+        log.critical("%s", exc.message)
+        return 1
+    except OSError as exc:
+        log.critical("%s", exc)
+        return 1
+    finally:
+        if pidfile and os.path.exists(pidfile):
+            try:
+                with open(pidfile) as fh:
+                    if fh.read().strip() == str(os.getpid()):
+                        os.unlink(pidfile)
+            except OSError:
+                pass
+
+
+def _run(app: object) -> int:
+    from .app import Application
+
+    assert isinstance(app, Application)
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed; using the slower standard asyncio loop")
+        return asyncio.run(app.run())
+    return uvloop.run(app.run())

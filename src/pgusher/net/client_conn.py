@@ -1,0 +1,536 @@
+"""A connection from an application to the pooler.
+
+Strategy: the startup packet and authentication are handled here without a server round trip
+(the pooler checks passwords against auth_file itself). The welcome (ParameterStatus set,
+BackendKeyData, ReadyForQuery) comes from the pool's cached copy of a real server's login, so a
+new client costs one write. After login, each chunk is scanned by :class:`ClientStream` and
+written to the linked server in one call, or queued while the pool finds a server.
+
+A client's server is released when its ReadyForQuery reports idle with nothing outstanding
+(transaction mode) or when the client leaves (session mode). A client that leaves mid-
+transaction or mid-COPY takes its server down with it rather than leave it dirty in the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import struct
+from typing import TYPE_CHECKING, cast
+
+from ..auth.md5 import md5_check, md5_password_hash
+from ..auth.scram import ScramServer, is_scram_secret, make_scram_secret, parse_scram_secret
+from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
+from ..log import log
+from ..pooling.pool import SESSION, STATEMENT
+from ..protocol import messages as m
+from ..protocol.framing import ClientStream
+
+if TYPE_CHECKING:
+    from ..app import Application
+    from ..net.server_conn import ServerConn
+    from ..pooling.pool import Pool
+
+STARTUP = "startup"
+AUTH = "auth"
+LOGIN_WAIT = "login_wait"
+READY = "ready"
+CLOSED = "closed"
+
+_PAUSE_WAIT = 1
+_PAUSE_PEER = 2
+
+
+def _canonical_encoding(value: str) -> str:
+    upper = value.upper()
+    if upper in ("UTF-8", "UTF_8", "UNICODE"):
+        return "UTF8"
+    return upper
+
+
+class ClientConn(asyncio.Protocol):
+    __slots__ = ("_auth_step", "_buf", "_login_timer", "_paused", "_salt", "_scram",
+                 "_secret", "addr", "app", "busy_since", "cancel_key", "cancel_pid", "closed",
+                 "connected_at", "db_name", "ident", "is_unix", "outstanding", "params",
+                 "pending", "pool", "server", "startup_params", "state", "stream",
+                 "transport", "user", "wait_started", "waiting")
+
+    def __init__(self, app: Application, is_unix: bool) -> None:
+        self.app = app
+        self.is_unix = is_unix
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.state = STARTUP
+        self.stream = ClientStream(app.config.settings.max_packet_size)
+        self.server: ServerConn | None = None
+        self.pool: Pool | None = None
+        self.params: dict[str, str] = {}
+        self.startup_params: dict[str, str] = {}
+        self.pending: list[bytes] = []
+        self.outstanding = 0
+        self.waiting = False
+        self.wait_started = 0.0
+        self.closed = False
+        self.user = "(nouser)"
+        self.db_name = "(nodb)"
+        self.addr = "?"
+        self.connected_at = app.loop.time()
+        self.busy_since = self.connected_at
+        self.cancel_pid = 0
+        self.cancel_key = 0
+        self._buf = b""
+        self._paused = 0
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._scram: ScramServer | None = None
+        self._salt = b""
+        self._secret = ""
+        self._auth_step = ""
+        self.ident = f"C-0x{id(self):x}"
+
+    def prefix(self) -> str:
+        return f"C-0x{id(self):x}: {self.db_name}/{self.user}@{self.addr}"
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self.is_unix:
+            sock = transport.get_extra_info("socket")
+            pid = 0
+            if sock is not None and hasattr(socket, "SO_PEERCRED"):
+                try:
+                    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                          struct.calcsize("3i"))
+                    pid = struct.unpack("3i", raw)[0]
+                except OSError:
+                    pid = 0
+            self.addr = f"unix({pid}):{self.app.config.settings.listen_port}"
+        else:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple):
+                self.addr = f"{peer[0]}:{peer[1]}"
+        self.app.client_connected(self)
+        timeout = self.app.config.settings.client_login_timeout
+        if timeout > 0:
+            self._login_timer = self.app.loop.call_later(timeout, self._login_timeout)
+
+    def _login_timeout(self) -> None:
+        self._login_timer = None
+        if self.state in (STARTUP, AUTH, LOGIN_WAIT):
+            self.fatal(ClientFatal("client_login_timeout"), log_as="client_login_timeout")
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == READY:
+            stream = self.stream
+            try:
+                out = stream.feed(data)
+            except ProtocolError as exc:
+                self.fatal(exc)
+                return
+            if stream.expect:
+                if not self.outstanding:
+                    self.busy_since = self.app.loop.time()
+                self.outstanding += stream.expect
+            server = self.server
+            if server is not None:
+                if out:
+                    server.transport.write(out)  # type: ignore[union-attr]
+            elif out:
+                self.pending.append(out)
+                if not self.waiting:
+                    assert self.pool is not None
+                    self.pool.request(self)
+            if stream.terminated:
+                self.close("client close request")
+            return
+        try:
+            if self.state == STARTUP:
+                self._startup_data(data)
+            elif self.state == AUTH:
+                self._auth_data(data)
+            elif self.state == LOGIN_WAIT:
+                self._buf += data
+                if len(self._buf) > self.app.config.settings.pkt_buf * 16:
+                    raise ProtocolError("too much data before login completed")
+        except PgusherError as exc:
+            self.fatal(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.close("client unexpected eof")
+
+    # ------------------------------------------------------------------ startup
+
+    def _startup_data(self, data: bytes) -> None:
+        buf = self._buf + data
+        while len(buf) >= 4 and self.state == STARTUP:
+            length = m.INT32.unpack_from(buf, 0)[0]
+            if length < 8 or length > m.MAX_STARTUP_PACKET:
+                raise ProtocolError("invalid length of startup packet")
+            if len(buf) < length:
+                break
+            packet = buf[4:length]
+            buf = buf[length:]
+            self._startup_packet(packet)
+        self._buf = buf if self.state in (STARTUP, AUTH) else b""
+        if self.state == AUTH and self._buf:
+            leftover, self._buf = self._buf, b""
+            self._auth_data(leftover)
+
+    def _startup_packet(self, packet: bytes) -> None:
+        code = m.INT32.unpack_from(packet, 0)[0]
+        if code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
+            self.transport.write(m.SSL_NO)
+            return
+        if code == m.CANCEL_REQUEST_CODE:
+            if len(packet) != 12:
+                raise ProtocolError("invalid cancel request")
+            pid, key = struct.unpack_from("!ii", packet, 4)
+            self.app.client_is_cancel(self)
+            self.app.forward_cancel(pid, key)
+            self.close("cancel request", quiet=True)
+            return
+        major, minor = code >> 16, code & 0xFFFF
+        if major != 3:
+            raise ClientFatal(f"unsupported frontend protocol {major}.{minor}: server supports "
+                              "3.0 to 3.0", sqlstate="0A000")
+        _, params = m.parse_startup(m.INT32.pack(m.PROTOCOL_3_0) + packet[4:])
+        if minor != 0:
+            unknown = [k for k in params if k.startswith("_pq_.")]
+            body = m.INT32.pack(0) + m.INT32.pack(len(unknown))
+            body += b"".join(m.cstr(k) for k in unknown)
+            self.transport.write(m.message(b"v", body))
+        for key in [k for k in params if k.startswith("_pq_.")]:
+            del params[key]
+        self._startup(params)
+
+    def _startup(self, params: dict[str, str]) -> None:
+        app = self.app
+        settings = app.config.settings
+        user = params.get("user", "")
+        if not user:
+            raise ClientFatal("no username supplied", sqlstate="28000")
+        self.user = user
+        self.db_name = params.get("database") or user
+        if settings.log_connections:
+            log.info("%s login attempt: db=%s user=%s tls=no", self.prefix(), self.db_name,
+                     self.user)
+        if app.client_count() > settings.max_client_conn:
+            raise ClientFatal("no more connections allowed (max_client_conn)",
+                              sqlstate="53300")
+        ignored = {p.lower() for p in settings.ignore_startup_parameters}
+        for key, value in params.items():
+            low = key.lower()
+            if low in ("user", "database"):
+                continue
+            canon = app.tracked_params.get(low)
+            if canon is not None:
+                if canon == "client_encoding":
+                    value = _canonical_encoding(value)
+                self.startup_params[canon] = value
+            elif low not in ignored:
+                raise ClientFatal(f"unsupported startup parameter: {key}", sqlstate="08P01")
+        target = app.find_target(self.db_name)
+        if target is None:
+            raise ClientFatal(f"no such database: {self.db_name}", sqlstate="3D000")
+        self.state = AUTH
+        self._begin_auth()
+
+    # ------------------------------------------------------------------ authentication
+
+    def _begin_auth(self) -> None:
+        app = self.app
+        method = app.config.settings.auth_type
+        secret = app.userlist.get(self.user)
+        if method == "any":
+            self._auth_ok()
+            return
+        if method == "trust":
+            if secret is None:
+                self._auth_failed()
+                return
+            self._auth_ok()
+            return
+        if method not in ("plain", "md5", "scram-sha-256"):
+            raise ClientFatal(f"auth_type {method} is not supported by this pgusher version",
+                              sqlstate="28000")
+        known = secret is not None
+        # An unknown user goes through a full exchange against a throwaway secret, so the
+        # reply does not reveal which user names exist.
+        self._secret = secret if secret is not None else secrets.token_hex(16)
+        if method == "plain":
+            self._auth_step = "password"
+            self.transport.write(m.AUTH_CLEARTEXT_MSG)
+            return
+        use_scram = method == "scram-sha-256" or is_scram_secret(self._secret)
+        if use_scram:
+            if known and self._secret.startswith("md5") and not is_scram_secret(self._secret):
+                # An md5 hash cannot verify a SCRAM exchange; fail the same way PostgreSQL does.
+                self._secret = secrets.token_hex(16)
+                self._auth_step = "scram-doomed"
+            else:
+                self._auth_step = "scram-first"
+            self._scram = ScramServer(self._secret)
+            self.transport.write(m.auth_sasl_request(["SCRAM-SHA-256"]))
+            return
+        self._auth_step = "md5"
+        self._salt = os.urandom(4)
+        self.transport.write(m.auth_md5_request(self._salt))
+        if not known:
+            self._auth_step = "md5-doomed"
+
+    def _auth_data(self, data: bytes) -> None:
+        buf = self._buf + data
+        while len(buf) >= 5 and self.state == AUTH:
+            kind = buf[0]
+            length = m.INT32.unpack_from(buf, 1)[0]
+            if kind != ord("p"):
+                raise ProtocolError(f"expected password response, got message type "
+                                    f"{chr(kind)!r}")
+            if length < 4 or length > 65536:
+                raise ProtocolError("invalid password packet length")
+            if len(buf) < length + 1:
+                break
+            body = buf[5:length + 1]
+            buf = buf[length + 1:]
+            self._auth_message(body)
+        self._buf = buf if self.state == AUTH else b""
+        if self.state == LOGIN_WAIT and buf:
+            self._buf = buf
+
+    def _auth_message(self, body: bytes) -> None:
+        step = self._auth_step
+        if step == "password":
+            password = m.parse_password(body).decode("utf-8", "replace")
+            if self._check_plain(password):
+                self._auth_ok()
+            else:
+                self._auth_failed()
+        elif step in ("md5", "md5-doomed"):
+            response = m.parse_password(body)
+            if step == "md5" and md5_check(self.user, self._secret, self._salt, response):
+                self._auth_ok()
+            else:
+                self._auth_failed()
+        elif step in ("scram-first", "scram-doomed-first", "scram-doomed"):
+            assert self._scram is not None
+            mechanism, data = m.parse_sasl_initial(body)
+            if mechanism != "SCRAM-SHA-256":
+                raise AuthError(f"client selected an invalid SASL authentication mechanism "
+                                f"{mechanism!r}", sqlstate="08P01")
+            reply = self._scram.server_first(data)
+            self._auth_step = "scram-final" if step == "scram-first" else "scram-doomed-final"
+            self.transport.write(m.auth_sasl_continue(reply))
+        elif step in ("scram-final", "scram-doomed-final"):
+            assert self._scram is not None
+            try:
+                final = self._scram.server_final(body)
+            except AuthError:
+                self._auth_failed()
+                return
+            if step == "scram-doomed-final":
+                self._auth_failed()
+                return
+            self.transport.write(m.auth_sasl_final(final))
+            self._auth_ok()
+        else:
+            raise ProtocolError("unexpected password message")
+
+    def _check_plain(self, password: str) -> bool:
+        secret = self._secret
+        if is_scram_secret(secret):
+            parsed = parse_scram_secret(secret)
+            if parsed is None:
+                return False
+            mine = make_scram_secret(password, parsed.salt, parsed.iterations)
+            return secrets.compare_digest(mine.stored_key, parsed.stored_key)
+        if secret.startswith("md5") and len(secret) == 35:
+            return secrets.compare_digest(md5_password_hash(self.user, password), secret)
+        return secrets.compare_digest(password.encode(), secret.encode())
+
+    def _auth_failed(self) -> None:
+        log.warning("%s password authentication failed", self.prefix())
+        self.fatal(AuthError(f'password authentication failed for user "{self.user}"'),
+                   log_as="auth failed")
+
+    def _auth_ok(self) -> None:
+        self._scram = None
+        self._secret = ""
+        self.transport.write(m.AUTH_OK_MSG)
+        self.state = LOGIN_WAIT
+        try:
+            pool = self.app.get_pool(self.db_name, self.user)
+        except PgusherError as exc:
+            self.fatal(exc)
+            return
+        self.pool = pool
+        pool.request_welcome(self)
+
+    def finish_login(self, welcome: dict[str, str]) -> None:
+        """The pool knows its server's parameters: send the welcome and go live."""
+        if self.closed:
+            return
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        tracked = self.app.tracked_params
+        shown = dict(welcome)
+        shown.update(self.startup_params)
+        self.params = {canon: shown[canon] for canon in tracked.values() if canon in shown}
+        self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self)
+        out = [m.parameter_status(k, v) for k, v in shown.items()]
+        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
+        out.append(m.READY_IDLE)
+        self.transport.write(b"".join(out))
+        self.state = READY
+        if self.app.config.settings.log_connections:
+            log.debug("%s login ok", self.prefix())
+        if self._buf:
+            early, self._buf = self._buf, b""
+            self.data_received(early)
+
+    # ------------------------------------------------------------------ linking
+
+    def start_wait(self) -> None:
+        self.waiting = True
+        self.wait_started = self.app.loop.time()
+        self._pause(_PAUSE_WAIT)
+
+    def stop_wait(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            assert self.pool is not None
+            stats = self.pool.stats
+            stats.wait_time += self.app.loop.time() - self.wait_started
+            stats.wait_count += 1
+            self._resume(_PAUSE_WAIT)
+
+    def attach(self, server: ServerConn) -> None:
+        self.server = server
+        prefix = server.attach(self)
+        if self.pending:
+            data = prefix + b"".join(self.pending)
+            self.pending.clear()
+        else:
+            data = prefix
+        if data:
+            assert server.transport is not None
+            server.transport.write(data)
+
+    def on_server_ready(self, count: int, status: int) -> None:
+        """ReadyForQuery came back from the linked server (``count`` of them in one chunk)."""
+        outstanding = self.outstanding - count
+        if outstanding < 0:
+            outstanding = 0
+        self.outstanding = outstanding
+        pool = self.pool
+        assert pool is not None
+        stats = pool.stats
+        stats.query_count += count
+        if outstanding:
+            return
+        if status == 73:  # 'I'
+            stats.xact_count += 1
+        mode = pool.mode
+        if mode == SESSION:
+            return
+        if status != 73:
+            if mode == STATEMENT:
+                self.fatal(ClientFatal("transaction blocks not allowed in statement pooling mode"),
+                           log_as="transaction blocks not allowed in statement pooling mode")
+            return
+        server = self.server
+        if server is None or self.stream.unsynced or not server.stream.at_boundary:
+            return
+        self.server = None
+        server.detach()
+        if self._paused & _PAUSE_PEER:
+            self._resume(_PAUSE_PEER)
+        if self.app.config.settings.server_reset_query_always:
+            server.needs_reset = True
+        pool.release(server)
+
+    def server_lost(self) -> None:
+        self.server = None
+        if not self.closed:
+            self.fatal(ClientFatal("server conn crashed?", sqlstate="08006"),
+                       log_as="server conn crashed?")
+
+    # ------------------------------------------------------------------ backpressure
+
+    def _pause(self, bit: int) -> None:
+        if not self._paused and not self.closed:
+            self.transport.pause_reading()
+        self._paused |= bit
+
+    def _resume(self, bit: int) -> None:
+        if not self._paused & bit:
+            return
+        self._paused &= ~bit
+        if not self._paused and not self.closed:
+            self.transport.resume_reading()
+
+    def pause_by_peer(self) -> None:
+        self._pause(_PAUSE_PEER)
+
+    def resume_by_peer(self) -> None:
+        self._resume(_PAUSE_PEER)
+
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None:
+            server.pause_by_peer()
+
+    def resume_writing(self) -> None:
+        server = self.server
+        if server is not None:
+            server.resume_by_peer()
+
+    # ------------------------------------------------------------------ errors and closing
+
+    def fatal(self, exc: PgusherError, log_as: str | None = None) -> None:
+        if self.closed:
+            return
+        severity = exc.severity if exc.severity in ("FATAL", "PANIC") else "FATAL"
+        if self.app.config.settings.log_pooler_errors and not isinstance(exc, AuthError):
+            log.warning("%s pooler error: %s", self.prefix(), exc.message)
+        self.transport.write(m.error_response(severity, exc.sqlstate, exc.message))
+        self.close(log_as or exc.message)
+
+    def close(self, reason: str, quiet: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = CLOSED
+        app = self.app
+        if app.config.settings.log_disconnections and not quiet:
+            age = app.loop.time() - self.connected_at
+            log.info("%s closing because: %s (age=%ds)", self.prefix(), reason, age)
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        pool = self.pool
+        if pool is not None and (self.waiting or self.state == LOGIN_WAIT):
+            pool.cancel_wait(self)
+        if pool is not None:
+            pool.cancel_wait(self) if self.waiting else None
+        self.waiting = False
+        server = self.server
+        if server is not None and pool is not None:
+            self.server = None
+            server.detach()
+            clean = (self.outstanding == 0 and not self.stream.unsynced
+                     and server.stream.status == 73 and server.stream.at_boundary
+                     and server.stream.swallow == 0)
+            if clean:
+                if pool.mode == SESSION or app.config.settings.server_reset_query_always:
+                    server.needs_reset = True
+                pool.release(server)
+            else:
+                server.close("client disconnect while server was not ready")
+        elif pool is not None and self in pool.login_waiters:
+            pool.cancel_wait(self)
+        app.client_closed(self)
+        self.pending.clear()
+        self.transport.close()

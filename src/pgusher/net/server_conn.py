@@ -1,0 +1,391 @@
+"""A connection from the pooler to a PostgreSQL server.
+
+Strategy: connect and log in through callbacks (a small state machine over complete messages,
+since login traffic is tiny), then switch to the forwarding path, where each received chunk is
+scanned by :class:`ServerStream` and written to the linked client in one call. The pooler's own
+queries (parameter SETs on link, the reset query, the check query, connect_query) are sent as
+simple queries whose replies the stream swallows, so the client never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from ..auth.md5 import md5_salted_response
+from ..auth.scram import ScramClient, is_scram_secret
+from ..errors import AuthError, ProtocolError, ServerError
+from ..log import log
+from ..protocol import messages as m
+from ..protocol.framing import ServerStream
+
+if TYPE_CHECKING:
+    from ..net.client_conn import ClientConn
+    from ..pooling.pool import Pool
+
+CONNECTING = "connecting"
+LOGIN = "login"
+IDLE = "idle"
+ACTIVE = "active"
+CLOSED = "closed"
+
+InternalDone = Callable[["ServerConn", bool], None]
+
+
+def sql_literal(value: str) -> str:
+    """An escape-string literal, safe whatever standard_conforming_strings says."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class ServerConn(asyncio.Protocol):
+    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_paused_by_peer", "_scram",
+                 "addr", "app", "client", "close_reason", "closed", "created", "dirty",
+                 "ident", "idle_since", "initial_params", "key", "local_addr", "needs_reset",
+                 "params", "pid", "pool", "state", "stream", "transport")
+
+    def __init__(self, pool: Pool, addr: str) -> None:
+        self.pool = pool
+        self.app = pool.app
+        self.addr = addr
+        self.local_addr = ""
+        self.transport: asyncio.Transport | None = None
+        self.state = CONNECTING
+        settings = self.app.config.settings
+        self.stream = ServerStream(self._on_param, settings.max_packet_size)
+        self.client: ClientConn | None = None
+        self.params: dict[str, str] = {}
+        self.initial_params: dict[str, str] = {}
+        self.pid = 0
+        self.key = 0
+        now = self.app.loop.time()
+        self.created = now
+        self.idle_since = now
+        self.needs_reset = False
+        self.closed = False
+        self.dirty = False
+        self.close_reason = ""
+        self._login_buf = b""
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._scram: ScramClient | None = None
+        self._internal_cb: InternalDone | None = None
+        self._paused_by_peer = False
+        self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
+
+    # ------------------------------------------------------------------ login
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.state = LOGIN
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self.local_addr = f"{sock[0]}:{sock[1]}"
+        else:
+            self.local_addr = "unix"
+        if self.app.config.settings.log_connections:
+            log.info("%s new connection to server (from %s)", self.ident, self.local_addr)
+        timeout = self.app.config.settings.server_connect_timeout
+        if timeout > 0:
+            self._login_timer = self.app.loop.call_later(timeout, self._login_timeout)
+        params = {"user": self.pool.user, "database": self.pool.target.dbname}
+        params.update(self.pool.target.startup_params)
+        transport.write(m.startup_message(params))
+
+    def _login_timeout(self) -> None:
+        self._login_timer = None
+        if self.state == LOGIN:
+            self._fail_login(ServerError("server login timed out (server_connect_timeout)"))
+
+    def _login_data(self, data: bytes) -> None:
+        buf = self._login_buf + data if self._login_buf else data
+        pos = 0
+        n = len(buf)
+        while n - pos >= 5:
+            kind = buf[pos]
+            length = m.INT32.unpack_from(buf, pos + 1)[0]
+            if length < 4 or length > 1_000_000:
+                self._fail_login(ServerError("invalid packet from server during login"))
+                return
+            end = pos + 1 + length
+            if end > n:
+                break
+            body = buf[pos + 5:end]
+            pos = end
+            try:
+                if kind == 82:  # 'R'
+                    self._auth_request(body)
+                elif kind == 83:  # 'S'
+                    name, value = m.parse_parameter_status(body)
+                    self.params[name] = value
+                    self.initial_params[name] = value
+                elif kind == 75:  # 'K'
+                    self.pid, self.key = struct.unpack("!ii", body[:8])
+                elif kind == 69:  # 'E'
+                    fields = m.parse_error_fields(body)
+                    err = ServerError(fields.get("M", "server login failed"),
+                                      sqlstate=fields.get("C", "08006"))
+                    self._fail_login(err, server_said=fields.get("S", "FATAL"))
+                    return
+                elif kind == 90:  # 'Z'
+                    self._login_done()
+                    return
+                # NoticeResponse and anything else during login: ignore.
+            except (AuthError, ProtocolError) as exc:
+                self._fail_login(ServerError(exc.message))
+                return
+            if self.closed:
+                return
+        self._login_buf = buf[pos:]
+
+    def _auth_request(self, body: bytes) -> None:
+        code, payload = m.parse_auth_request(body)
+        assert self.transport is not None
+        password = self.pool.password
+        if code == m.AUTH_OK:
+            return
+        if code == m.AUTH_SASL_FINAL:
+            if self._scram is None:
+                raise ProtocolError("unexpected SASL final message from server")
+            self._scram.verify_server_final(payload)
+            return
+        if code == m.AUTH_SASL_CONTINUE:
+            if self._scram is None:
+                raise ProtocolError("unexpected SASL continue message from server")
+            self.transport.write(m.sasl_response(self._scram.client_final(payload)))
+            return
+        if password is None:
+            raise AuthError(f"no password known for server login as user \"{self.pool.user}\"")
+        if code == m.AUTH_CLEARTEXT:
+            if password.startswith("md5") or is_scram_secret(password):
+                raise AuthError("cannot do cleartext authentication: stored password is hashed")
+            self.transport.write(m.password_message(password.encode()))
+        elif code == m.AUTH_MD5:
+            if is_scram_secret(password):
+                raise AuthError("cannot do md5 authentication: password is a SCRAM secret")
+            self.transport.write(m.password_message(
+                md5_salted_response(self.pool.user, password, payload[:4])))
+        elif code == m.AUTH_SASL:
+            mechanisms = m.split_cstrings(payload)
+            if "SCRAM-SHA-256" not in mechanisms:
+                raise AuthError(f"server offered no supported SASL mechanism: {mechanisms}")
+            if is_scram_secret(password) or password.startswith("md5"):
+                raise AuthError("cannot do SCRAM authentication: password is SCRAM secret "
+                                "but client authentication did not provide SCRAM keys")
+            self._scram = ScramClient(password)
+            self.transport.write(m.sasl_initial_response("SCRAM-SHA-256",
+                                                         self._scram.client_first()))
+        else:
+            raise AuthError(f"unsupported server authentication method {code}")
+
+    def _login_done(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self._scram = None
+        self._login_buf = b""
+        self.state = IDLE
+        connect_query = self.pool.target.connect_query
+        if connect_query:
+            self.run_internal(connect_query, self._after_connect_query)
+        else:
+            self.pool.server_logged_in(self)
+
+    def _after_connect_query(self, server: ServerConn, ok: bool) -> None:
+        if not ok:
+            err = self.stream.last_error or {}
+            self._fail_login(ServerError("connect_query failed: " + err.get("M", "")))
+            return
+        self.pool.server_logged_in(self)
+
+    def _fail_login(self, err: ServerError, server_said: str = "") -> None:
+        if self.closed:
+            return
+        word = f"{server_said} " if server_said else ""
+        log.warning("%s server login failed: %s%s", self.ident, word, err.message)
+        self.closed = True
+        self.state = CLOSED
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self.transport is not None:
+            self.transport.close()
+        self.pool.server_failed(err, during_login=True)
+
+    # ------------------------------------------------------------------ data path
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == LOGIN:
+            self._login_data(data)
+            return
+        stream = self.stream
+        try:
+            out = stream.feed(data)
+        except ProtocolError as exc:
+            self.close(f"bad packet from server: {exc.message}")
+            return
+        client = self.client
+        if client is not None:
+            if out:
+                client.transport.write(out)
+                self.pool.stats.bytes_out += len(out)
+            if stream.ready:
+                client.on_server_ready(stream.ready, stream.status)
+        if stream.swallowed and stream.swallow == 0 and self._internal_cb is not None:
+            done, self._internal_cb = self._internal_cb, None
+            ok = stream.last_error is None and stream.status == 73  # 'I'
+            if stream.last_error is not None:
+                log.warning("%s internal query failed: %s", self.ident,
+                            stream.last_error.get("M", ""))
+            done(self, ok)
+
+    def _on_param(self, name: str, value: str, swallowed: bool) -> None:
+        self.params[name] = value
+        client = self.client
+        if client is not None:
+            canon = self.app.tracked_params.get(name.lower())
+            if canon is not None:
+                client.params[canon] = value
+
+    def run_internal(self, sql: str, done: InternalDone) -> None:
+        """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""
+        assert self.transport is not None
+        self._internal_cb = done
+        self.stream.last_error = None
+        self.stream.swallow += 1
+        self.transport.write(m.query(sql))
+
+    def needs_check(self) -> bool:
+        settings = self.app.config.settings
+        if not settings.server_check_query or settings.server_check_delay < 0:
+            return False
+        return self.app.loop.time() - self.idle_since >= settings.server_check_delay
+
+    def run_check(self) -> None:
+        self.run_internal(self.app.config.settings.server_check_query, self.pool.check_done)
+
+    def should_close(self) -> bool:
+        if self.dirty:
+            self.close_reason = "database configuration changed"
+            return True
+        lifetime = self.pool.target.server_lifetime
+        if lifetime > 0 and self.app.loop.time() - self.created >= lifetime:
+            self.close_reason = "server lifetime over"
+            return True
+        return False
+
+    # ------------------------------------------------------------------ linking
+
+    def attach(self, client: ClientConn) -> bytes:
+        """Link to a client; returns a SET query to send first when parameters differ."""
+        self.client = client
+        self.state = ACTIVE
+        params = self.params
+        sets = [f"SET {sql_ident(k)} = {sql_literal(v)};"
+                for k, v in client.params.items() if params.get(k) != v]
+        if not sets:
+            return b""
+        self.stream.swallow += 1
+        return m.query("".join(sets))
+
+    def detach(self) -> None:
+        self.client = None
+        if self._paused_by_peer:
+            self._paused_by_peer = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def make_idle(self) -> None:
+        self.state = IDLE
+        self.client = None
+        self.idle_since = self.app.loop.time()
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.pause_by_peer()
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.resume_by_peer()
+
+    def pause_by_peer(self) -> None:
+        if not self._paused_by_peer and self.transport is not None and not self.closed:
+            self._paused_by_peer = True
+            self.transport.pause_reading()
+
+    def resume_by_peer(self) -> None:
+        if self._paused_by_peer and self.transport is not None and not self.closed:
+            self._paused_by_peer = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        was = self.state
+        self.state = CLOSED
+        if self.app.config.settings.log_disconnections:
+            age = self.app.loop.time() - self.created
+            log.info("%s closing because: %s (age=%ds)", self.ident, reason, age)
+        if self.transport is not None:
+            if was in (IDLE, ACTIVE):
+                self.transport.write(m.TERMINATE)
+            self.transport.close()
+        self._forget(was)
+
+    def _forget(self, was: str) -> None:
+        client = self.client
+        self.client = None
+        if was in (CONNECTING, LOGIN):
+            self.pool.server_failed(ServerError("server closed the connection during login"),
+                                    during_login=True)
+        else:
+            self.pool.server_gone(self)
+        if client is not None:
+            client.server_lost()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if not self.closed:
+            self.close("server conn crashed?" if self.state == ACTIVE else
+                       "server closed the connection")
+
+
+async def open_server_connection(pool: Pool) -> None:
+    """Connect a new server for ``pool``; login continues in the protocol's callbacks."""
+    app = pool.app
+    target = pool.target
+    host, port = target.next_address()
+    unix = host is None or host.startswith("/")
+    if unix:
+        directory = host or app.config.settings.unix_socket_dir or "/tmp"
+        addr = f"unix:{directory}/.s.PGSQL.{port}"
+    else:
+        addr = f"{host}:{port}"
+    server = ServerConn(pool, addr)
+    timeout = app.config.settings.server_connect_timeout or None
+    try:
+        if unix:
+            path = f"{directory}/.s.PGSQL.{port}"
+            await asyncio.wait_for(app.loop.create_unix_connection(lambda: server, path),
+                                   timeout)
+        else:
+            assert host is not None
+            await asyncio.wait_for(app.loop.create_connection(lambda: server, host, port),
+                                   timeout)
+    except (OSError, TimeoutError) as exc:
+        server.closed = True
+        server.state = CLOSED
+        reason = str(exc) or exc.__class__.__name__
+        log.warning("%s closing because: connect failed: %s (age=0s)", server.ident, reason)
+        pool.server_failed(ServerError("pgusher cannot connect to server"), during_login=True)

@@ -1,0 +1,282 @@
+"""One pool per (database, login user): idle servers, FIFO waiters, limits.
+
+Herding happens here and nowhere else. A server is in exactly one place: connecting,
+idle (a LIFO stack, so the warmest connection is reused and surplus ones age out), or linked
+to a client. Waiting clients form a FIFO deque. Every transition is synchronous and runs
+inside a transport callback, so a server offered to a waiter is linked in the same call: there
+is no window in which it could be lost or given twice.
+
+Limits are checked when a connection is about to be opened: the pool size (plus the reserve
+once a client has waited reserve_pool_timeout), max_db_connections across the database's pools
+and max_user_connections across the user's pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..errors import ClientFatal, ServerError
+from ..log import log
+
+if TYPE_CHECKING:
+    from ..app import Application, DbTarget
+    from ..net.client_conn import ClientConn
+    from ..net.server_conn import ServerConn
+
+SESSION = "session"
+TRANSACTION = "transaction"
+STATEMENT = "statement"
+
+
+class PoolStats:
+    """Plain counters; the hot path only increments integers."""
+
+    __slots__ = ("bytes_in", "bytes_out", "query_count", "query_time", "wait_count",
+                 "wait_time", "xact_count", "xact_time")
+
+    def __init__(self) -> None:
+        self.xact_count = 0
+        self.query_count = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.xact_time = 0.0
+        self.query_time = 0.0
+        self.wait_time = 0.0
+        self.wait_count = 0
+
+
+class Pool:
+    __slots__ = ("_retry_handle", "active", "app", "connecting", "db_name", "idle",
+                 "last_login_error", "last_login_failed_at", "login_waiters", "mode", "name",
+                 "password", "reserve_active", "stats", "target", "user", "waiting",
+                 "welcome_params")
+
+    def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
+                 mode: str) -> None:
+        self.app = app
+        self.target = target
+        self.db_name = target.name
+        self.user = user
+        self.password = password
+        self.mode = mode
+        self.name = f"{target.name}/{user}"
+        self.idle: list[ServerConn] = []
+        self.active: set[ServerConn] = set()
+        self.connecting = 0
+        self.waiting: deque[ClientConn] = deque()
+        self.login_waiters: list[ClientConn] = []
+        self.welcome_params: dict[str, str] | None = None
+        self.last_login_failed_at = 0.0
+        self.last_login_error: ServerError | None = None
+        self.reserve_active = False
+        self.stats = PoolStats()
+        self._retry_handle: asyncio.TimerHandle | None = None
+
+    # ----------------------------------------------------------- sizes and limits
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.active) + self.connecting
+
+    @property
+    def pool_size(self) -> int:
+        return self.app.effective_pool_size(self)
+
+    def _may_open(self) -> bool:
+        app = self.app
+        if app.shutting_down:
+            return False
+        limit = self.pool_size
+        if self.reserve_active:
+            limit += self.app.effective_reserve_size(self)
+        if self.total >= limit:
+            return False
+        max_db = app.effective_max_db_connections(self.target)
+        if max_db and app.db_server_count(self.db_name) >= max_db:
+            return False
+        max_user = app.effective_max_user_connections(self.user)
+        if max_user and app.user_server_count(self.user) >= max_user:
+            return False
+        return not self.in_login_retry()
+
+    def in_login_retry(self) -> bool:
+        if not self.last_login_failed_at:
+            return False
+        retry = self.app.config.settings.server_login_retry
+        return self.app.loop.time() - self.last_login_failed_at < retry
+
+    def grow(self) -> None:
+        """Open connections while clients wait for more servers than are on the way."""
+        wanted = len(self.waiting) + (1 if self.login_waiters and not self.total else 0)
+        while wanted > self.connecting and self._may_open():
+            self.open_server()
+
+    def open_server(self) -> None:
+        from ..net.server_conn import open_server_connection
+
+        self.connecting += 1
+        self.app.loop.create_task(open_server_connection(self))
+
+    # ----------------------------------------------------------- client requests
+
+    def request_welcome(self, client: ClientConn) -> None:
+        """A client finished auth but the pool has not yet learned its server's parameters."""
+        if self.welcome_params is not None:
+            client.finish_login(self.welcome_params)
+            return
+        if self.total == 0 and self.in_login_retry():
+            client.fatal(ClientFatal(
+                "server login has been failing, try again later (server_login_retry)"))
+            return
+        self.login_waiters.append(client)
+        if self.idle:
+            # A server exists (e.g. after a reload reset welcome); learn from it.
+            self._learn_welcome(self.idle[-1])
+            return
+        if self.connecting == 0:
+            if self._may_open() or self.total == 0:
+                self.open_server()
+
+    def request(self, client: ClientConn) -> None:
+        """A logged-in client has work and no server: link one now or queue the client."""
+        if self.idle and not self.app.paused:
+            server = self.idle.pop()
+            if server.needs_check():
+                self.waiting.appendleft(client)
+                client.start_wait()
+                self.active.add(server)
+                server.run_check()
+                return
+            self.link(client, server)
+            return
+        if self.total == 0 and self.in_login_retry() and not self.app.paused:
+            client.fatal(ClientFatal(
+                "server login has been failing, try again later (server_login_retry)"))
+            return
+        self.waiting.append(client)
+        client.start_wait()
+        if not self.app.paused:
+            self.grow()
+
+    def cancel_wait(self, client: ClientConn) -> None:
+        try:
+            self.waiting.remove(client)
+        except ValueError:
+            pass
+        try:
+            self.login_waiters.remove(client)
+        except ValueError:
+            pass
+
+    def link(self, client: ClientConn, server: ServerConn) -> None:
+        self.active.add(server)
+        client.attach(server)
+
+    # ----------------------------------------------------------- servers coming back
+
+    def server_logged_in(self, server: ServerConn) -> None:
+        self.connecting -= 1
+        self.last_login_failed_at = 0.0
+        self.last_login_error = None
+        self._learn_welcome(server)
+        self.release(server)
+
+    def _learn_welcome(self, server: ServerConn) -> None:
+        if self.welcome_params is None:
+            self.welcome_params = dict(server.initial_params)
+        waiters, self.login_waiters = self.login_waiters, []
+        for client in waiters:
+            client.finish_login(self.welcome_params)
+
+    def server_failed(self, error: ServerError, *, during_login: bool) -> None:
+        """A connection attempt failed (connect or login)."""
+        if during_login:
+            self.connecting -= 1
+        self.last_login_failed_at = self.app.loop.time()
+        self.last_login_error = error
+        if self.total == 0:
+            # Nothing else will serve these clients soon: tell them now rather than hang.
+            waiters = list(self.waiting) + self.login_waiters
+            self.waiting.clear()
+            self.login_waiters = []
+            for client in waiters:
+                client.fatal(ClientFatal(error.message, sqlstate=error.sqlstate))
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is not None:
+            return
+        delay = max(self.app.config.settings.server_login_retry, 0.05)
+
+        def retry() -> None:
+            self._retry_handle = None
+            self.grow()
+
+        self._retry_handle = self.app.loop.call_later(delay, retry)
+
+    def release(self, server: ServerConn) -> None:
+        """A server has no client: reset it if needed, then hand it on or park it."""
+        self.active.discard(server)
+        if server.closed:
+            return
+        if server.should_close():
+            server.close(server.close_reason or "server lifetime over")
+            self.grow()
+            return
+        if server.needs_reset:
+            server.needs_reset = False
+            query = self.app.config.settings.server_reset_query
+            if query:
+                self.active.add(server)
+                server.run_internal(query, self._after_reset)
+                return
+        self.give(server)
+
+    def _after_reset(self, server: ServerConn, ok: bool) -> None:
+        self.active.discard(server)
+        if not ok:
+            server.close("server reset query failed")
+            self.grow()
+            return
+        self.give(server)
+
+    def give(self, server: ServerConn) -> None:
+        """Hand a clean, unlinked server to the first waiter, or put it on the idle stack."""
+        while self.waiting and not self.app.paused:
+            client = self.waiting.popleft()
+            if client.closed:
+                continue
+            client.stop_wait()
+            self.link(client, server)
+            return
+        server.make_idle()
+        self.idle.append(server)
+        self.app.on_server_idle(self)
+
+    def server_gone(self, server: ServerConn) -> None:
+        """A server connection closed; forget it wherever it was."""
+        self.active.discard(server)
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            pass
+        if self.waiting:
+            self.grow()
+
+    def check_done(self, server: ServerConn, ok: bool) -> None:
+        self.active.discard(server)
+        if not ok:
+            server.close("server check query failed")
+            self.grow()
+            return
+        self.give(server)
+
+    def describe(self) -> str:
+        return (f"{self.name}: active={len(self.active)} idle={len(self.idle)} "
+                f"connecting={self.connecting} waiting={len(self.waiting)}")
+
+
+def log_pool(pool: Pool) -> None:
+    log.debug("pool %s", pool.describe())

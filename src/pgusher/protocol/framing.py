@@ -1,0 +1,199 @@
+"""Incremental message scanners for the two directions of a linked pair.
+
+Strategy: walk the 5-byte headers (type byte + int32 length) of each chunk with a precompiled
+``struct`` and skip bodies by count, so a chunk is forwarded as the same ``bytes`` object in the
+common case. Only three things are held back across chunks: a header split over two chunks, a
+message whose body the pooler must read (ready-for-query, ParameterStatus, and errors inside a
+swallowed reply) until it is whole, and nothing else. Large DataRow or CopyData bodies stream
+through by skip count and are never held.
+
+Neither scanner touches a socket: they take bytes and return the bytes to forward, leaving
+counters and flags for the connection to act on after it has written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ProtocolError
+from .messages import INT32, parse_error_fields, parse_parameter_status
+
+# Message type bytes as ints, compared without decoding.
+Z_READY = ord("Z")
+S_PARAM = ord("S")
+E_ERROR = ord("E")
+
+Q_QUERY = ord("Q")
+F_FUNCTION = ord("F")
+S_SYNC = ord("S")
+X_TERMINATE = ord("X")
+
+# Extended-protocol messages that open work which only a Sync closes.
+_EXTENDED = frozenset(b"PBEDC")
+# Every type a client may send after login.
+_CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcfp")
+
+
+class ServerStream:
+    """Scans server-to-client bytes.
+
+    After :meth:`feed`, ``ready`` counts the ReadyForQuery messages that belong to the client
+    and ``status`` holds the last status byte seen. While ``swallow`` is positive, everything up to
+    and including that many ReadyForQuery messages is dropped instead of forwarded (replies to
+    the pooler's own queries); ``swallowed`` counts those completed in the last feed.
+    """
+
+    __slots__ = ("_drop", "_pending", "_skip", "last_error", "max_size", "on_param",
+                 "ready", "status", "swallow", "swallowed")
+
+    def __init__(self, on_param: Callable[[str, str, bool], None],
+                 max_size: int = 2147483647) -> None:
+        self._pending = b""
+        self._skip = 0
+        self._drop = False
+        self.swallow = 0
+        self.swallowed = 0
+        self.ready = 0
+        self.status = ord("I")
+        self.last_error: dict[str, str] | None = None
+        self.on_param = on_param
+        self.max_size = max_size
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._pending and not self._skip
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume a chunk and return what should be forwarded to the client."""
+        self.ready = 0
+        self.swallowed = 0
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        n = len(data)
+        pos = 0
+        out_from = 0
+        pieces: list[bytes] | None = None
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                return b"" if self._drop else data
+            pos = self._skip
+            self._skip = 0
+            if self._drop:
+                out_from = pos
+        while n - pos >= 5:
+            kind = data[pos]
+            length = INT32.unpack_from(data, pos + 1)[0]
+            if length < 4 or length > self.max_size:
+                raise ProtocolError(f"invalid server message length {length}")
+            end = pos + 1 + length
+            dropping = self.swallow > 0
+            if kind == Z_READY or kind == S_PARAM or (dropping and kind == E_ERROR):
+                if end > n:
+                    break  # hold the whole message until its body is here
+                if kind == Z_READY:
+                    self.status = data[pos + 5]
+                    if dropping:
+                        self.swallow -= 1
+                        self.swallowed += 1
+                    else:
+                        self.ready += 1
+                elif kind == S_PARAM:
+                    name, value = parse_parameter_status(data[pos + 5:end])
+                    self.on_param(name, value, dropping)
+                else:
+                    self.last_error = parse_error_fields(data[pos + 5:end])
+            elif end > n:
+                # A body we do not read, cut by the chunk: stream what is here, skip the rest.
+                self._skip = end - n
+                self._drop = dropping
+                if dropping:
+                    if pos > out_from:
+                        pieces = pieces or []
+                        pieces.append(data[out_from:pos])
+                    out_from = n
+                pos = n
+                break
+            if dropping:
+                if pos > out_from:
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(data[out_from:pos])
+                out_from = end
+            pos = end
+        if pos < n:
+            self._pending = data[pos:]
+        if pieces is None:
+            if out_from == 0 and pos == n:
+                return data
+            return data[out_from:pos]
+        if pos > out_from:
+            pieces.append(data[out_from:pos])
+        return b"".join(pieces)
+
+
+class ClientStream:
+    """Scans client-to-server bytes after login.
+
+    After :meth:`feed`: ``expect`` is how many ReadyForQuery replies the forwarded bytes will
+    produce (one per Query, FunctionCall and Sync); ``unsynced`` is true while extended-protocol
+    work has been sent without a closing Sync; ``terminated`` is set when the client sent
+    Terminate (which is never forwarded: pooled servers outlive their clients).
+    """
+
+    __slots__ = ("_pending", "_skip", "expect", "max_size", "terminated", "unsynced")
+
+    def __init__(self, max_size: int = 2147483647) -> None:
+        self._pending = b""
+        self._skip = 0
+        self.expect = 0
+        self.unsynced = False
+        self.terminated = False
+        self.max_size = max_size
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._pending and not self._skip
+
+    def feed(self, data: bytes) -> bytes:
+        self.expect = 0
+        if self.terminated:
+            return b""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        n = len(data)
+        pos = 0
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                return data
+            pos = self._skip
+            self._skip = 0
+        while n - pos >= 5:
+            kind = data[pos]
+            length = INT32.unpack_from(data, pos + 1)[0]
+            if kind not in _CLIENT_TYPES:
+                raise ProtocolError(f"invalid client message type {chr(kind)!r}")
+            if length < 4 or length > self.max_size:
+                raise ProtocolError(f"invalid client message length {length}")
+            if kind == Q_QUERY or kind == F_FUNCTION:
+                self.expect += 1
+            elif kind == S_SYNC:
+                self.expect += 1
+                self.unsynced = False
+            elif kind in _EXTENDED:
+                self.unsynced = True
+            elif kind == X_TERMINATE:
+                self.terminated = True
+                return data[:pos]
+            end = pos + 1 + length
+            if end > n:
+                self._skip = end - n
+                return data
+            pos = end
+        if pos < n:
+            self._pending = data[pos:]
+            return data[:pos]
+        return data
