@@ -38,9 +38,11 @@ def version_text() -> str:
     import platform
 
     try:
-        import uvloop
+        from importlib.metadata import version
 
-        loop = f"uvloop {uvloop.__version__}"
+        import uvloop  # noqa: F401
+
+        loop = f"uvloop {version('uvloop')}"
     except ImportError:
         loop = "asyncio"
     return f"{VERSION_STRING}\nPython {platform.python_version()}\nevent loop: {loop}"

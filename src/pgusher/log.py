@@ -30,8 +30,6 @@ _LEVEL_WORDS[NOISE] = "NOISE"
 
 
 class PgbouncerFormatter(logging.Formatter):
-    converter = time.gmtime
-
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
         millis = int(record.msecs)

@@ -94,7 +94,7 @@ class ServerConn(asyncio.Protocol):
             self._login_timer = self.app.loop.call_later(timeout, self._login_timeout)
         params = {"user": self.pool.user, "database": self.pool.target.dbname}
         params.update(self.pool.target.startup_params)
-        transport.write(m.startup_message(params))
+        self.transport.write(m.startup_message(params))
 
     def _login_timeout(self) -> None:
         self._login_timer = None

@@ -54,8 +54,8 @@ def tick(app: Application) -> None:
             continue  # client_login_timeout has its own timer
         if state != READY:
             continue
-        server = client.server
-        if server is None:
+        linked = client.server
+        if linked is None:
             if (s.client_idle_timeout > 0 and not client.waiting and not client.pending
                     and now - client.busy_since >= s.client_idle_timeout):
                 client.fatal(ClientFatal("client_idle_timeout", sqlstate="08P01"),
@@ -65,7 +65,7 @@ def tick(app: Application) -> None:
             if s.query_timeout > 0 and now - client.busy_since >= s.query_timeout:
                 client.fatal(ClientFatal("query_timeout", sqlstate="57014"),
                              log_as="query_timeout")
-        elif server.stream.status != 73 and s.idle_transaction_timeout > 0:
-            if now - client.busy_since >= s.idle_transaction_timeout:
-                client.fatal(ClientFatal("idle transaction timeout", sqlstate="25P03"),
-                             log_as="idle transaction timeout")
+        elif (linked.stream.status != 73 and s.idle_transaction_timeout > 0
+              and now - client.busy_since >= s.idle_transaction_timeout):
+            client.fatal(ClientFatal("idle transaction timeout", sqlstate="25P03"),
+                         log_as="idle transaction timeout")

@@ -14,6 +14,7 @@ and max_user_connections across the user's pools.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -135,9 +136,8 @@ class Pool:
             # A server exists (e.g. after a reload reset welcome); learn from it.
             self._learn_welcome(self.idle[-1])
             return
-        if self.connecting == 0:
-            if self._may_open() or self.total == 0:
-                self.open_server()
+        if self.connecting == 0 and (self._may_open() or self.total == 0):
+            self.open_server()
 
     def request(self, client: ClientConn) -> None:
         """A logged-in client has work and no server: link one now or queue the client."""
@@ -161,14 +161,10 @@ class Pool:
             self.grow()
 
     def cancel_wait(self, client: ClientConn) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.waiting.remove(client)
-        except ValueError:
-            pass
-        try:
+        with contextlib.suppress(ValueError):
             self.login_waiters.remove(client)
-        except ValueError:
-            pass
 
     def link(self, client: ClientConn, server: ServerConn) -> None:
         self.active.add(server)
@@ -258,10 +254,8 @@ class Pool:
     def server_gone(self, server: ServerConn) -> None:
         """A server connection closed; forget it wherever it was."""
         self.active.discard(server)
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(server)
-        except ValueError:
-            pass
         if self.waiting:
             self.grow()
 

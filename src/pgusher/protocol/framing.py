@@ -89,7 +89,7 @@ class ServerStream:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             dropping = self.swallow > 0
-            if kind == Z_READY or kind == S_PARAM or (dropping and kind == E_ERROR):
+            if kind in (Z_READY, S_PARAM) or (dropping and kind == E_ERROR):
                 if end > n:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
@@ -178,7 +178,7 @@ class ClientStream:
                 raise ProtocolError(f"invalid client message type {chr(kind)!r}")
             if length < 4 or length > self.max_size:
                 raise ProtocolError(f"invalid client message length {length}")
-            if kind == Q_QUERY or kind == F_FUNCTION:
+            if kind in (Q_QUERY, F_FUNCTION):
                 self.expect += 1
             elif kind == S_SYNC:
                 self.expect += 1
