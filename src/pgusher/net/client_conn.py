@@ -255,30 +255,24 @@ class ClientConn(asyncio.Protocol):
         if method not in ("plain", "md5", "scram-sha-256"):
             raise ClientFatal(f"auth_type {method} is not supported by this pgusher version",
                               sqlstate="28000")
-        known = secret is not None
-        # An unknown user goes through a full exchange against a throwaway secret, so the
-        # reply does not reveal which user names exist.
-        self._secret = secret if secret is not None else secrets.token_hex(16)
+        # An unknown user goes through a full exchange that is bound to fail, so the reply
+        # does not reveal which user names exist.
         if method == "plain":
+            self._secret = secret if secret is not None else secrets.token_hex(16)
             self._auth_step = "password"
             self.transport.write(m.AUTH_CLEARTEXT_MSG)
             return
-        use_scram = method == "scram-sha-256" or is_scram_secret(self._secret)
-        if use_scram:
-            if known and self._secret.startswith("md5") and not is_scram_secret(self._secret):
-                # An md5 hash cannot verify a SCRAM exchange; fail the same way PostgreSQL does.
-                self._secret = secrets.token_hex(16)
-                self._auth_step = "scram-doomed"
-            else:
-                self._auth_step = "scram-first"
-            self._scram = ScramServer(self._secret)
+        if method == "scram-sha-256" or (secret is not None and is_scram_secret(secret)):
+            # ScramServer fails an md5-hashed secret itself, as PostgreSQL does.
+            self._scram = (ScramServer(secret) if secret is not None
+                           else ScramServer.mock(self.user))
+            self._auth_step = "scram-first"
             self.transport.write(m.auth_sasl_request(["SCRAM-SHA-256"]))
             return
-        self._auth_step = "md5"
+        self._secret = secret or ""
+        self._auth_step = "md5" if secret is not None else "md5-doomed"
         self._salt = os.urandom(4)
         self.transport.write(m.auth_md5_request(self._salt))
-        if not known:
-            self._auth_step = "md5-doomed"
 
     def _auth_data(self, data: bytes) -> None:
         buf = self._buf + data
@@ -313,23 +307,22 @@ class ClientConn(asyncio.Protocol):
                 self._auth_ok()
             else:
                 self._auth_failed()
-        elif step in ("scram-first", "scram-doomed-first", "scram-doomed"):
+        elif step == "scram-first":
             assert self._scram is not None
             mechanism, data = m.parse_sasl_initial(body)
             if mechanism != "SCRAM-SHA-256":
                 raise AuthError(f"client selected an invalid SASL authentication mechanism "
                                 f"{mechanism!r}", sqlstate="08P01")
             reply = self._scram.server_first(data)
-            self._auth_step = "scram-final" if step == "scram-first" else "scram-doomed-final"
+            self._auth_step = "scram-final"
             self.transport.write(m.auth_sasl_continue(reply))
-        elif step in ("scram-final", "scram-doomed-final"):
+        elif step == "scram-final":
             assert self._scram is not None
             try:
                 final = self._scram.server_final(body)
-            except AuthError:
-                self._auth_failed()
-                return
-            if step == "scram-doomed-final":
+            except AuthError as exc:
+                if exc.sqlstate != "28P01":
+                    raise
                 self._auth_failed()
                 return
             self.transport.write(m.auth_sasl_final(final))
@@ -502,6 +495,7 @@ class ClientConn(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        was = self.state
         self.state = CLOSED
         app = self.app
         if app.config.settings.log_disconnections and not quiet:
@@ -511,10 +505,8 @@ class ClientConn(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         pool = self.pool
-        if pool is not None and (self.waiting or self.state == LOGIN_WAIT):
+        if pool is not None and (self.waiting or was == LOGIN_WAIT):
             pool.cancel_wait(self)
-        if pool is not None:
-            pool.cancel_wait(self) if self.waiting else None
         self.waiting = False
         server = self.server
         if server is not None and pool is not None:
@@ -529,8 +521,6 @@ class ClientConn(asyncio.Protocol):
                 pool.release(server)
             else:
                 server.close("client disconnect while server was not ready")
-        elif pool is not None and self in pool.login_waiters:
-            pool.cancel_wait(self)
         app.client_closed(self)
         self.pending.clear()
         self.transport.close()

@@ -167,21 +167,19 @@ def parse_startup(packet: bytes) -> tuple[int, dict[str, str]]:
     if code != PROTOCOL_3_0:
         return code, {}
     raw = packet[4:]
-    if not raw.endswith(b"\0"):
-        raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
-    items = raw[:-1].split(b"\0")
-    if items == [b""]:
-        items = []
-    if items and items[-1] == b"":
-        items.pop()
-    if len(items) % 2:
-        raise ProtocolError("invalid startup packet layout: odd number of key/value strings")
     params: dict[str, str] = {}
-    for i in range(0, len(items), 2):
-        key = items[i].decode("utf-8", "replace")
-        if not key:
-            raise ProtocolError("invalid startup packet layout: empty parameter name")
-        params[key] = items[i + 1].decode("utf-8", "replace")
+    pos = 0
+    end = len(raw)
+    while pos < end and raw[pos] != 0:
+        key_end = raw.find(b"\0", pos)
+        value_end = raw.find(b"\0", key_end + 1) if key_end >= 0 else -1
+        if value_end < 0:
+            raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
+        key = raw[pos:key_end].decode("utf-8", "replace")
+        params[key] = raw[key_end + 1:value_end].decode("utf-8", "replace")
+        pos = value_end + 1
+    if pos != end - 1:
+        raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
     return code, params
 
 

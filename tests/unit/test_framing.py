@@ -1,0 +1,173 @@
+"""The stream scanners, each case fed whole, byte by byte, and in odd splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgusher.errors import ProtocolError
+from pgusher.protocol import messages as m
+from pgusher.protocol.framing import ClientStream, ServerStream
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """The same bytes cut three ways: whole, one byte at a time, and in chunks of 3."""
+    return [[data], [data[i:i + 1] for i in range(len(data))],
+            [data[i:i + 3] for i in range(0, len(data), 3)]]
+
+
+class ParamLog:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bool]] = []
+
+    def __call__(self, name: str, value: str, swallowed: bool) -> None:
+        self.seen.append((name, value, swallowed))
+
+
+def feed_server(stream: ServerStream, chunks: list[bytes]) -> tuple[bytes, int, int]:
+    out = b""
+    ready = swallowed = 0
+    for chunk in chunks:
+        out += stream.feed(chunk)
+        ready += stream.ready
+        swallowed += stream.swallowed
+    return out, ready, swallowed
+
+
+SELECT_REPLY = (m.row_description([("x", 23)]) + m.data_row(["1"]) + m.command_complete("SELECT 1")
+                + m.ready_for_query(b"I"))
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_server_forwards_everything_and_counts_ready(way: int) -> None:
+    data = SELECT_REPLY + SELECT_REPLY.replace(b"Z\x00\x00\x00\x05I", b"Z\x00\x00\x00\x05T")
+    stream = ServerStream(ParamLog())
+    out, ready, _ = feed_server(stream, splits(data)[way])
+    assert out == data
+    assert ready == 2
+    assert stream.status == ord("T")
+    assert stream.at_boundary
+
+
+def test_server_whole_chunk_is_forwarded_without_copy() -> None:
+    stream = ServerStream(ParamLog())
+    assert stream.feed(SELECT_REPLY) is SELECT_REPLY
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_server_swallows_internal_reply(way: int) -> None:
+    params = ParamLog()
+    internal = (m.parameter_status("TimeZone", "UTC") + m.command_complete("SET")
+                + m.error_response("ERROR", "22023", "bad") + m.ready_for_query(b"I"))
+    data = internal + SELECT_REPLY
+    stream = ServerStream(params)
+    stream.swallow = 1
+    out, ready, swallowed = feed_server(stream, splits(data)[way])
+    assert out == SELECT_REPLY
+    assert (ready, swallowed) == (1, 1)
+    assert params.seen == [("TimeZone", "UTC", True)]
+    assert stream.last_error is not None and stream.last_error["C"] == "22023"
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_server_large_row_streams_through(way: int) -> None:
+    big = m.data_row(["x" * 5000])
+    data = big + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    stream = ServerStream(ParamLog())
+    out, ready, _ = feed_server(stream, splits(data)[way])
+    assert out == data and ready == 1
+
+
+def test_server_large_swallowed_message_is_dropped_across_chunks() -> None:
+    big = m.notice_response("n" * 3000)
+    data = big + m.ready_for_query(b"I") + SELECT_REPLY
+    stream = ServerStream(ParamLog())
+    stream.swallow = 1
+    out, ready, swallowed = feed_server(stream, [data[:100], data[100:2000], data[2000:]])
+    assert out == SELECT_REPLY and (ready, swallowed) == (1, 1)
+
+
+def test_server_trailing_partial_message_is_held() -> None:
+    stream = ServerStream(ParamLog())
+    tail = m.ready_for_query(b"I")[:3]
+    out = stream.feed(SELECT_REPLY + tail)
+    assert out == SELECT_REPLY and not stream.at_boundary
+    assert stream.feed(m.ready_for_query(b"I")[3:]) == m.ready_for_query(b"I")
+    assert stream.at_boundary
+
+
+def test_server_param_status_reported_when_not_swallowed() -> None:
+    params = ParamLog()
+    stream = ServerStream(params)
+    data = m.parameter_status("DateStyle", "ISO, DMY") + SELECT_REPLY
+    assert stream.feed(data) == data
+    assert params.seen == [("DateStyle", "ISO, DMY", False)]
+
+
+def test_server_bad_length_is_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        ServerStream(ParamLog()).feed(b"D\x00\x00\x00\x02xx")
+
+
+def feed_client(stream: ClientStream, chunks: list[bytes]) -> tuple[bytes, int]:
+    out = b""
+    expect = 0
+    for chunk in chunks:
+        out += stream.feed(chunk)
+        expect += stream.expect
+    return out, expect
+
+
+EXTENDED = (m.message(b"P", b"\0select 1\0\0\0") + m.message(b"B", b"\0\0\0\0\0\0\0\0")
+            + m.message(b"E", b"\0\0\0\0\0") + m.SYNC)
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_client_counts_queries_and_syncs(way: int) -> None:
+    data = m.query("select 1") + EXTENDED + EXTENDED
+    stream = ClientStream()
+    out, expect = feed_client(stream, splits(data)[way])
+    assert out == data and expect == 3 and not stream.unsynced
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_client_unsynced_until_sync(way: int) -> None:
+    data = EXTENDED[:-5] + m.message(b"H")
+    stream = ClientStream()
+    out, expect = feed_client(stream, splits(data)[way])
+    assert out == data and expect == 0 and stream.unsynced
+    stream.feed(m.SYNC)
+    assert stream.expect == 1 and not stream.unsynced
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_client_terminate_is_not_forwarded(way: int) -> None:
+    data = m.query("select 1") + m.TERMINATE + b"garbage after terminate"
+    stream = ClientStream()
+    out, expect = feed_client(stream, splits(data)[way])
+    assert out == m.query("select 1") and expect == 1 and stream.terminated
+
+
+def test_client_partial_header_is_held_back() -> None:
+    stream = ClientStream()
+    q = m.query("select 1")
+    assert stream.feed(q + q[:2]) == q
+    assert stream.feed(q[2:]) == q
+
+
+def test_client_copy_data_streams() -> None:
+    data = m.message(b"d", b"1\t2\n" * 1000) + m.message(b"c")
+    stream = ClientStream()
+    out, expect = feed_client(stream, [data[:7], data[7:3000], data[3000:]])
+    assert out == data and expect == 0
+
+
+@pytest.mark.parametrize("bad", [b"?\x00\x00\x00\x04", b"Q\x00\x00\x00\x01"])
+def test_client_malformed_is_protocol_error(bad: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ClientStream().feed(bad)
+
+
+def test_client_max_packet_size() -> None:
+    stream = ClientStream(max_size=100)
+    with pytest.raises(ProtocolError):
+        stream.feed(m.query("x" * 200))
