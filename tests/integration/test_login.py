@@ -1,0 +1,204 @@
+"""Client authentication, server login methods, startup packet handling."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import asyncpg
+import psycopg
+import pytest
+from poolcase import USERLIST, start
+
+from pgusher.auth.md5 import md5_password_hash
+from pgusher.auth.scram import format_scram_secret, make_scram_secret
+from support import PgCluster, PoolerFactory, run_psql
+
+
+def forced_user_db(pg: PgCluster) -> dict[str, str]:
+    return {"app": f"host=127.0.0.1 port={pg.port} dbname=app user=postgres password=postgres"}
+
+
+def secrets_for(password: str, user: str) -> dict[str, str]:
+    return {
+        "plain": password,
+        "md5": md5_password_hash(user, password),
+        "scram": format_scram_secret(make_scram_secret(password)),
+    }
+
+
+@pytest.mark.parametrize("auth_type,stored", [
+    ("plain", "plain"), ("plain", "md5"), ("plain", "scram"),
+    ("md5", "plain"), ("md5", "md5"), ("md5", "scram"),
+    ("scram-sha-256", "plain"), ("scram-sha-256", "scram"),
+])
+def test_client_auth_methods(pg: PgCluster, pooler: PoolerFactory, auth_type: str,
+                             stored: str) -> None:
+    secret = secrets_for("s3cret", "alice")[stored]
+    proc = start(pooler, databases=forced_user_db(pg), auth_type=auth_type,
+                 userlist={"alice": secret})
+    with psycopg.connect(proc.dsn("alice", "s3cret")) as conn:
+        assert conn.execute("select current_user").fetchone() == ("postgres",)
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(proc.dsn("alice", "wrong"))
+    assert 'password authentication failed for user "alice"' in str(err.value)
+    assert getattr(err.value, "sqlstate", None) in ("28P01", None)
+
+
+def test_scram_cannot_use_md5_secret(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, databases=forced_user_db(pg), auth_type="scram-sha-256",
+                 userlist={"alice": md5_password_hash("alice", "pw")})
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(proc.dsn("alice", "pw"))
+
+
+@pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256", "plain", "trust"])
+def test_unknown_user_gets_the_same_error(pg: PgCluster, pooler: PoolerFactory,
+                                          auth_type: str) -> None:
+    proc = start(pooler, databases=forced_user_db(pg), auth_type=auth_type,
+                 userlist={"alice": "pw"})
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(proc.dsn("mallory", "pw"))
+    assert 'password authentication failed for user "mallory"' in str(err.value)
+
+
+def test_trust_and_any(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, databases=forced_user_db(pg), auth_type="any", userlist={})
+    with psycopg.connect(proc.dsn("whoever", "x")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("user", ["scram_user", "md5_user", "plain_user", "trust_user"])
+def test_server_login_methods(pg: PgCluster, pooler: PoolerFactory, user: str) -> None:
+    """The pooler logs in to PostgreSQL with SCRAM, md5, cleartext and trust as pg_hba says."""
+    proc = start(pooler)
+    with psycopg.connect(proc.dsn(user, "ignored")) as conn:
+        assert conn.execute("select current_user").fetchone() == (user,)
+
+
+def test_server_md5_login_with_stored_hash(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, userlist={"md5_user": md5_password_hash("md5_user", "md5_pass")})
+    with psycopg.connect(proc.dsn("md5_user", "x")) as conn:
+        assert conn.execute("select current_user").fetchone() == ("md5_user",)
+
+
+def test_server_login_failure_reaches_client(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, userlist={**USERLIST, "scram_user": "not-the-password"})
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(proc.dsn("scram_user", "x"))
+    assert 'password authentication failed for user "scram_user"' in str(err.value)
+    # Other users are unaffected.
+    with psycopg.connect(proc.dsn("postgres", "x")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_psql_over_tcp_and_unix_socket(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler)
+    tcp = run_psql(proc.dsn("postgres"), "select 'tcp'")
+    unix = run_psql(["-h", proc.socket_dir, "-p", str(proc.port), "-U", "postgres", "app"],
+                    "select 'unix'")
+    assert (tcp.returncode, tcp.stdout.strip()) == (0, "tcp"), tcp.stderr
+    assert (unix.returncode, unix.stdout.strip()) == (0, "unix"), unix.stderr
+
+
+def test_ssl_request_is_refused_politely(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler)
+    ok = run_psql(proc.dsn("postgres", sslmode="prefer"), "select 1")
+    assert ok.returncode == 0 and ok.stdout.strip() == "1"
+    refused = run_psql(proc.dsn("postgres", sslmode="require"), "select 1")
+    assert refused.returncode != 0
+    assert "server does not support SSL" in refused.stderr
+
+
+def test_no_such_database(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler)
+    with pytest.raises(psycopg.OperationalError, match="no such database: nope"):
+        psycopg.connect(proc.dsn("postgres", dbname="nope"))
+
+
+def test_fallback_database(pg: PgCluster, pooler: PoolerFactory) -> None:
+    pg.sql("select 1", "postgres")
+    proc = start(pooler, databases={"*": f"host=127.0.0.1 port={pg.port}"})
+    with psycopg.connect(proc.dsn("postgres", dbname="postgres")) as conn:
+        assert conn.execute("select current_database()").fetchone() == ("postgres",)
+    with psycopg.connect(proc.dsn("postgres", dbname="app")) as conn:
+        assert conn.execute("select current_database()").fetchone() == ("app",)
+
+
+def test_unsupported_and_ignored_startup_parameters(pg: PgCluster,
+                                                    pooler: PoolerFactory) -> None:
+    proc = start(pooler)
+
+    async def connect(settings: dict[str, str]) -> str:
+        conn = await asyncpg.connect(host=proc.host, port=proc.port, user="postgres",
+                                     database="app", server_settings=settings)
+        try:
+            return str(await conn.fetchval("select current_setting('search_path')"))
+        finally:
+            await conn.close()
+
+    with pytest.raises(asyncpg.PostgresError, match="unsupported startup parameter: "
+                                                     "extra_float_digits"):
+        asyncio.run(connect({"extra_float_digits": "3"}))
+    proc2 = start(pooler, ignore_startup_parameters="extra_float_digits, search_path")
+    proc = proc2
+    assert asyncio.run(connect({"extra_float_digits": "3", "search_path": "x"})) != "x"
+
+
+def raw_startup(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize("payload,expected", [
+    (struct.pack("!ii", 8, 0x00020000), b"unsupported frontend protocol 2.0"),
+    (struct.pack("!i", 3) + b"xyz", b"invalid length of startup packet"),
+    (struct.pack("!ii", 12, 196608) + b"us\0x", b"invalid startup packet layout"),
+    (struct.pack("!ii", 9, 196608) + b"\0", b"no username supplied"),
+])
+def test_malformed_startup_gets_clear_fatal(pg: PgCluster, pooler: PoolerFactory,
+                                            payload: bytes, expected: bytes) -> None:
+    proc = start(pooler)
+    reply = raw_startup(proc.port, payload)
+    assert reply[:1] == b"E" and b"FATAL" in reply and expected in reply
+    # The pooler keeps serving everyone else.
+    with psycopg.connect(proc.dsn("postgres")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_garbage_after_login_is_a_protocol_error(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler)
+    with psycopg.connect(proc.dsn("postgres")) as conn:
+        sock = socket.socket(fileno=conn.pgconn.socket)
+        try:
+            sock.sendall(b"?\x00\x00\x00\x04")
+        finally:
+            sock.detach()
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+    assert "invalid client message type" in proc.log_text()
+    with psycopg.connect(proc.dsn("postgres")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_max_client_conn(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, max_client_conn=2)
+    first = psycopg.connect(proc.dsn("postgres"))
+    second = psycopg.connect(proc.dsn("postgres"))
+    with pytest.raises(psycopg.OperationalError,
+                       match=r"no more connections allowed \(max_client_conn\)"):
+        psycopg.connect(proc.dsn("postgres"))
+    assert first.execute("select 1").fetchone() == (1,)
+    assert second.execute("select 2").fetchone() == (2,)
+    first.close()
+    with psycopg.connect(proc.dsn("postgres")) as third:
+        assert third.execute("select 3").fetchone() == (3,)
+    second.close()
