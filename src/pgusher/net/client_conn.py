@@ -425,13 +425,7 @@ class ClientConn(asyncio.Protocol):
             return
         if status == 73:  # 'I'
             stats.xact_count += 1
-        mode = pool.mode
-        if mode == SESSION:
-            return
-        if status != 73:
-            if mode == STATEMENT:
-                self.fatal(ClientFatal("transaction blocks not allowed in statement pooling mode"),
-                           log_as="transaction blocks not allowed in statement pooling mode")
+        if status != 73 or pool.mode == SESSION:
             return
         server = self.server
         if server is None or self.stream.unsynced or not server.stream.at_boundary:
@@ -443,6 +437,24 @@ class ClientConn(asyncio.Protocol):
         if self.app.config.settings.server_reset_query_always:
             server.needs_reset = True
         pool.release(server)
+
+    def refuses_transactions(self) -> bool:
+        pool = self.pool
+        return pool is not None and pool.mode == STATEMENT
+
+    def refuse_transaction(self, ready: int) -> None:
+        """Statement mode saw a transaction open: roll the server back, end the client."""
+        server = self.server
+        pool = self.pool
+        assert server is not None and pool is not None
+        self.server = None
+        server.detach()
+        if self.outstanding <= ready and not self.stream.unsynced and server.stream.at_boundary:
+            server.run_internal("ROLLBACK", pool.after_reset)
+        else:
+            server.close("transaction blocks not allowed in statement pooling mode")
+        message = "transaction blocks not allowed in statement pooling mode"
+        self.fatal(ClientFatal(message), log_as=message)
 
     def server_lost(self) -> None:
         self.server = None

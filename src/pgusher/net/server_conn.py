@@ -230,6 +230,11 @@ class ServerConn(asyncio.Protocol):
             return
         client = self.client
         if client is not None:
+            if stream.ready and stream.status != 73 and client.refuses_transactions():
+                # Statement mode: the client opened a transaction. It gets the error in place
+                # of the reply, so it never believes the transaction began.
+                client.refuse_transaction(stream.ready)
+                return
             if out:
                 client.transport.write(out)
                 self.pool.stats.bytes_out += len(out)

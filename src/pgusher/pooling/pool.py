@@ -226,11 +226,11 @@ class Pool:
             query = self.app.config.settings.server_reset_query
             if query:
                 self.active.add(server)
-                server.run_internal(query, self._after_reset)
+                server.run_internal(query, self.after_reset)
                 return
         self.give(server)
 
-    def _after_reset(self, server: ServerConn, ok: bool) -> None:
+    def after_reset(self, server: ServerConn, ok: bool) -> None:
         self.active.discard(server)
         if not ok:
             server.close("server reset query failed")
