@@ -1,0 +1,182 @@
+"""Real drivers through the pooler: psycopg 3 (sync, async, pipeline, COPY) and asyncpg."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import psycopg
+import pytest
+from poolcase import start
+
+from support import PgCluster, PoolerFactory
+
+# Protocol-level named prepared statements in transaction mode are a later capability; until
+# then psycopg is used as PgBouncer's users use it, with automatic preparing off.
+NO_PREPARE = {"prepare_threshold": None}
+
+
+@pytest.fixture
+def items_table(pg: PgCluster) -> str:
+    pg.sql("drop table if exists items; create table items(id int primary key, name text)")
+    return "items"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg_sync_transactions_and_copy(pg: PgCluster, pooler: PoolerFactory,
+                                            items_table: str, mode: str) -> None:
+    proc = start(pooler, mode, pool_size=2)
+    with psycopg.connect(proc.dsn("postgres"), **NO_PREPARE) as conn:
+        with conn.transaction():
+            conn.execute("insert into items values (%s, %s)", (1, "one"))
+            conn.execute("insert into items values (%s, %s)", (2, "two"))
+        with conn.cursor() as cur:
+            with cur.copy("copy items (id, name) from stdin") as copy:
+                for i in range(3, 1003):
+                    copy.write_row((i, f"item {i}"))
+            conn.commit()
+            rows = []
+            with cur.copy("copy (select id, name from items order by id) to stdout") as copy:
+                rows = list(copy.rows())
+        assert len(rows) == 1002 and rows[0] == ("1", "one")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("insert into items values (1, 'dup')")
+        conn.rollback()
+        assert conn.execute("select count(*) from items").fetchone() == (1002,)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg_pipeline_mode(pg: PgCluster, pooler: PoolerFactory, items_table: str,
+                               mode: str) -> None:
+    proc = start(pooler, mode, pool_size=1)
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True, **NO_PREPARE) as conn:
+        with conn.pipeline():
+            cursors = [conn.execute("select %s::int * 2", (i,)) for i in range(50)]
+        assert [c.fetchone() for c in cursors] == [(i * 2,) for i in range(50)]
+        # An error in the middle of a pipeline: the batch up to its Sync is one implicit
+        # transaction and is rolled back whole (as on a direct connection); later batches run.
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+            conn.execute("insert into items values (1, 'a')")
+            conn.execute("select 1/0")
+            conn.execute("insert into items values (2, 'b')")
+        with conn.pipeline() as pipeline:
+            conn.execute("insert into items values (3, 'c')")
+            pipeline.sync()
+            cur = conn.execute("select count(*) from items")
+        assert cur.fetchone() == (1,)
+    # The server went back clean: another client on the single server is not in a transaction.
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True, **NO_PREPARE) as other:
+        assert other.execute("select txid_current_if_assigned()").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_psycopg_async(pg: PgCluster, pooler: PoolerFactory, items_table: str, mode: str) -> None:
+    proc = start(pooler, mode, pool_size=3)
+
+    async def worker(n: int) -> int:
+        async with await psycopg.AsyncConnection.connect(proc.dsn("postgres"),
+                                                                **NO_PREPARE) as conn:
+            total = 0
+            for i in range(20):
+                async with conn.transaction():
+                    cur = await conn.execute("select %s::int + %s::int", (n, i))
+                    row = await cur.fetchone()
+                    assert row is not None
+                    total += row[0]
+            async with conn.pipeline():
+                curs = [await conn.execute("select %s::int", (i,)) for i in range(10)]
+            for i, c in enumerate(curs):
+                assert await c.fetchone() == (i,)
+            async with conn.cursor() as cur, cur.copy("copy items from stdin") as copy:
+                await copy.write_row((10_000 + n, f"w{n}"))
+            await conn.commit()
+            return total
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(worker(n) for n in range(12)))
+
+    totals = asyncio.run(main())
+    assert totals == [20 * n + sum(range(20)) for n in range(12)]
+    assert pg.sql("select count(*) from items") == "12"
+
+
+def test_asyncpg_session_mode(pg: PgCluster, pooler: PoolerFactory, items_table: str) -> None:
+    proc = start(pooler, "session", pool_size=4)
+
+    async def main() -> None:
+        pool = await asyncpg.create_pool(host=proc.host, port=proc.port, user="postgres",
+                                         database="app", min_size=2, max_size=4)
+        try:
+            async def job(i: int) -> None:
+                async with pool.acquire() as conn:
+                    stmt = await conn.prepare("select $1::int * 3")
+                    for j in range(20):
+                        assert await stmt.fetchval(i + j) == (i + j) * 3
+                    async with conn.transaction():
+                        await conn.execute("insert into items values ($1, $2)", i, f"n{i}")
+                    rows = await conn.fetch("select id from items where id = $1", i)
+                    assert [r["id"] for r in rows] == [i]
+
+            await asyncio.gather(*(job(i) for i in range(30)))
+            async with pool.acquire() as conn:
+                await conn.executemany("insert into items values ($1, $2)",
+                                       [(1000 + i, "m") for i in range(50)])
+                await conn.copy_records_to_table("items", records=[(5000, "c"), (5001, "d")])
+                assert await conn.fetchval("select count(*) from items") == 82
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
+def test_asyncpg_transaction_mode_unprepared(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """asyncpg without its statement cache works in transaction mode (before issue 3's work)."""
+    proc = start(pooler, "transaction", pool_size=2)
+
+    async def main() -> None:
+        conns = [await asyncpg.connect(host=proc.host, port=proc.port, user="postgres",
+                                       database="app", statement_cache_size=0)
+                 for _ in range(10)]
+        try:
+            async def job(conn: asyncpg.Connection, n: int) -> None:
+                for i in range(30):
+                    assert await conn.fetchval("select $1::int + 1", n + i) == n + i + 1
+            await asyncio.gather(*(job(c, n) for n, c in enumerate(conns)))
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
+
+
+def test_thousand_psycopg_clients_over_pool_of_twenty(pg: PgCluster,
+                                                      pooler: PoolerFactory) -> None:
+    """The issue's second check: 1,000 concurrent clients x 20 transactions, pool of 20."""
+    pg.sql("drop table if exists hits; create table hits(client int, n int)")
+    proc = start(pooler, pool_size=20, max_client_conn=1100)
+    errors: list[BaseException] = []
+
+    async def client(n: int) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(proc.dsn("postgres"),
+                                                                **NO_PREPARE) as conn:
+                for i in range(20):
+                    async with conn.transaction():
+                        await conn.execute("insert into hits values (%s, %s)", (n, i))
+        except BaseException as exc:  # collected and reported below
+            errors.append(exc)
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(200)  # pace the TCP handshakes, all 1,000 stay connected
+
+        async def paced(n: int) -> None:
+            async with sem:
+                pass
+            await client(n)
+
+        await asyncio.gather(*(paced(n) for n in range(1000)))
+
+    asyncio.run(main())
+    assert not errors, errors[:3]
+    assert pg.sql("select count(*) from hits") == "20000"
+    assert pg.connections(user="postgres", dbname="app") <= 20
