@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import VERSION_STRING
@@ -31,6 +32,29 @@ from .pooling.pool import Pool
 # server to server, by lower-case name -> the spelling PostgreSQL reports.
 BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
                 "standard_conforming_strings", "application_name")
+
+
+def check_supported(config: Config) -> None:
+    """Refuse settings this version cannot honour rather than quietly do less.
+
+    A pooler that silently skipped TLS the operator asked for, or let in clients an HBA file
+    was meant to keep out, would be worse than one that does not start.
+    """
+    s = config.settings
+    problems = []
+    if s.auth_type in ("hba", "cert", "pam"):
+        problems.append(f"auth_type = {s.auth_type}")
+    if s.client_tls_sslmode != "disable":
+        problems.append(f"client_tls_sslmode = {s.client_tls_sslmode}")
+    if s.server_tls_sslmode in ("require", "verify-ca", "verify-full"):
+        problems.append(f"server_tls_sslmode = {s.server_tls_sslmode}")
+    if s.auth_user or any(e.auth_user for e in config.databases.values()):
+        problems.append("auth_user (auth_query)")
+    if s.disable_pqexec:
+        problems.append("disable_pqexec = 1")
+    if problems:
+        raise ConfigError(f"{config.path}: not supported by this pgusher version: "
+                          + ", ".join(problems))
 
 
 @dataclass(eq=False)
@@ -67,6 +91,7 @@ class Application:
         self.verbose = verbose
         self.quiet = quiet
         self.config: Config = load_config(self.config_path)
+        check_supported(self.config)
         self.userlist: dict[str, str] = {}
         self._load_userlist(self.config)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -75,6 +100,8 @@ class Application:
         self.clients: set[ClientConn] = set()
         self.cancel_keys: dict[tuple[int, int], ClientConn] = {}
         self.tracked_params: dict[str, str] = {}
+        self.db_clients: dict[str, int] = {}
+        self.user_clients: dict[str, int] = {}
         self.paused = False
         self.shutting_down = False
         self.shutdown_mode = ""
@@ -83,7 +110,7 @@ class Application:
         self._unix_paths: list[str] = []
         self._stop: asyncio.Event | None = None
         self._janitor: asyncio.Task[None] | None = None
-        self._pidfile_written = ""
+        self.after_listen: Callable[[], None] | None = None
         self._apply_tracked()
 
     # ------------------------------------------------------------------ config
@@ -113,6 +140,7 @@ class Application:
         log.info("got SIGHUP, re-reading config")
         try:
             new = load_config(self.config_path)
+            check_supported(new)
         except ConfigError as exc:
             log.error("config reload failed: %s", exc.message)
             return [exc.message]
@@ -275,6 +303,26 @@ class Application:
     def client_count(self) -> int:
         return len(self.clients)
 
+    def check_client_limits(self, client: ClientConn, target: DbTarget) -> None:
+        """max_db_client_connections and max_user_client_connections, counted at login."""
+        s = self.config.settings
+        db_limit = target.entry.max_db_client_connections
+        if db_limit is None:
+            db_limit = s.max_db_client_connections
+        user_entry = self.config.users.get(client.user)
+        user_limit = (user_entry.max_user_client_connections
+                      if user_entry is not None and user_entry.max_user_client_connections
+                      is not None else s.max_user_client_connections)
+        if db_limit and self.db_clients.get(target.name, 0) >= db_limit:
+            raise ClientFatal("no more connections allowed (max_db_client_connections)",
+                              sqlstate="53300")
+        if user_limit and self.user_clients.get(client.user, 0) >= user_limit:
+            raise ClientFatal("no more connections allowed (max_user_client_connections)",
+                              sqlstate="53300")
+        self.db_clients[target.name] = self.db_clients.get(target.name, 0) + 1
+        self.user_clients[client.user] = self.user_clients.get(client.user, 0) + 1
+        client.counted = True
+
     def client_connected(self, client: ClientConn) -> None:
         self.clients.add(client)
 
@@ -283,6 +331,10 @@ class Application:
 
     def client_closed(self, client: ClientConn) -> None:
         self.clients.discard(client)
+        if client.counted:
+            client.counted = False
+            self.db_clients[client.db_name] -= 1
+            self.user_clients[client.user] -= 1
         if client.cancel_pid or client.cancel_key:
             self.cancel_keys.pop((client.cancel_pid, client.cancel_key), None)
 
@@ -312,6 +364,8 @@ class Application:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self._listen()
+        if self.after_listen is not None:
+            self.after_listen()
         self._install_signals()
         self._janitor = self.loop.create_task(self._janitor_loop())
         log.info("process up: %s, loop: %s", VERSION_STRING, type(self.loop).__module__)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pwd
+import socket
 import sys
 
 from . import VERSION_STRING
@@ -71,16 +73,45 @@ def _switch_user(name: str) -> None:
     os.setuid(entry.pw_uid)
 
 
+def _check_pidfile(path: str) -> None:
+    """Refuse to start over a live instance's pidfile (a stale one is overwritten later)."""
+    try:
+        with open(path) as fh:
+            old = int(fh.read().strip() or "0")
+    except (OSError, ValueError):
+        return
+    if not old or old == os.getpid():
+        return
+    try:
+        os.kill(old, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # alive, owned by someone else
+    raise ConfigError(f"pidfile {path} exists and process {old} is running")
+
+
+def _check_unix_socket(settings: object) -> None:
+    from .config import Settings
+
+    assert isinstance(settings, Settings)
+    if not settings.unix_socket_dir:
+        return
+    path = os.path.join(settings.unix_socket_dir, f".s.PGSQL.{settings.listen_port}")
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # stale socket file: the listener removes it
+    finally:
+        probe.close()
+    raise ConfigError(f"unix socket {path} is in use, cannot continue")
+
+
 def _write_pidfile(path: str) -> None:
-    if os.path.exists(path):
-        try:
-            with open(path) as fh:
-                old = int(fh.read().strip() or "0")
-            if old:
-                os.kill(old, 0)
-                raise ConfigError(f"pidfile {path} exists and process {old} is running")
-        except (ValueError, ProcessLookupError, PermissionError):
-            pass
+    _check_pidfile(path)
     with open(path, "w") as fh:
         fh.write(f"{os.getpid()}\n")
 
@@ -109,17 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     for warning in app.config.warnings:
         log.warning("%s", warning)
     pidfile = app.config.settings.pidfile
+    if args.daemon and not pidfile:
+        print("pgusher: in daemon mode, pidfile must be set in the config", file=sys.stderr)
+        return 1
+    # Checks that must fail in the foreground, where an init script sees the exit code.
+    try:
+        if pidfile:
+            _check_pidfile(pidfile)
+        _check_unix_socket(app.config.settings)
+    except ConfigError as exc:
+        print(f"pgusher: {exc.message}", file=sys.stderr)
+        return 1
     if args.daemon:
-        if not pidfile:
-            print("pgusher: in daemon mode, pidfile must be set in the config", file=sys.stderr)
-            return 1
         _daemonize()
     try:
         if pidfile:
             _write_pidfile(pidfile)
         user = args.user or app.config.settings.user
         if user and os.geteuid() == 0:
-            _switch_user(user)
+            # Switched once the listeners are bound, as PgBouncer does (low ports need root).
+            _preload_for_user_switch()
+            app.after_listen = lambda: _switch_user(user)
         return _run(app)
     except ConfigError as exc:
         log.critical("%s", exc.message)
@@ -135,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                         os.unlink(pidfile)
             except OSError:
                 pass
+
+
+def _preload_for_user_switch() -> None:
+    """Import what later code loads lazily: the interpreter's tree may be private to root."""
+    import encodings.idna  # noqa: F401  (host name lookups)
+
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
 
 
 def _run(app: object) -> int:

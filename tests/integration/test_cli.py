@@ -376,6 +376,21 @@ def test_daemon_mode_with_pidfile(pooler: PoolerFactory) -> None:
     assert tcp_refused(proc.port)
 
 
+def test_daemon_refuses_to_start_over_live_pidfile(pooler: PoolerFactory) -> None:
+    """Like PgBouncer, a second ``-d`` start with the pidfile of a running pooler fails
+    up front: non-zero exit status and a message on stderr, not a silent success."""
+    proc = pooler(sections(pooler), userlist=USERS, args=["-d"])
+    assert proc.pidfile is not None
+    first = int(Path(proc.pidfile).read_text().split()[0])
+    assert pid_alive(first)
+    res = run_pgusher("-d", proc.ini_path, timeout=20)
+    assert res.returncode != 0, f"second daemon start reported success: {res.stderr!r}"
+    assert "pidfile" in res.stderr or proc.pidfile in res.stderr, res.stderr
+    time.sleep(0.3)
+    assert pid_alive(first)
+    assert int(Path(proc.pidfile).read_text().split()[0]) == first
+
+
 def test_daemon_mode_without_pidfile_fails(tmp_path: Path, pg: PgCluster) -> None:
     ini = tmp_path / "d.ini"
     port = socket.socket()

@@ -202,3 +202,38 @@ def test_max_client_conn(pg: PgCluster, pooler: PoolerFactory) -> None:
     with psycopg.connect(proc.dsn("postgres")) as third:
         assert third.execute("select 3").fetchone() == (3,)
     second.close()
+
+
+def test_application_name_add_host(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, application_name_add_host=1)
+    with psycopg.connect(proc.dsn("postgres", application_name="web"), autocommit=True) as c:
+        row = c.execute("show application_name").fetchone()
+        assert row is not None and row[0].startswith("web - 127.0.0.1:")
+
+
+@pytest.mark.parametrize("key,where", [
+    ("max_db_client_connections", "pgbouncer"),
+    ("max_user_client_connections", "pgbouncer"),
+])
+def test_client_count_limits(pg: PgCluster, pooler: PoolerFactory, key: str, where: str) -> None:
+    proc = start(pooler, **{key: 1})
+    first = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    with pytest.raises(psycopg.OperationalError, match=rf"no more connections allowed \({key}\)"):
+        psycopg.connect(proc.dsn("postgres"))
+    first.close()
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True) as again:
+        assert again.execute("select 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("setting", [
+    "auth_type = hba", "client_tls_sslmode = require", "server_tls_sslmode = verify-full",
+    "auth_user = postgres", "disable_pqexec = 1",
+])
+def test_settings_not_yet_honoured_are_refused(pg: PgCluster, pooler: PoolerFactory,
+                                               setting: str) -> None:
+    """Better not to start than to quietly run without TLS or without the HBA rules."""
+    from support import PoolerError
+
+    key, value = (part.strip() for part in setting.split("="))
+    with pytest.raises(PoolerError, match=f"not supported by this pgusher version: {key}"):
+        start(pooler, **{key: value})

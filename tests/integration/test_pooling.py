@@ -377,3 +377,55 @@ def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory) -> None:
     with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
         assert conn.execute("select 2").fetchone() == (2,)
         assert backend_pid(conn) != pid
+
+
+@pytest.mark.parametrize("key,message", [
+    ("idle_transaction_timeout", "idle transaction timeout"),
+    ("transaction_timeout", "transaction timeout"),
+])
+def test_transaction_timeouts(pg: PgCluster, pooler: PoolerFactory, key: str,
+                              message: str) -> None:
+    proc = start(pooler, pool_size=1, **{key: 1})
+    conn = psycopg.connect(proc.dsn("postgres"))
+    conn.execute("select 1")  # a transaction is now open and idle
+    time.sleep(2.5)
+    with pytest.raises(psycopg.Error, match=message):
+        conn.execute("select 1")
+    conn.close()
+    assert f"closing because: {message}" in proc.log_text()
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True) as other:
+        assert other.execute("select txid_current_if_assigned()").fetchone() == (None,)
+
+
+def test_query_timeout(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=1, query_timeout=1)
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="query_timeout"):
+            conn.execute("select pg_sleep(10)")
+        assert time.monotonic() - started < 5
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True) as other:
+        assert other.execute("select 1").fetchone() == (1,)
+
+
+def test_client_idle_timeout(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, client_idle_timeout=1)
+    conn = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    conn.execute("select 1")
+    time.sleep(2.5)
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("select 1")
+    conn.close()
+    assert "closing because: client_idle_timeout" in proc.log_text()
+
+
+def test_server_round_robin_uses_every_server(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=3, min_pool_size=3, server_round_robin=1)
+    with psycopg.connect(proc.dsn("postgres"), autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("select 1")
+        deadline = time.monotonic() + 5
+        while pg.connections(user="postgres", dbname="app") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        pids = {backend_pid(conn) for _ in range(9)}
+    assert len(pids) == 3

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 async def send_cancel(app: Application, server: ServerConn) -> None:
     addr = server.addr
     payload = m.cancel_request(server.pid, server.key)
-    timeout = app.config.settings.server_connect_timeout or None
+    settings = app.config.settings
+    timeout = settings.cancel_wait_timeout or settings.server_connect_timeout or None
     try:
         if addr.startswith("unix:"):
             coro = asyncio.open_unix_connection(addr[5:])

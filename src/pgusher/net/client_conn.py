@@ -27,6 +27,7 @@ from ..log import log
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
+from .sockopts import tune_socket
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -51,11 +52,39 @@ def _canonical_encoding(value: str) -> str:
 
 
 class ClientConn(asyncio.Protocol):
-    __slots__ = ("_auth_step", "_buf", "_login_timer", "_paused", "_salt", "_scram",
-                 "_secret", "addr", "app", "busy_since", "cancel_key", "cancel_pid", "closed",
-                 "connected_at", "db_name", "ident", "is_unix", "outstanding", "params",
-                 "pending", "pool", "server", "startup_params", "state", "stream",
-                 "transport", "user", "wait_started", "waiting")
+    __slots__ = (
+        "_auth_step",
+        "_buf",
+        "_login_timer",
+        "_paused",
+        "_salt",
+        "_scram",
+        "_secret",
+        "addr",
+        "app",
+        "cancel_key",
+        "cancel_pid",
+        "closed",
+        "connected_at",
+        "counted",
+        "db_name",
+        "ident",
+        "is_unix",
+        "outstanding",
+        "params",
+        "pending",
+        "pool",
+        "server",
+        "startup_params",
+        "state",
+        "state_since",
+        "stream",
+        "transport",
+        "user",
+        "wait_started",
+        "waiting",
+        "xact_since",
+    )
 
     def __init__(self, app: Application, is_unix: bool) -> None:
         self.app = app
@@ -72,11 +101,14 @@ class ClientConn(asyncio.Protocol):
         self.waiting = False
         self.wait_started = 0.0
         self.closed = False
+        self.counted = False
         self.user = "(nouser)"
         self.db_name = "(nodb)"
         self.addr = "?"
         self.connected_at = app.loop.time()
-        self.busy_since = self.connected_at
+        # When the client last went busy or idle, and when its open transaction began.
+        self.state_since = self.connected_at
+        self.xact_since = 0.0
         self.cancel_pid = 0
         self.cancel_key = 0
         self._buf = b""
@@ -110,6 +142,8 @@ class ClientConn(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple):
                 self.addr = f"{peer[0]}:{peer[1]}"
+        if not self.is_unix:
+            tune_socket(transport, self.app.config.settings)
         self.app.client_connected(self)
         timeout = self.app.config.settings.client_login_timeout
         if timeout > 0:
@@ -130,7 +164,7 @@ class ClientConn(asyncio.Protocol):
                 return
             if stream.expect:
                 if not self.outstanding:
-                    self.busy_since = self.app.loop.time()
+                    self.state_since = self.app.loop.time()
                 self.outstanding += stream.expect
             server = self.server
             if server is not None:
@@ -228,12 +262,15 @@ class ClientConn(asyncio.Protocol):
             if canon is not None:
                 if canon == "client_encoding":
                     value = _canonical_encoding(value)
+                elif canon == "application_name" and settings.application_name_add_host:
+                    value = f"{value} - {self.addr}"
                 self.startup_params[canon] = value
             elif low not in ignored:
                 raise ClientFatal(f"unsupported startup parameter: {key}", sqlstate="08P01")
         target = app.find_target(self.db_name)
         if target is None:
             raise ClientFatal(f"no such database: {self.db_name}", sqlstate="3D000")
+        app.check_client_limits(self, target)
         self.state = AUTH
         self._begin_auth()
 
@@ -423,8 +460,13 @@ class ClientConn(asyncio.Protocol):
         stats.query_count += count
         if outstanding:
             return
+        now = self.app.loop.time()
+        self.state_since = now
         if status == 73:  # 'I'
             stats.xact_count += 1
+            self.xact_since = 0.0
+        elif not self.xact_since:
+            self.xact_since = now
         if status != 73 or pool.mode == SESSION:
             return
         server = self.server

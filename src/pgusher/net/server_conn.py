@@ -20,6 +20,7 @@ from ..errors import AuthError, ProtocolError, ServerError
 from ..log import log
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
+from .sockopts import tune_socket
 
 if TYPE_CHECKING:
     from ..net.client_conn import ClientConn
@@ -83,6 +84,8 @@ class ServerConn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.state = LOGIN
         sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            tune_socket(self.transport, self.app.config.settings)
         if isinstance(sock, tuple):
             self.local_addr = f"{sock[0]}:{sock[1]}"
         else:

@@ -57,15 +57,19 @@ def tick(app: Application) -> None:
         linked = client.server
         if linked is None:
             if (s.client_idle_timeout > 0 and not client.waiting and not client.pending
-                    and now - client.busy_since >= s.client_idle_timeout):
+                    and now - client.state_since >= s.client_idle_timeout):
                 client.fatal(ClientFatal("client_idle_timeout", sqlstate="08P01"),
                              log_as="client_idle_timeout")
             continue
         if client.outstanding:
-            if s.query_timeout > 0 and now - client.busy_since >= s.query_timeout:
+            if s.query_timeout > 0 and now - client.state_since >= s.query_timeout:
                 client.fatal(ClientFatal("query_timeout", sqlstate="57014"),
                              log_as="query_timeout")
         elif (linked.stream.status != 73 and s.idle_transaction_timeout > 0
-              and now - client.busy_since >= s.idle_transaction_timeout):
+              and now - client.state_since >= s.idle_transaction_timeout):
             client.fatal(ClientFatal("idle transaction timeout", sqlstate="25P03"),
                          log_as="idle transaction timeout")
+        if (s.transaction_timeout > 0 and client.xact_since and not client.closed
+                and now - client.xact_since >= s.transaction_timeout):
+            client.fatal(ClientFatal("transaction timeout", sqlstate="25P04"),
+                         log_as="transaction timeout")

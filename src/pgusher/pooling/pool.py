@@ -142,7 +142,10 @@ class Pool:
     def request(self, client: ClientConn) -> None:
         """A logged-in client has work and no server: link one now or queue the client."""
         if self.idle and not self.app.paused:
-            server = self.idle.pop()
+            # LIFO keeps the warmest connection busy and lets surplus ones age out;
+            # server_round_robin spreads the load evenly instead.
+            server = (self.idle.pop(0) if self.app.config.settings.server_round_robin
+                      else self.idle.pop())
             if server.needs_check():
                 self.waiting.appendleft(client)
                 client.start_wait()
