@@ -210,6 +210,8 @@ class PoolerProc:
         env = user_env(self.run_as)
         src = str(REPO_ROOT / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if self._out is not None:
+            self._out.close()
         self._out = open(self.out_path, "ab")  # noqa: SIM115 - closed in _reap()
         chown_tree(self.out_path, self.run_as)
         self.proc = subprocess.Popen(
