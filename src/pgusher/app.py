@@ -30,6 +30,8 @@ from .pooling.pool import Pool
 
 # The parameters PostgreSQL reports that a client may change and the pooler must carry from
 # server to server, by lower-case name -> the spelling PostgreSQL reports.
+CLOCK_STEP = 0.1
+
 BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
                 "standard_conforming_strings", "application_name")
 
@@ -100,6 +102,10 @@ class Application:
         self.clients: set[ClientConn] = set()
         self.cancel_keys: dict[tuple[int, int], ClientConn] = {}
         self.tracked_params: dict[str, str] = {}
+        self.limits_shared = False
+        # A clock refreshed every CLOCK_STEP seconds, read on the data path instead of
+        # loop.time(); timeouts and ages need no finer precision.
+        self.now = 0.0
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.paused = False
@@ -111,7 +117,7 @@ class Application:
         self._stop: asyncio.Event | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.after_listen: Callable[[], None] | None = None
-        self._apply_tracked()
+        self._apply_derived()
 
     # ------------------------------------------------------------------ config
 
@@ -130,6 +136,10 @@ class Application:
         for warning in warnings:
             log.warning("%s", warning)
         self.userlist = users
+
+    def _apply_derived(self) -> None:
+        self._apply_tracked()
+        self._apply_limits_shared()
 
     def _apply_tracked(self) -> None:
         names = list(BASE_TRACKED) + list(self.config.settings.track_extra_parameters)
@@ -157,7 +167,7 @@ class Application:
             self._load_userlist(new)
         except ConfigError as exc:
             log.error("could not reload auth_file: %s", exc.message)
-        self._apply_tracked()
+        self._apply_derived()
         self.setup_logging()
         # Database entries whose server side changed: their servers are closed once free.
         for name, target in list(self.targets.items()):
@@ -179,7 +189,7 @@ class Application:
                 target.entry = fresh.entry
                 target.server_lifetime = fresh.server_lifetime
         for pool in self.pools.values():
-            pool.mode = self.effective_pool_mode(pool.target, pool.user)
+            pool.refresh()
         return []
 
     # ------------------------------------------------------------------ databases and pools
@@ -282,7 +292,7 @@ class Application:
 
     def on_server_idle(self, pool: Pool) -> None:
         """A server went idle: another pool of the same database or user may be waiting."""
-        if not self._limits_shared():
+        if not self.limits_shared:
             return
         for other in self.pools.values():
             if other is not pool and other.waiting and (
@@ -292,11 +302,14 @@ class Application:
                     pool.idle.pop(0).close("released for another pool")
                 other.grow()
 
-    def _limits_shared(self) -> bool:
-        s = self.config.settings
-        return bool(s.max_db_connections or s.max_user_connections
-                    or any(e.max_db_connections for e in self.config.databases.values())
-                    or any(u.max_user_connections for u in self.config.users.values()))
+    def _apply_limits_shared(self) -> None:
+        """Whether any limit spans pools (worked out once per configuration, not per release)."""
+        c = self.config
+        s = c.settings
+        self.limits_shared = bool(
+            s.max_db_connections or s.max_user_connections
+            or any(e.max_db_connections for e in c.databases.values())
+            or any(u.max_user_connections for u in c.users.values()))
 
     # ------------------------------------------------------------------ clients
 
@@ -362,6 +375,7 @@ class Application:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        self._tick_clock()
         self._stop = asyncio.Event()
         await self._listen()
         if self.after_listen is not None:
@@ -409,6 +423,10 @@ class Application:
             log.info("listening on unix:%s", path)
         if not self._servers:
             raise ConfigError("nothing to listen on: set listen_addr or unix_socket_dir")
+
+    def _tick_clock(self) -> None:
+        self.now = self.loop.time()
+        self.loop.call_later(CLOCK_STEP, self._tick_clock)
 
     def _install_signals(self) -> None:
         loop = self.loop

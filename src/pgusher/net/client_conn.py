@@ -27,6 +27,7 @@ from ..log import log
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
+from .server_conn import ACTIVE as SERVER_ACTIVE
 from .sockopts import tune_socket
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ READY = "ready"
 CLOSED = "closed"
 
 _PAUSE_WAIT = 1
+# Bytes a waiting client may queue before its reading is paused.
+_PENDING_LIMIT = 256 * 1024
 _PAUSE_PEER = 2
 
 
@@ -155,7 +158,7 @@ class ClientConn(asyncio.Protocol):
             self.fatal(ClientFatal("client_login_timeout"), log_as="client_login_timeout")
 
     def data_received(self, data: bytes) -> None:
-        if self.state == READY:
+        if self.state is READY:
             stream = self.stream
             try:
                 out = stream.feed(data)
@@ -164,17 +167,22 @@ class ClientConn(asyncio.Protocol):
                 return
             if stream.expect:
                 if not self.outstanding:
-                    self.state_since = self.app.loop.time()
+                    self.state_since = self.app.now
                 self.outstanding += stream.expect
             server = self.server
             if server is not None:
                 if out:
                     server.transport.write(out)  # type: ignore[union-attr]
             elif out:
-                self.pending.append(out)
+                pending = self.pending
+                pending.append(out)
                 if not self.waiting:
                     assert self.pool is not None
                     self.pool.request(self)
+                elif len(pending) > 1 and sum(map(len, pending)) > _PENDING_LIMIT:
+                    # Only a client that keeps sending while it waits is paused: pausing every
+                    # waiter would cost two epoll_ctl calls per waited transaction.
+                    self._pause(_PAUSE_WAIT)
             if stream.terminated:
                 self.close("client close request")
             return
@@ -425,7 +433,6 @@ class ClientConn(asyncio.Protocol):
     def start_wait(self) -> None:
         self.waiting = True
         self.wait_started = self.app.loop.time()
-        self._pause(_PAUSE_WAIT)
 
     def stop_wait(self) -> None:
         if self.waiting:
@@ -434,11 +441,18 @@ class ClientConn(asyncio.Protocol):
             stats = self.pool.stats
             stats.wait_time += self.app.loop.time() - self.wait_started
             stats.wait_count += 1
-            self._resume(_PAUSE_WAIT)
+            if self._paused:
+                self._resume(_PAUSE_WAIT)
 
     def attach(self, server: ServerConn) -> None:
         self.server = server
-        prefix = server.attach(self)
+        if self.params == server.tracked:
+            # The usual case, inlined: nothing to SET first.
+            server.client = self
+            server.state = SERVER_ACTIVE
+            prefix = b""
+        else:
+            prefix = server.attach(self)
         if self.pending:
             data = prefix + b"".join(self.pending)
             self.pending.clear()
@@ -460,7 +474,7 @@ class ClientConn(asyncio.Protocol):
         stats.query_count += count
         if outstanding:
             return
-        now = self.app.loop.time()
+        now = self.app.now
         self.state_since = now
         if status == 73:  # 'I'
             stats.xact_count += 1
@@ -470,13 +484,18 @@ class ClientConn(asyncio.Protocol):
         if status != 73 or pool.mode == SESSION:
             return
         server = self.server
-        if server is None or self.stream.unsynced or not server.stream.at_boundary:
+        if server is None or self.stream.unsynced:
             return
+        sstream = server.stream
+        if sstream.held or sstream.skip:
+            return  # the server is mid-message: keep it until the next boundary
         self.server = None
-        server.detach()
+        server.client = None
+        if server.paused_by_peer:
+            server.detach()
         if self._paused & _PAUSE_PEER:
             self._resume(_PAUSE_PEER)
-        if self.app.config.settings.server_reset_query_always:
+        if pool.reset_always:
             server.needs_reset = True
         pool.release(server)
 

@@ -45,10 +45,10 @@ def sql_ident(name: str) -> str:
 
 
 class ServerConn(asyncio.Protocol):
-    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_paused_by_peer", "_scram",
-                 "addr", "app", "client", "close_reason", "closed", "created", "dirty",
-                 "ident", "idle_since", "initial_params", "key", "local_addr", "needs_reset",
-                 "params", "pid", "pool", "state", "stream", "transport")
+    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app",
+                 "client", "close_reason", "closed", "created", "dirty", "expires_at", "ident",
+                 "idle_since", "initial_params", "key", "local_addr", "needs_reset", "params",
+                 "paused_by_peer", "pid", "pool", "state", "stream", "tracked", "transport")
 
     def __init__(self, pool: Pool, addr: str) -> None:
         self.pool = pool
@@ -61,12 +61,15 @@ class ServerConn(asyncio.Protocol):
         self.stream = ServerStream(self._on_param, settings.max_packet_size)
         self.client: ClientConn | None = None
         self.params: dict[str, str] = {}
+        self.tracked: dict[str, str] = {}  # the tracked subset of params, by canonical name
         self.initial_params: dict[str, str] = {}
         self.pid = 0
         self.key = 0
         now = self.app.loop.time()
         self.created = now
         self.idle_since = now
+        lifetime = pool.target.server_lifetime
+        self.expires_at = now + lifetime if lifetime > 0 else float("inf")
         self.needs_reset = False
         self.closed = False
         self.dirty = False
@@ -75,7 +78,7 @@ class ServerConn(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self._scram: ScramClient | None = None
         self._internal_cb: InternalDone | None = None
-        self._paused_by_peer = False
+        self.paused_by_peer = False
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
 
     # ------------------------------------------------------------------ login
@@ -124,8 +127,8 @@ class ServerConn(asyncio.Protocol):
                     self._auth_request(body)
                 elif kind == 83:  # 'S'
                     name, value = m.parse_parameter_status(body)
-                    self.params[name] = value
                     self.initial_params[name] = value
+                    self._on_param(name, value, False)
                 elif kind == 75:  # 'K'
                     self.pid, self.key = struct.unpack("!ii", body[:8])
                 elif kind == 69:  # 'E'
@@ -253,10 +256,11 @@ class ServerConn(asyncio.Protocol):
 
     def _on_param(self, name: str, value: str, swallowed: bool) -> None:
         self.params[name] = value
-        client = self.client
-        if client is not None:
-            canon = self.app.tracked_params.get(name.lower())
-            if canon is not None:
+        canon = self.app.tracked_params.get(name.lower())
+        if canon is not None:
+            self.tracked[canon] = value
+            client = self.client
+            if client is not None:
                 client.params[canon] = value
 
     def run_internal(self, sql: str, done: InternalDone) -> None:
@@ -267,12 +271,6 @@ class ServerConn(asyncio.Protocol):
         self.stream.swallow += 1
         self.transport.write(m.query(sql))
 
-    def needs_check(self) -> bool:
-        settings = self.app.config.settings
-        if not settings.server_check_query or settings.server_check_delay < 0:
-            return False
-        return self.app.loop.time() - self.idle_since >= settings.server_check_delay
-
     def run_check(self) -> None:
         self.run_internal(self.app.config.settings.server_check_query, self.pool.check_done)
 
@@ -280,8 +278,7 @@ class ServerConn(asyncio.Protocol):
         if self.dirty:
             self.close_reason = "database configuration changed"
             return True
-        lifetime = self.pool.target.server_lifetime
-        if lifetime > 0 and self.app.loop.time() - self.created >= lifetime:
+        if self.expires_at <= self.app.now:
             self.close_reason = "server lifetime over"
             return True
         return False
@@ -292,9 +289,12 @@ class ServerConn(asyncio.Protocol):
         """Link to a client; returns a SET query to send first when parameters differ."""
         self.client = client
         self.state = ACTIVE
+        wanted = client.params
+        if wanted == self.tracked:
+            return b""  # the usual case: one dict comparison in C
         params = self.params
         sets = [f"SET {sql_ident(k)} = {sql_literal(v)};"
-                for k, v in client.params.items() if params.get(k) != v]
+                for k, v in wanted.items() if params.get(k) != v]
         if not sets:
             return b""
         self.stream.swallow += 1
@@ -302,15 +302,15 @@ class ServerConn(asyncio.Protocol):
 
     def detach(self) -> None:
         self.client = None
-        if self._paused_by_peer:
-            self._paused_by_peer = False
+        if self.paused_by_peer:
+            self.paused_by_peer = False
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
     def make_idle(self) -> None:
         self.state = IDLE
         self.client = None
-        self.idle_since = self.app.loop.time()
+        self.idle_since = self.app.now
 
     def pause_writing(self) -> None:
         client = self.client
@@ -323,13 +323,13 @@ class ServerConn(asyncio.Protocol):
             client.resume_by_peer()
 
     def pause_by_peer(self) -> None:
-        if not self._paused_by_peer and self.transport is not None and not self.closed:
-            self._paused_by_peer = True
+        if not self.paused_by_peer and self.transport is not None and not self.closed:
+            self.paused_by_peer = True
             self.transport.pause_reading()
 
     def resume_by_peer(self) -> None:
-        if self._paused_by_peer and self.transport is not None and not self.closed:
-            self._paused_by_peer = False
+        if self.paused_by_peer and self.transport is not None and not self.closed:
+            self.paused_by_peer = False
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ closing

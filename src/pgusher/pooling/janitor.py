@@ -30,11 +30,11 @@ def tick(app: Application) -> None:
                                      log_as="query_wait_timeout")
             if (not pool.reserve_active and app.effective_reserve_size(pool) > 0
                     and now - oldest.wait_started >= s.reserve_pool_timeout):
-                pool.reserve_active = True
+                pool.set_reserve(True)
             if not app.paused:
                 pool.grow()
         elif pool.reserve_active and pool.total <= app.effective_pool_size(pool):
-            pool.reserve_active = False
+            pool.set_reserve(False)
         # Idle servers: lifetime, idle timeout above min_pool_size.
         min_size = app.effective_min_pool_size(pool)
         for server in list(pool.idle):

@@ -49,10 +49,10 @@ class PoolStats:
 
 
 class Pool:
-    __slots__ = ("_retry_handle", "active", "app", "connecting", "db_name", "idle",
-                 "last_login_error", "last_login_failed_at", "login_waiters", "mode", "name",
-                 "password", "reserve_active", "stats", "target", "user", "waiting",
-                 "welcome_params")
+    __slots__ = ("_retry_handle", "active", "app", "check_delay", "connecting", "db_name",
+                 "idle", "last_login_error", "last_login_failed_at", "limit", "login_waiters",
+                 "mode", "name", "password", "reserve_active", "reset_always", "stats", "target",
+                 "user", "waiting", "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -74,6 +74,28 @@ class Pool:
         self.reserve_active = False
         self.stats = PoolStats()
         self._retry_handle: asyncio.TimerHandle | None = None
+        # Derived from the configuration once (and again on reload), not per transaction.
+        self.limit = 0
+        self.check_delay: float | None = None
+        self.reset_always = False
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute what the configuration says for this pool (at creation and on reload)."""
+        app = self.app
+        s = app.config.settings
+        self.mode = app.effective_pool_mode(self.target, self.user)
+        self.limit = app.effective_pool_size(self)
+        if self.reserve_active:
+            self.limit += app.effective_reserve_size(self)
+        self.check_delay = (s.server_check_delay
+                            if s.server_check_query and s.server_check_delay >= 0 else None)
+        self.reset_always = s.server_reset_query_always
+
+    def set_reserve(self, active: bool) -> None:
+        if active != self.reserve_active:
+            self.reserve_active = active
+            self.refresh()
 
     # ----------------------------------------------------------- sizes and limits
 
@@ -89,10 +111,7 @@ class Pool:
         app = self.app
         if app.shutting_down:
             return False
-        limit = self.pool_size
-        if self.reserve_active:
-            limit += self.app.effective_reserve_size(self)
-        if self.total >= limit:
+        if self.total >= self.limit:
             return False
         max_db = app.effective_max_db_connections(self.target)
         if max_db and app.db_server_count(self.db_name) >= max_db:
@@ -111,6 +130,8 @@ class Pool:
     def grow(self) -> None:
         """Open connections while clients wait for more servers than are on the way."""
         wanted = len(self.waiting) + (1 if self.login_waiters and not self.total else 0)
+        if wanted <= self.connecting:
+            return
         while wanted > self.connecting and self._may_open():
             self.open_server()
 
@@ -146,21 +167,26 @@ class Pool:
             # server_round_robin spreads the load evenly instead.
             server = (self.idle.pop(0) if self.app.config.settings.server_round_robin
                       else self.idle.pop())
-            if server.needs_check():
+            delay = self.check_delay
+            if delay is not None and self.app.now - server.idle_since >= delay:
                 self.waiting.appendleft(client)
                 client.start_wait()
                 self.active.add(server)
                 server.run_check()
                 return
-            self.link(client, server)
+            self.active.add(server)
+            client.attach(server)
             return
-        if self.total == 0 and self.in_login_retry() and not self.app.paused:
+        if (self.last_login_failed_at and self.total == 0 and self.in_login_retry()
+                and not self.app.paused):
             client.fatal(ClientFatal(
                 "server login has been failing, try again later (server_login_retry)"))
             return
         self.waiting.append(client)
         client.start_wait()
-        if not self.app.paused:
+        # Cheap test first: at the limit (the usual case under load) nothing can be opened.
+        if (len(self.idle) + len(self.active) + self.connecting < self.limit
+                and not self.app.paused):
             self.grow()
 
     def cancel_wait(self, client: ClientConn) -> None:
@@ -168,10 +194,6 @@ class Pool:
             self.waiting.remove(client)
         with contextlib.suppress(ValueError):
             self.login_waiters.remove(client)
-
-    def link(self, client: ClientConn, server: ServerConn) -> None:
-        self.active.add(server)
-        client.attach(server)
 
     # ----------------------------------------------------------- servers coming back
 
@@ -220,8 +242,9 @@ class Pool:
         self.active.discard(server)
         if server.closed:
             return
-        if server.should_close():
-            server.close(server.close_reason or "server lifetime over")
+        if server.dirty or server.expires_at <= self.app.now:
+            server.close("database configuration changed" if server.dirty
+                         else "server lifetime over")
             self.grow()
             return
         if server.needs_reset:
@@ -243,12 +266,14 @@ class Pool:
 
     def give(self, server: ServerConn) -> None:
         """Hand a clean, unlinked server to the first waiter, or put it on the idle stack."""
-        while self.waiting and not self.app.paused:
-            client = self.waiting.popleft()
+        waiting = self.waiting
+        while waiting and not self.app.paused:
+            client = waiting.popleft()
             if client.closed:
                 continue
             client.stop_wait()
-            self.link(client, server)
+            self.active.add(server)
+            client.attach(server)
             return
         server.make_idle()
         self.idle.append(server)

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import ProtocolError
-from .messages import INT32, parse_error_fields, parse_parameter_status
+from .messages import INT32, TYPE_LEN, parse_error_fields, parse_parameter_status
+
+_TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call
 
 # Message type bytes as ints, compared without decoding.
 Z_READY = ord("Z")
@@ -43,13 +45,13 @@ class ServerStream:
     the pooler's own queries); ``swallowed`` counts those completed in the last feed.
     """
 
-    __slots__ = ("_drop", "_pending", "_skip", "last_error", "max_size", "on_param",
-                 "ready", "status", "swallow", "swallowed")
+    __slots__ = ("_drop", "held", "last_error", "max_size", "on_param", "ready", "skip",
+                 "status", "swallow", "swallowed")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
                  max_size: int = 2147483647) -> None:
-        self._pending = b""
-        self._skip = 0
+        self.held = b""
+        self.skip = 0
         self._drop = False
         self.swallow = 0
         self.swallowed = 0
@@ -61,25 +63,60 @@ class ServerStream:
 
     @property
     def at_boundary(self) -> bool:
-        return not self._pending and not self._skip
+        return not self.held and not self.skip
 
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk and return what should be forwarded to the client."""
+        if self.held or self.skip or self.swallow:
+            return self._feed_general(data)
+        # Fast path, the usual case: nothing carried over and nothing to drop, so the loop
+        # only walks headers, counts ReadyForQuery and reports ParameterStatus.
+        n = len(data)
+        pos = 0
+        ready = 0
+        unpack = _TYPE_LEN_FROM
+        max_size = self.max_size
+        while n - pos >= 5:
+            kind, length = unpack(data, pos)
+            if length < 4 or length > max_size:
+                raise ProtocolError(f"invalid server message length {length}")
+            end = pos + 1 + length
+            if end > n:
+                if kind in (Z_READY, S_PARAM):
+                    break  # held until whole
+                self.skip = end - n
+                pos = n
+                break
+            if kind == Z_READY:
+                self.status = data[pos + 5]
+                ready += 1
+            elif kind == S_PARAM:
+                name, value = parse_parameter_status(data[pos + 5:end])
+                self.on_param(name, value, False)
+            pos = end
+        self.ready = ready
+        self.swallowed = 0
+        if pos == n:
+            return data
+        self.held = data[pos:]
+        return data[:pos]
+
+    def _feed_general(self, data: bytes) -> bytes:
         self.ready = 0
         self.swallowed = 0
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
+        if self.held:
+            data = self.held + data
+            self.held = b""
         n = len(data)
         pos = 0
         out_from = 0
         pieces: list[bytes] | None = None
-        if self._skip:
-            if self._skip >= n:
-                self._skip -= n
+        if self.skip:
+            if self.skip >= n:
+                self.skip -= n
                 return b"" if self._drop else data
-            pos = self._skip
-            self._skip = 0
+            pos = self.skip
+            self.skip = 0
             if self._drop:
                 out_from = pos
         while n - pos >= 5:
@@ -106,7 +143,7 @@ class ServerStream:
                     self.last_error = parse_error_fields(data[pos + 5:end])
             elif end > n:
                 # A body we do not read, cut by the chunk: stream what is here, skip the rest.
-                self._skip = end - n
+                self.skip = end - n
                 self._drop = dropping
                 if dropping:
                     if pos > out_from:
@@ -123,7 +160,7 @@ class ServerStream:
                 out_from = end
             pos = end
         if pos < n:
-            self._pending = data[pos:]
+            self.held = data[pos:]
         if pieces is None:
             if out_from == 0 and pos == n:
                 return data
@@ -171,9 +208,9 @@ class ClientStream:
                 return data
             pos = self._skip
             self._skip = 0
+        unpack = _TYPE_LEN_FROM
         while n - pos >= 5:
-            kind = data[pos]
-            length = INT32.unpack_from(data, pos + 1)[0]
+            kind, length = unpack(data, pos)
             if kind not in _CLIENT_TYPES:
                 raise ProtocolError(f"invalid client message type {chr(kind)!r}")
             if length < 4 or length > self.max_size:
