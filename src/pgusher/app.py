@@ -17,6 +17,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import VERSION_STRING
 from . import log as logmod
@@ -244,45 +245,40 @@ class Application:
             self.pools[key] = pool
         return pool
 
-    def effective_pool_mode(self, target: DbTarget, user: str) -> str:
+    def _layered(self, user: str, target: DbTarget | None, user_key: str, db_key: str,
+                 global_key: str) -> Any:
+        """PgBouncer's precedence: the [users] entry, then the [databases] entry, then global."""
         user_entry = self.config.users.get(user)
-        if user_entry is not None and user_entry.pool_mode:
-            return user_entry.pool_mode
-        if target.entry.pool_mode:
-            return target.entry.pool_mode
-        return self.config.settings.pool_mode
+        if user_key and user_entry is not None:
+            value = getattr(user_entry, user_key)
+            if value is not None:
+                return value
+        if db_key and target is not None:
+            value = getattr(target.entry, db_key)
+            if value is not None:
+                return value
+        return getattr(self.config.settings, global_key)
+
+    def effective_pool_mode(self, target: DbTarget, user: str) -> str:
+        return str(self._layered(user, target, "pool_mode", "pool_mode", "pool_mode"))
 
     def effective_pool_size(self, pool: Pool) -> int:
-        user_entry = self.config.users.get(pool.user)
-        if user_entry is not None and user_entry.pool_size is not None:
-            return user_entry.pool_size
-        if pool.target.entry.pool_size is not None:
-            return pool.target.entry.pool_size
-        return self.config.settings.default_pool_size
+        return int(self._layered(pool.user, pool.target, "pool_size", "pool_size",
+                                 "default_pool_size"))
 
     def effective_reserve_size(self, pool: Pool) -> int:
-        user_entry = self.config.users.get(pool.user)
-        if user_entry is not None and user_entry.reserve_pool_size is not None:
-            return user_entry.reserve_pool_size
-        if pool.target.entry.reserve_pool_size is not None:
-            return pool.target.entry.reserve_pool_size
-        return self.config.settings.reserve_pool_size
+        return int(self._layered(pool.user, pool.target, "reserve_pool_size",
+                                 "reserve_pool_size", "reserve_pool_size"))
 
     def effective_min_pool_size(self, pool: Pool) -> int:
-        if pool.target.entry.min_pool_size is not None:
-            return pool.target.entry.min_pool_size
-        return self.config.settings.min_pool_size
+        return int(self._layered(pool.user, pool.target, "", "min_pool_size", "min_pool_size"))
 
     def effective_max_db_connections(self, target: DbTarget) -> int:
-        if target.entry.max_db_connections is not None:
-            return target.entry.max_db_connections
-        return self.config.settings.max_db_connections
+        return int(self._layered("", target, "", "max_db_connections", "max_db_connections"))
 
     def effective_max_user_connections(self, user: str) -> int:
-        user_entry = self.config.users.get(user)
-        if user_entry is not None and user_entry.max_user_connections is not None:
-            return user_entry.max_user_connections
-        return self.config.settings.max_user_connections
+        return int(self._layered(user, None, "max_user_connections", "",
+                                 "max_user_connections"))
 
     def db_server_count(self, db_name: str) -> int:
         return sum(p.total for p in self.pools.values() if p.db_name == db_name)
@@ -318,14 +314,10 @@ class Application:
 
     def check_client_limits(self, client: ClientConn, target: DbTarget) -> None:
         """max_db_client_connections and max_user_client_connections, counted at login."""
-        s = self.config.settings
-        db_limit = target.entry.max_db_client_connections
-        if db_limit is None:
-            db_limit = s.max_db_client_connections
-        user_entry = self.config.users.get(client.user)
-        user_limit = (user_entry.max_user_client_connections
-                      if user_entry is not None and user_entry.max_user_client_connections
-                      is not None else s.max_user_client_connections)
+        db_limit = self._layered("", target, "", "max_db_client_connections",
+                                 "max_db_client_connections")
+        user_limit = self._layered(client.user, None, "max_user_client_connections", "",
+                                   "max_user_client_connections")
         if db_limit and self.db_clients.get(target.name, 0) >= db_limit:
             raise ClientFatal("no more connections allowed (max_db_client_connections)",
                               sqlstate="53300")

@@ -429,3 +429,32 @@ def test_server_round_robin_uses_every_server(pg: PgCluster, pooler: PoolerFacto
             time.sleep(0.2)
         pids = {backend_pid(conn) for _ in range(9)}
     assert len(pids) == 3
+
+
+def test_user_pool_mode_wins_over_database_and_global(pg: PgCluster,
+                                                      pooler: PoolerFactory) -> None:
+    """[users] beats [databases], which beats [pgbouncer], as in PgBouncer."""
+    from poolcase import USERLIST
+
+    db = f"host=127.0.0.1 port={pg.port} dbname=app pool_mode=session pool_size=1"
+    proc = pooler({"databases": {"app": db},
+                   "users": {"scram_user": "pool_mode=transaction"},
+                   "pgbouncer": {"pool_mode": "statement", "auth_type": "trust",
+                                 "query_wait_timeout": "1"}},
+                  USERLIST)
+    # scram_user: transaction mode, so two open clients share the single server.
+    a = psycopg.connect(proc.dsn("scram_user"), autocommit=True)
+    b = psycopg.connect(proc.dsn("scram_user"), autocommit=True)
+    assert backend_pid(a) == backend_pid(b)
+    with a.transaction():  # allowed: not statement mode
+        a.execute("select 1")
+    a.close()
+    b.close()
+    # postgres: the database's session mode, so a second client waits for the first.
+    first = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    first.execute("select 1")
+    second = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+        second.execute("select 1")
+    second.close()
+    first.close()

@@ -257,9 +257,16 @@ class Pool:
         self.give(server)
 
     def after_reset(self, server: ServerConn, ok: bool) -> None:
+        self._back_from_internal(server, ok, "server reset query failed")
+
+    def check_done(self, server: ServerConn, ok: bool) -> None:
+        self._back_from_internal(server, ok, "server check query failed")
+
+    def _back_from_internal(self, server: ServerConn, ok: bool, failure: str) -> None:
+        """A query of the pooler's own finished on an unlinked server: pass it on or drop it."""
         self.active.discard(server)
         if not ok:
-            server.close("server reset query failed")
+            server.close(failure)
             self.grow()
             return
         self.give(server)
@@ -286,14 +293,6 @@ class Pool:
             self.idle.remove(server)
         if self.waiting:
             self.grow()
-
-    def check_done(self, server: ServerConn, ok: bool) -> None:
-        self.active.discard(server)
-        if not ok:
-            server.close("server check query failed")
-            self.grow()
-            return
-        self.give(server)
 
     def describe(self) -> str:
         return (f"{self.name}: active={len(self.active)} idle={len(self.idle)} "
