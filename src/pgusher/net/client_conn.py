@@ -27,6 +27,7 @@ from ..log import log
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
+from ..protocol.prepared import Statement, Translator, answer_without_server
 from .server_conn import ACTIVE as SERVER_ACTIVE
 from .sockopts import tune_socket
 
@@ -76,12 +77,15 @@ class ClientConn(asyncio.Protocol):
         "outstanding",
         "params",
         "pending",
+        "pending_msgs",
         "pool",
         "server",
         "startup_params",
         "state",
         "state_since",
+        "statements",
         "stream",
+        "translating",
         "transport",
         "user",
         "wait_started",
@@ -100,6 +104,10 @@ class ClientConn(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.startup_params: dict[str, str] = {}
         self.pending: list[bytes] = []
+        # Transaction/statement mode with prepared statements: whole messages, rewritten.
+        self.translating = False
+        self.pending_msgs: list[tuple[int, bytes]] = []
+        self.statements: dict[bytes, Statement] = {}
         self.outstanding = 0
         self.waiting = False
         self.wait_started = 0.0
@@ -159,6 +167,9 @@ class ClientConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state is READY:
+            if self.translating:
+                self._data_translating(data)
+                return
             stream = self.stream
             try:
                 out = stream.feed(data)
@@ -197,6 +208,51 @@ class ClientConn(asyncio.Protocol):
                     raise ProtocolError("too much data before login completed")
         except PgusherError as exc:
             self.fatal(exc)
+
+    def _data_translating(self, data: bytes) -> None:
+        """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
+        stream = self.stream
+        try:
+            msgs = stream.feed_messages(data)
+        except ProtocolError as exc:
+            self.fatal(exc)
+            return
+        if stream.expect:
+            if not self.outstanding:
+                self.state_since = self.app.now
+            self.outstanding += stream.expect
+        server = self.server
+        if server is not None:
+            if msgs:
+                self._send_translated(server, msgs)
+        elif msgs:
+            pending = self.pending_msgs
+            pending.extend(msgs)
+            if not self.waiting:
+                pool = self.pool
+                assert pool is not None
+                reply = answer_without_server(pending, self.statements, pool.known_statements)
+                if reply is not None:
+                    pending.clear()
+                    self.outstanding -= stream.expect
+                    self.transport.write(reply)
+                else:
+                    pool.request(self)
+            elif len(pending) > 64 and sum(len(m) for _, m in pending) > _PENDING_LIMIT:
+                self._pause(_PAUSE_WAIT)
+        if stream.terminated:
+            self.close("client close request")
+
+    def _send_translated(self, server: ServerConn, msgs: list[tuple[int, bytes]],
+                         prefix: bytes = b"") -> None:
+        link = server.link
+        assert link is not None and server.transport is not None
+        translator = Translator(link, self.statements)
+        out = translator.feed(msgs)
+        if translator.direct:
+            self.transport.write(translator.direct)
+        if prefix or out:
+            server.transport.write(prefix + out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
@@ -416,6 +472,9 @@ class ClientConn(asyncio.Protocol):
         shown = dict(welcome)
         shown.update(self.startup_params)
         self.params = {canon: shown[canon] for canon in tracked.values() if canon in shown}
+        pool = self.pool
+        self.translating = (pool is not None and pool.mode != SESSION
+                            and self.app.config.settings.max_prepared_statements > 0)
         self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self)
         out = [m.parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
@@ -453,6 +512,12 @@ class ClientConn(asyncio.Protocol):
             prefix = b""
         else:
             prefix = server.attach(self)
+        if self.translating:
+            if server.link is None:
+                server.start_tracking()
+            msgs, self.pending_msgs = self.pending_msgs, []
+            self._send_translated(server, msgs, prefix)
+            return
         if self.pending:
             data = prefix + b"".join(self.pending)
             self.pending.clear()
@@ -464,6 +529,11 @@ class ClientConn(asyncio.Protocol):
 
     def on_server_ready(self, count: int, status: int) -> None:
         """ReadyForQuery came back from the linked server (``count`` of them in one chunk)."""
+        server = self.server
+        if server is not None and server.link is not None and server.link.lost_queries:
+            # Queries the server skipped after an error: their ReadyForQuery never comes.
+            count += server.link.lost_queries
+            server.link.lost_queries = 0
         outstanding = self.outstanding - count
         if outstanding < 0:
             outstanding = 0
@@ -483,12 +553,17 @@ class ClientConn(asyncio.Protocol):
             self.xact_since = now
         if status != 73 or pool.mode == SESSION:
             return
-        server = self.server
         if server is None or self.stream.unsynced:
             return
         sstream = server.stream
         if sstream.held or sstream.skip:
             return  # the server is mid-message: keep it until the next boundary
+        link = server.link
+        if link is not None:
+            if link.tags:
+                return
+            if link.needs_reset:
+                server.needs_reset = True
         self.server = None
         server.client = None
         if server.paused_by_peer:
@@ -587,7 +662,8 @@ class ClientConn(asyncio.Protocol):
             server.detach()
             clean = (self.outstanding == 0 and not self.stream.unsynced
                      and server.stream.status == 73 and server.stream.at_boundary
-                     and server.stream.swallow == 0)
+                     and server.stream.swallow == 0
+                     and (server.link is None or not server.link.tags))
             if clean:
                 if pool.mode == SESSION or app.config.settings.server_reset_query_always:
                     server.needs_reset = True

@@ -20,6 +20,7 @@ from ..errors import AuthError, ProtocolError, ServerError
 from ..log import log
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
+from ..protocol.prepared import LinkState
 from .sockopts import tune_socket
 
 if TYPE_CHECKING:
@@ -47,8 +48,9 @@ def sql_ident(name: str) -> str:
 class ServerConn(asyncio.Protocol):
     __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app",
                  "client", "close_reason", "closed", "created", "dirty", "expires_at", "ident",
-                 "idle_since", "initial_params", "key", "local_addr", "needs_reset", "params",
-                 "paused_by_peer", "pid", "pool", "state", "stream", "tracked", "transport")
+                 "idle_since", "initial_params", "key", "link", "local_addr", "needs_reset",
+                 "params", "paused_by_peer", "pid", "pool", "state", "stream", "tracked",
+                 "transport")
 
     def __init__(self, pool: Pool, addr: str) -> None:
         self.pool = pool
@@ -62,6 +64,7 @@ class ServerConn(asyncio.Protocol):
         self.client: ClientConn | None = None
         self.params: dict[str, str] = {}
         self.tracked: dict[str, str] = {}  # the tracked subset of params, by canonical name
+        self.link: LinkState | None = None  # prepared statements on this server
         self.initial_params: dict[str, str] = {}
         self.pid = 0
         self.key = 0
@@ -262,6 +265,18 @@ class ServerConn(asyncio.Protocol):
             client = self.client
             if client is not None:
                 client.params[canon] = value
+
+    def start_tracking(self) -> None:
+        self.link = LinkState(self.app.config.settings.max_prepared_statements,
+                              self.pool.known_statements)
+        self.stream.track(self.link)
+
+    def statements_reset(self) -> None:
+        """The server ran a reset: it holds no prepared statements any more."""
+        link = self.link
+        if link is not None:
+            link.forget_all()
+            link.needs_reset = False
 
     def run_internal(self, sql: str, done: InternalDone) -> None:
         """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""

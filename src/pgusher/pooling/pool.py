@@ -50,9 +50,9 @@ class PoolStats:
 
 class Pool:
     __slots__ = ("_retry_handle", "active", "app", "check_delay", "connecting", "db_name",
-                 "idle", "last_login_error", "last_login_failed_at", "limit", "login_waiters",
-                 "mode", "name", "password", "reserve_active", "reset_always", "stats", "target",
-                 "user", "waiting", "welcome_params")
+                 "idle", "known_statements", "last_login_error", "last_login_failed_at",
+                 "limit", "login_waiters", "mode", "name", "password", "reserve_active",
+                 "reset_always", "stats", "target", "user", "waiting", "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -73,6 +73,7 @@ class Pool:
         self.last_login_error: ServerError | None = None
         self.reserve_active = False
         self.stats = PoolStats()
+        self.known_statements: set[str] = set()  # prepared-statement keys a server accepted
         self._retry_handle: asyncio.TimerHandle | None = None
         # Derived from the configuration once (and again on reload), not per transaction.
         self.limit = 0
@@ -250,6 +251,8 @@ class Pool:
         if server.needs_reset:
             server.needs_reset = False
             query = self.app.config.settings.server_reset_query
+            if not query and server.link is not None and server.link.needs_reset:
+                query = "DEALLOCATE ALL"  # its statements are in doubt: start clean
             if query:
                 self.active.add(server)
                 server.run_internal(query, self.after_reset)
@@ -257,6 +260,8 @@ class Pool:
         self.give(server)
 
     def after_reset(self, server: ServerConn, ok: bool) -> None:
+        if ok:
+            server.statements_reset()
         self._back_from_internal(server, ok, "server reset query failed")
 
     def check_done(self, server: ServerConn, ok: bool) -> None:

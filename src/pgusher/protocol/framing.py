@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import ProtocolError
-from .messages import INT32, TYPE_LEN, parse_error_fields, parse_parameter_status
+from .messages import TYPE_LEN, parse_error_fields, parse_parameter_status
+from .prepared import LinkState, ReplyTracker
 
 _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call
 
@@ -29,6 +30,7 @@ Q_QUERY = ord("Q")
 F_FUNCTION = ord("F")
 S_SYNC = ord("S")
 X_TERMINATE = ord("X")
+COPY_DATA = ord("d")
 
 # Extended-protocol messages that open work which only a Sync closes.
 _EXTENDED = frozenset(b"PBEDC")
@@ -45,8 +47,8 @@ class ServerStream:
     the pooler's own queries); ``swallowed`` counts those completed in the last feed.
     """
 
-    __slots__ = ("_drop", "held", "last_error", "max_size", "on_param", "ready", "skip",
-                 "status", "swallow", "swallowed")
+    __slots__ = ("_after_skip", "_drop", "held", "last_error", "link", "max_size", "on_param",
+                 "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
                  max_size: int = 2147483647) -> None:
@@ -60,6 +62,14 @@ class ServerStream:
         self.last_error: dict[str, str] | None = None
         self.on_param = on_param
         self.max_size = max_size
+        self._after_skip = b""
+        # Prepared-statement tracking for this server (transaction and statement mode).
+        self.link: LinkState | None = None
+        self.tracker: ReplyTracker | None = None
+
+    def track(self, link: LinkState) -> None:
+        self.link = link
+        self.tracker = ReplyTracker(link)
 
     @property
     def at_boundary(self) -> bool:
@@ -67,7 +77,8 @@ class ServerStream:
 
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk and return what should be forwarded to the client."""
-        if self.held or self.skip or self.swallow:
+        link = self.link
+        if self.held or self.skip or self.swallow or (link is not None and link.tags):
             return self._feed_general(data)
         # Fast path, the usual case: nothing carried over and nothing to drop, so the loop
         # only walks headers, counts ReadyForQuery and reports ParameterStatus.
@@ -96,12 +107,15 @@ class ServerStream:
             pos = end
         self.ready = ready
         self.swallowed = 0
+        if ready and link is not None and link.untagged_z:
+            link.untagged_z = max(0, link.untagged_z - ready)
         if pos == n:
             return data
         self.held = data[pos:]
         return data[:pos]
 
     def _feed_general(self, data: bytes) -> bytes:
+        """Every case: carried-over bytes, swallowed replies, tagged replies."""
         self.ready = 0
         self.swallowed = 0
         if self.held:
@@ -110,7 +124,7 @@ class ServerStream:
         n = len(data)
         pos = 0
         out_from = 0
-        pieces: list[bytes] | None = None
+        pieces: list[bytes] = []
         if self.skip:
             if self.skip >= n:
                 self.skip -= n
@@ -119,14 +133,21 @@ class ServerStream:
             self.skip = 0
             if self._drop:
                 out_from = pos
+            if self._after_skip:
+                pieces.append(data[out_from:pos])
+                pieces.append(self._after_skip)
+                out_from = pos
+                self._after_skip = b""
+        link = self.link
+        tracker = self.tracker
         while n - pos >= 5:
-            kind = data[pos]
-            length = INT32.unpack_from(data, pos + 1)[0]
+            kind, length = _TYPE_LEN_FROM(data, pos)
             if length < 4 or length > self.max_size:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             dropping = self.swallow > 0
-            if kind in (Z_READY, S_PARAM) or (dropping and kind == E_ERROR):
+            tagged = not dropping and link is not None and bool(link.tags)
+            if kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged)):
                 if end > n:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
@@ -136,10 +157,12 @@ class ServerStream:
                         self.swallowed += 1
                     else:
                         self.ready += 1
+                        if not tagged and link is not None and link.untagged_z:
+                            link.untagged_z -= 1
                 elif kind == S_PARAM:
                     name, value = parse_parameter_status(data[pos + 5:end])
                     self.on_param(name, value, dropping)
-                else:
+                elif dropping:
                     self.last_error = parse_error_fields(data[pos + 5:end])
             elif end > n:
                 # A body we do not read, cut by the chunk: stream what is here, skip the rest.
@@ -147,21 +170,34 @@ class ServerStream:
                 self._drop = dropping
                 if dropping:
                     if pos > out_from:
-                        pieces = pieces or []
                         pieces.append(data[out_from:pos])
                     out_from = n
+                elif tagged and tracker is not None:
+                    # Only ParseComplete/CloseComplete are ever dropped, and they have no body.
+                    _, extra = tracker.reply(kind, None)
+                    self._after_skip = extra
                 pos = n
                 break
             if dropping:
                 if pos > out_from:
-                    if pieces is None:
-                        pieces = []
                     pieces.append(data[out_from:pos])
                 out_from = end
+            elif tagged and tracker is not None:
+                body = data[pos + 5:end] if kind == E_ERROR else None
+                forward, extra = tracker.reply(kind, body)
+                if not forward:
+                    pieces.append(data[out_from:pos])
+                    if extra:
+                        pieces.append(extra)
+                    out_from = end
+                elif extra:
+                    pieces.append(data[out_from:end])
+                    pieces.append(extra)
+                    out_from = end
             pos = end
         if pos < n:
             self.held = data[pos:]
-        if pieces is None:
+        if not pieces:
             if out_from == 0 and pos == n:
                 return data
             return data[out_from:pos]
@@ -192,6 +228,59 @@ class ClientStream:
     @property
     def at_boundary(self) -> bool:
         return not self._pending and not self._skip
+
+    def feed_messages(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Like :meth:`feed`, but split into whole messages for rewriting.
+
+        Every message is held until whole (bounded by max_packet_size) except CopyData, which
+        streams: a CopyData cut by the chunk comes out as raw pieces of kind 0.
+        """
+        self.expect = 0
+        out: list[tuple[int, bytes]] = []
+        if self.terminated:
+            return out
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        n = len(data)
+        pos = 0
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                out.append((0, data))
+                return out
+            out.append((0, data[:self._skip]))
+            pos = self._skip
+            self._skip = 0
+        unpack = _TYPE_LEN_FROM
+        while n - pos >= 5:
+            kind, length = unpack(data, pos)
+            if kind not in _CLIENT_TYPES:
+                raise ProtocolError(f"invalid client message type {chr(kind)!r}")
+            if length < 4 or length > self.max_size:
+                raise ProtocolError(f"invalid client message length {length}")
+            end = pos + 1 + length
+            if end > n:
+                if kind == COPY_DATA:
+                    out.append((0, data[pos:]))
+                    self._skip = end - n
+                    return out
+                break
+            if kind in (Q_QUERY, F_FUNCTION):
+                self.expect += 1
+            elif kind == S_SYNC:
+                self.expect += 1
+                self.unsynced = False
+            elif kind in _EXTENDED:
+                self.unsynced = True
+            elif kind == X_TERMINATE:
+                self.terminated = True
+                return out
+            out.append((kind, data[pos:end]))
+            pos = end
+        if pos < n:
+            self._pending = data[pos:]
+        return out
 
     def feed(self, data: bytes) -> bytes:
         self.expect = 0

@@ -1,0 +1,473 @@
+"""Named prepared statements across pooled server connections (sans-IO).
+
+In transaction and statement mode a client's statements must survive being moved from one
+server connection to another. The strategy:
+
+* A client's named Parse is registered under the client's name, and sent to the server under a
+  pooler-owned name derived from the query text and parameter types, so identical statements from
+  many clients share one server-side statement. Bind, Describe and Close are rewritten to match.
+* Every message sent to a server gets a *reply tag* in a per-link FIFO, naming the reply that
+  ends it (Parse -> ParseComplete, Bind -> BindComplete, Describe -> RowDescription/NoData,
+  Execute -> CommandComplete/EmptyQuery/PortalSuspended, Sync and Query -> ReadyForQuery). This is
+  what lets the pooler slip its own messages in (a Parse for a statement this server lacks, a
+  Close to evict one) and drop exactly their replies, and answer some messages itself
+  (ParseComplete for a statement the server already has, CloseComplete for a client's Close) in
+  the right place in the reply stream.
+* Errors the pooler must raise in sequence (a duplicate name, an unknown name) are produced by
+  sending a Parse that cannot succeed and replacing its error with the right one, so the server's
+  own state (an aborted transaction, skipping to Sync) is exactly what PostgreSQL would have.
+* After an error the server skips to the next Sync; the tags of the skipped messages are dropped
+  and whatever they would have registered is undone.
+
+Plain simple queries sent while nothing is tagged are not tagged at all, so the simple-protocol
+path keeps the scanner's fast path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from collections import OrderedDict, deque
+
+from .messages import error_response, message
+
+# Tag kinds.
+T_SKIPZ = 0    # replies of untagged simple queries: skip until `count` ReadyForQuery
+T_QUERY = 1    # Query / FunctionCall: ends with ReadyForQuery
+T_PARSE = 2    # client Parse: ParseComplete
+T_BIND = 3     # Bind: BindComplete
+T_CLOSE = 4    # client Close of a portal: CloseComplete
+T_DESCRIBE = 5  # Describe: RowDescription or NoData (ParameterDescription comes first)
+T_EXECUTE = 6  # Execute: CommandComplete, EmptyQueryResponse or PortalSuspended
+T_SYNC = 7     # Sync: ReadyForQuery
+T_INJ_PARSE = 8   # pooler's Parse: swallow ParseComplete
+T_INJ_CLOSE = 9   # pooler's Close: swallow CloseComplete
+T_SYNTH = 10   # no server message: emit `data` when this tag reaches the head
+T_FAIL = 11    # pooler's failing Parse: replace its error with `data`
+
+_TERMINAL: dict[int, bytes] = {
+    T_QUERY: b"Z", T_PARSE: b"1", T_BIND: b"2", T_CLOSE: b"3", T_DESCRIBE: b"Tn",
+    T_EXECUTE: b"CIs", T_SYNC: b"Z", T_INJ_PARSE: b"1", T_INJ_CLOSE: b"3",
+}
+
+# How many accepted statement texts a pool remembers for answering clients without a server.
+KNOWN_LIMIT = 10000
+
+# Raw CopyData pieces (0), CopyData, CopyDone, CopyFail and Flush: nothing to tag.
+_NO_REPLY = frozenset((0, ord("d"), ord("c"), ord("f"), ord("H")))
+
+PARSE_COMPLETE = message(b"1")
+_READY_IDLE = message(b"Z", b"I")
+CLOSE_COMPLETE = message(b"3")
+_FAILING_QUERY = b"pgusher: this statement stands in for an error\0"
+_FAILING_NAME = b"pgusher_error"
+
+# Statements whose execution drops every prepared statement of the session.
+_DROPS_ALL = re.compile(rb"\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b", re.I)
+
+
+class Tag:
+    __slots__ = ("clears", "count", "data", "errored", "key", "kind", "name", "owner")
+
+    def __init__(self, kind: int, key: str | None = None) -> None:
+        self.kind = kind
+        self.key = key
+        self.count = 0
+        self.data = b""
+        self.errored = False
+        self.clears = False
+        self.owner: dict[bytes, Statement] | None = None
+        self.name = b""
+
+
+class Statement:
+    """A client's named statement: the pooler-owned name and the Parse body for servers."""
+
+    __slots__ = ("key", "parse_body", "query")
+
+    def __init__(self, key: str, query: bytes, types: bytes) -> None:
+        self.key = key
+        self.query = query
+        self.parse_body = key.encode() + b"\0" + query + b"\0" + types
+
+
+def statement_key(query: bytes, types: bytes) -> str:
+    digest = hashlib.blake2b(query + b"\0" + types, digest_size=10).hexdigest()
+    return "pgusher_" + digest
+
+
+def split_parse(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """Parse body -> (name, query, parameter type section)."""
+    a = body.index(b"\0")
+    b = body.index(b"\0", a + 1)
+    return body[:a], body[a + 1:b], body[b + 1:]
+
+
+def split_bind(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """Bind body -> (portal, statement, rest)."""
+    a = body.index(b"\0")
+    b = body.index(b"\0", a + 1)
+    return body[:a], body[a + 1:b], body[b + 1:]
+
+
+def drops_all_statements(query: bytes) -> bool:
+    return _DROPS_ALL.search(query) is not None
+
+
+class LinkState:
+    """What the pooler knows about one server connection's statements and pending replies."""
+
+    __slots__ = ("known", "limit", "lost_queries", "needs_close", "needs_reset", "skipping",
+                 "statements", "tags", "untagged_z")
+
+    def __init__(self, limit: int, known: set[str] | None = None) -> None:
+        self.limit = limit
+        # Statement keys some server of the pool has accepted (shared by the pool's links).
+        self.known: set[str] = known if known is not None else set()
+        self.statements: OrderedDict[str, None] = OrderedDict()  # LRU, oldest first
+        self.needs_close: set[str] = set()  # on the server but unusable (plan changed)
+        self.tags: deque[Tag] = deque()
+        self.untagged_z = 0      # ReadyForQuery still due for untagged simple queries
+        self.skipping = False    # the server is skipping messages until Sync
+        self.lost_queries = 0    # queries the server skipped (their ReadyForQuery never comes)
+        self.needs_reset = False  # prepared-statement state is uncertain: reset before reuse
+
+    def forget_all(self) -> None:
+        self.statements.clear()
+        self.needs_close.clear()
+
+
+class Translator:
+    """Rewrites one batch of whole client messages for a given server link."""
+
+    __slots__ = ("direct", "link", "out", "statements")
+
+    def __init__(self, link: LinkState, statements: dict[bytes, Statement]) -> None:
+        self.link = link
+        self.statements = statements
+        self.out: list[bytes] = []
+        self.direct = b""  # synthetic replies that may go to the client at once
+
+    def _push(self, tag: Tag) -> None:
+        link = self.link
+        if not link.tags and link.untagged_z:
+            skip = Tag(T_SKIPZ)
+            skip.count = link.untagged_z
+            link.untagged_z = 0
+            link.tags.append(skip)
+        link.tags.append(tag)
+
+    def _synth(self, data: bytes) -> None:
+        link = self.link
+        if not link.tags and not link.untagged_z:
+            self.direct += data  # nothing ahead of it: it can go now
+            return
+        tag = Tag(T_SYNTH)
+        tag.data = data
+        self._push(tag)
+
+    def _fail(self, sqlstate: str, text: str) -> None:
+        tag = Tag(T_FAIL)
+        tag.data = error_response("ERROR", sqlstate, text)
+        self._push(tag)
+        self.out.append(message(b"P", _FAILING_NAME + b"\0" + _FAILING_QUERY + b"\0\0"))
+
+    def _ensure(self, stmt: Statement) -> None:
+        """Make sure the server has ``stmt``; slip in a Parse (and evictions) if not."""
+        link = self.link
+        key = stmt.key
+        if key in link.statements:
+            link.statements.move_to_end(key)
+            return
+        if key in link.needs_close:
+            link.needs_close.discard(key)
+            self._inject_close(key)
+        self._make_room()
+        link.statements[key] = None
+        tag = Tag(T_INJ_PARSE, key)
+        self._push(tag)
+        self.out.append(message(b"P", stmt.parse_body))
+
+    def _make_room(self) -> None:
+        link = self.link
+        while len(link.statements) >= link.limit > 0:
+            old, _ = link.statements.popitem(last=False)
+            self._inject_close(old)
+
+    def _inject_close(self, key: str) -> None:
+        self._push(Tag(T_INJ_CLOSE, key))
+        self.out.append(message(b"C", b"S" + key.encode() + b"\0"))
+
+    def feed(self, messages: list[tuple[int, bytes]]) -> bytes:
+        link = self.link
+        out = self.out
+        for kind, msg in messages:
+            if kind in _NO_REPLY:
+                out.append(msg)  # raw CopyData pieces, CopyDone/CopyFail, Flush: no reply
+                continue
+            if link.skipping and kind != 83:
+                # The server discards everything until Sync; so would PostgreSQL.
+                out.append(msg)
+                if kind in (81, 70):
+                    link.lost_queries += 1
+                continue
+            if kind in (81, 70):  # 'Q' / 'F'
+                self._query(kind, msg)
+            elif kind == 80:  # 'P'
+                self._parse(msg)
+            elif kind == 66:  # 'B'
+                self._bind(msg)
+            elif kind == 68:  # 'D'
+                self._describe(msg)
+            elif kind == 67:  # 'C'
+                self._close(msg)
+            elif kind == 69:  # 'E'
+                self._push(Tag(T_EXECUTE))
+                out.append(msg)
+            elif kind == 83:  # 'S'
+                self._push(Tag(T_SYNC))
+                link.skipping = False
+                out.append(msg)
+            else:
+                out.append(msg)
+        data = b"".join(out)
+        out.clear()
+        return data
+
+    def _query(self, kind: int, msg: bytes) -> None:
+        link = self.link
+        clears = kind == 81 and drops_all_statements(msg)
+        if clears:
+            self.statements.clear()
+        if link.tags or clears:
+            tag = Tag(T_QUERY)
+            tag.clears = clears
+            self._push(tag)
+        else:
+            link.untagged_z += 1
+        self.out.append(msg)
+
+    def _parse(self, msg: bytes) -> None:
+        body = msg[5:]
+        name, query, types = split_parse(body)
+        if not name:
+            tag = Tag(T_PARSE)
+            tag.clears = drops_all_statements(query)
+            if tag.clears:
+                self.statements.clear()
+                self.link.needs_reset = True  # executed later, maybe: settle it at release
+            self._push(tag)
+            self.out.append(msg)
+            return
+        if name in self.statements:
+            shown = name.decode("utf-8", "replace")
+            self._fail("42P05", f'prepared statement "{shown}" already exists')
+            return
+        stmt = Statement(statement_key(query, types), query, types)
+        self.statements[name] = stmt
+        link = self.link
+        if stmt.key in link.statements and stmt.key not in link.needs_close:
+            link.statements.move_to_end(stmt.key)
+            self._synth(PARSE_COMPLETE)
+            return
+        if stmt.key in link.needs_close:
+            link.needs_close.discard(stmt.key)
+            self._inject_close(stmt.key)
+        self._make_room()
+        link.statements[stmt.key] = None
+        tag = Tag(T_PARSE, stmt.key)
+        tag.owner = self.statements
+        tag.name = name
+        self._push(tag)
+        self.out.append(message(b"P", stmt.parse_body))
+
+    def _bind(self, msg: bytes) -> None:
+        portal, name, rest = split_bind(msg[5:])
+        if not name:
+            self._push(Tag(T_BIND))
+            self.out.append(msg)
+            return
+        stmt = self.statements.get(name)
+        if stmt is None:
+            shown = name.decode("utf-8", "replace")
+            self._fail("26000", f'prepared statement "{shown}" does not exist')
+            return
+        self._ensure(stmt)
+        self._push(Tag(T_BIND, stmt.key))
+        self.out.append(message(b"B", portal + b"\0" + stmt.key.encode() + b"\0" + rest))
+
+    def _describe(self, msg: bytes) -> None:
+        what, name = msg[5:6], msg[6:-1]
+        if what != b"S" or not name:
+            self._push(Tag(T_DESCRIBE))
+            self.out.append(msg)
+            return
+        stmt = self.statements.get(name)
+        if stmt is None:
+            shown = name.decode("utf-8", "replace")
+            self._fail("26000", f'prepared statement "{shown}" does not exist')
+            return
+        self._ensure(stmt)
+        self._push(Tag(T_DESCRIBE, stmt.key))
+        self.out.append(message(b"D", b"S" + stmt.key.encode() + b"\0"))
+
+    def _close(self, msg: bytes) -> None:
+        what, name = msg[5:6], msg[6:-1]
+        if what == b"S" and name:
+            # The server-side statement is shared; only the client's name goes away.
+            self.statements.pop(name, None)
+            self._synth(CLOSE_COMPLETE)
+            return
+        self._push(Tag(T_CLOSE))
+        self.out.append(msg)
+
+
+_ERROR = ord("E")
+_SQLSTATE = re.compile(rb"C([0-9A-Z]{5})\0")
+_PLAN_CHANGED = "0A000"
+
+
+class ReplyTracker:
+    """Matches server replies to tags; decides what to forward, drop, replace or add."""
+
+    __slots__ = ("link",)
+
+    def __init__(self, link: LinkState) -> None:
+        self.link = link
+
+    def reply(self, kind: int, body: bytes | None) -> tuple[bool, bytes]:
+        """One reply message. Returns (forward it?, bytes to send in its place or after it).
+
+        When forward is False and the bytes are non-empty, they replace the message; when
+        forward is True, they follow it.
+        """
+        tags = self.link.tags
+        if not tags:
+            return True, b""
+        head = tags[0]
+        if kind == _ERROR:
+            return self._error(head, body or b"")
+        if kind in (78, 65, 83):  # NoticeResponse, NotificationResponse, ParameterStatus
+            return True, b""
+        hk = head.kind
+        if hk == T_SKIPZ:
+            if kind == 90:
+                head.count -= 1
+                if head.count == 0:
+                    tags.popleft()
+                    return True, self._drain_synthetic()
+            return True, b""
+        terminal = _TERMINAL.get(hk, b"")
+        if kind not in terminal:
+            return True, b""  # an intermediate reply (DataRow, ParameterDescription, ...)
+        tags.popleft()
+        if hk == T_QUERY and head.clears and not head.errored:
+            self.link.forget_all()
+        elif (hk in (T_PARSE, T_INJ_PARSE)) and head.key is not None:
+            known = self.link.known
+            if len(known) >= KNOWN_LIMIT:
+                known.clear()
+            known.add(head.key)
+        if hk in (T_INJ_PARSE, T_INJ_CLOSE):
+            return False, self._drain_synthetic()
+        return True, self._drain_synthetic()
+
+    def _drain_synthetic(self) -> bytes:
+        tags = self.link.tags
+        extra = b""
+        while tags and tags[0].kind == T_SYNTH:
+            extra += tags.popleft().data
+        return extra
+
+    def _error(self, head: Tag, body: bytes) -> tuple[bool, bytes]:
+        link = self.link
+        tags = link.tags
+        hk = head.kind
+        if hk in (T_QUERY, T_SKIPZ):
+            head.errored = True
+            return True, b""  # a simple query's error does not skip anything
+        tags.popleft()
+        found = _SQLSTATE.search(body)
+        code = found.group(1).decode() if found else ""
+        replacement = b""
+        if hk == T_FAIL:
+            replacement = head.data
+        elif hk in (T_INJ_PARSE, T_PARSE):
+            if head.key is not None:
+                link.statements.pop(head.key, None)
+            if head.owner is not None:
+                head.owner.pop(head.name, None)
+        elif hk == T_INJ_CLOSE and head.key is not None:
+            link.needs_close.add(head.key)
+        if code == _PLAN_CHANGED and head.key is not None:
+            # "cached plan must not change result type": re-prepare on next use.
+            link.statements.pop(head.key, None)
+            link.needs_close.add(head.key)
+        # The server now skips to the next Sync: undo what the skipped messages stood for.
+        while tags and tags[0].kind != T_SYNC:
+            skipped = tags.popleft()
+            if skipped.kind in (T_INJ_PARSE, T_PARSE) and skipped.key is not None:
+                link.statements.pop(skipped.key, None)
+                if skipped.owner is not None:
+                    skipped.owner.pop(skipped.name, None)
+            elif skipped.kind == T_QUERY:
+                link.lost_queries += 1
+        if not tags:
+            link.skipping = True  # its Sync has not been sent yet
+        if replacement:
+            return False, replacement
+        return True, b""
+
+
+def sqlstate_of(body: bytes) -> str:
+    found = _SQLSTATE.search(body)
+    return found.group(1).decode() if found else ""
+
+
+def bind_statement_name(body: bytes) -> bytes:
+    return split_bind(body)[1]
+
+
+INT16 = struct.Struct("!h")
+
+
+def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[bytes, Statement],
+                          known: set[str]) -> bytes | None:
+    """Reply to an idle client's batch with no server, if every message allows it.
+
+    Parse of a statement some server already accepted, Close of a statement, Flush and Sync can
+    be answered by the pooler (an idle client in transaction mode has no open transaction).
+    This matters: drivers that prepare synchronously (pgbench -M prepared) would otherwise
+    block a thread waiting for a server while other clients on that thread hold every server.
+    Returns None, changing nothing, when any message needs a server.
+    """
+    added: dict[bytes, Statement] = {}
+    closed: list[bytes] = []
+    for kind, msg in messages:
+        if kind == 80:  # Parse
+            name, query, types = split_parse(msg[5:])
+            if not name or name in statements or name in added:
+                return None
+            stmt = Statement(statement_key(query, types), query, types)
+            if stmt.key not in known:
+                return None
+            added[name] = stmt
+        elif kind == 67:  # Close
+            if msg[5:6] != b"S":
+                return None
+            closed.append(msg[6:-1])
+        elif kind not in (83, 72):  # anything but Sync and Flush needs a server
+            return None
+    replies = []
+    for kind, msg in messages:
+        if kind == 80:
+            name = split_parse(msg[5:])[0]
+            statements[name] = added[name]
+            replies.append(PARSE_COMPLETE)
+        elif kind == 67:
+            statements.pop(msg[6:-1], None)
+            replies.append(CLOSE_COMPLETE)
+        elif kind == 83:
+            replies.append(_READY_IDLE)
+    return b"".join(replies)
