@@ -1,0 +1,281 @@
+"""Protocol-level prepared statements in transaction mode, with real drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import psycopg
+import pytest
+from poolcase import start
+from psycopg import pq
+
+from support import PgCluster, PoolerFactory, parse_pgbench, run_pgbench
+
+
+def test_asyncpg_fifty_tasks_over_two_servers(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """The issue's first test: asyncpg's statement cache across a pool of 2 servers."""
+    pg.sql("drop table if exists pitems; create table pitems(id int primary key, v text)")
+    proc = start(pooler, pool_size=2, max_client_conn=200)
+
+    async def task(n: int) -> int:
+        conn = await asyncpg.connect(host=proc.host, port=proc.port, user="postgres",
+                                     database="app")
+        try:
+            own = await conn.prepare(f"select $1::int * {n + 2}")
+            total = 0
+            for i in range(300):
+                assert await own.fetchval(i) == i * (n + 2)
+                shared = await conn.fetchval("select $1::int + $2::int", i, n)
+                assert shared == i + n
+                total += 1
+            async with conn.transaction():
+                await conn.execute("insert into pitems values ($1, $2)", n, f"t{n}")
+                assert await conn.fetchval("select v from pitems where id = $1", n) == f"t{n}"
+            return total
+        finally:
+            await conn.close()
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(task(n) for n in range(50)))
+
+    assert asyncio.run(main()) == [300] * 50
+    assert pg.sql("select count(*) from pitems") == "50"
+    assert pg.connections(user="postgres", dbname="app") <= 2
+
+
+def test_asyncpg_api_surface(pg: PgCluster, pooler: PoolerFactory) -> None:
+    pg.sql("drop table if exists precs; create table precs(a int, b text)")
+    proc = start(pooler, pool_size=1)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(host=proc.host, port=proc.port, user="postgres",
+                                     database="app")
+        try:
+            stmt = await conn.prepare("select $1::text || '!' as s")
+            assert [r["s"] for r in await stmt.fetch("hi")] == ["hi!"]
+            await conn.executemany("insert into precs values ($1, $2)",
+                                   [(i, str(i)) for i in range(100)])
+            await conn.copy_records_to_table("precs", records=[(1000, "x"), (1001, "y")])
+            rows = await conn.fetch("select count(*), max(a) from precs where a > $1", -1)
+            assert tuple(rows[0]) == (102, 1001)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_psycopg_always_prepare_sync(pg: PgCluster, pooler: PoolerFactory,
+                                     pipeline: bool) -> None:
+    proc = start(pooler, pool_size=1)
+    conns = [psycopg.connect(proc.dsn("postgres"), autocommit=True, prepare_threshold=0)
+             for _ in range(4)]
+    try:
+        for round_ in range(20):
+            for n, conn in enumerate(conns):
+                if pipeline:
+                    with conn.pipeline():
+                        curs = [conn.execute("select %s::int * %s::int", (round_, n)),
+                                conn.execute("select %s::text", (f"c{n}",))]
+                    assert curs[0].fetchone() == (round_ * n,)
+                    assert curs[1].fetchone() == (f"c{n}",)
+                else:
+                    assert conn.execute("select %s::int * %s::int",
+                                        (round_, n)).fetchone() == (round_ * n,)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_psycopg_always_prepare_async(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=2)
+
+    async def worker(n: int) -> None:
+        async with await psycopg.AsyncConnection.connect(proc.dsn("postgres"),
+                                                         prepare_threshold=0) as conn:
+            for i in range(50):
+                async with conn.transaction():
+                    cur = await conn.execute("select %s::int + %s::int", (n, i))
+                    assert await cur.fetchone() == (n + i,)
+            async with conn.pipeline():
+                curs = [await conn.execute("select %s::int", (i,)) for i in range(10)]
+            for i, c in enumerate(curs):
+                assert await c.fetchone() == (i,)
+
+    async def main() -> None:
+        await asyncio.gather(*(worker(n) for n in range(10)))
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def bench_tables(pg: PgCluster) -> None:
+    rc, _out, err = run_pgbench(["-i", "-s", "1", "-q", "-h", pg.socket_dir, "-p",
+                                 str(pg.port), "-U", "postgres", "app"])
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("script", [["-S"], []])
+def test_pgbench_prepared(pg: PgCluster, pooler: PoolerFactory, bench_tables: None,
+                          script: list[str]) -> None:
+    """pgbench -M prepared -c 20 -j 2 over a pool of 4: no failed transaction."""
+    proc = start(pooler, pool_size=4, max_client_conn=100)
+    rc, out, err = run_pgbench([*script, "-M", "prepared", "-c", "20", "-j", "2", "-t", "100",
+                                "-h", proc.host, "-p", str(proc.port), "-U", "postgres",
+                                "app"])
+    result = parse_pgbench(out, err)
+    assert rc == 0, err
+    assert result.failed == 0 and result.aborted_clients == 0
+    assert result.transactions == 2000
+
+
+def low(proc_dsn: str) -> pq.PGconn:
+    conn = pq.PGconn.connect(proc_dsn.encode())
+    assert conn.status == pq.ConnStatus.OK, conn.error_message
+    return conn
+
+
+def test_duplicate_and_unknown_names(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=1)
+    conn = low(proc.dsn("postgres"))
+    try:
+        assert conn.prepare(b"s1", b"select 1").status == pq.ExecStatus.COMMAND_OK
+        dup = conn.prepare(b"s1", b"select 2")
+        assert dup.status == pq.ExecStatus.FATAL_ERROR
+        assert dup.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+        assert b'prepared statement "s1" already exists' in (dup.error_message or b"")
+        unknown = conn.exec_prepared(b"nope", [])
+        assert unknown.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        described = conn.describe_prepared(b"nope")
+        assert described.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        # The connection is still fine and s1 still means "select 1".
+        assert conn.exec_prepared(b"s1", []).get_value(0, 0) == b"1"
+        # Inside a transaction the error aborts it, as on a direct connection.
+        conn.exec_(b"begin")
+        assert conn.prepare(b"s1", b"select 3").status == pq.ExecStatus.FATAL_ERROR
+        assert conn.transaction_status == pq.TransactionStatus.INERROR
+        conn.exec_(b"rollback")
+        assert conn.transaction_status == pq.TransactionStatus.IDLE
+        # A Parse that fails registers nothing.
+        bad = conn.prepare(b"s2", b"select from nowhere_at_all")
+        assert bad.status == pq.ExecStatus.FATAL_ERROR
+        assert conn.exec_prepared(b"s2", []).error_field(
+            pq.DiagnosticField.SQLSTATE) == b"26000"
+        assert conn.prepare(b"s2", b"select 22").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"s2", []).get_value(0, 0) == b"22"
+    finally:
+        conn.finish()
+
+
+def test_close_releases_the_name(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=1)
+    conn = low(proc.dsn("postgres"))
+    try:
+        assert conn.prepare(b"c1", b"select 'first'").status == pq.ExecStatus.COMMAND_OK
+        assert conn.close_prepared(b"c1").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"c1", []).error_field(
+            pq.DiagnosticField.SQLSTATE) == b"26000"
+        assert conn.prepare(b"c1", b"select 'second'").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"c1", []).get_value(0, 0) == b"second"
+        # Closing an unknown name is not an error, as in PostgreSQL.
+        assert conn.close_prepared(b"never").status == pq.ExecStatus.COMMAND_OK
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("command", [b"DISCARD ALL", b"DEALLOCATE ALL", b"deallocate prepare all"])
+def test_discard_and_deallocate_all_clear_client_statements(pg: PgCluster, pooler: PoolerFactory,
+                                                            command: bytes) -> None:
+    proc = start(pooler, pool_size=1)
+    conn = low(proc.dsn("postgres"))
+    other = low(proc.dsn("postgres"))
+    try:
+        assert conn.prepare(b"d1", b"select 'x'").status == pq.ExecStatus.COMMAND_OK
+        assert other.prepare(b"o1", b"select 'o'").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_(command).status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"d1", []).error_field(
+            pq.DiagnosticField.SQLSTATE) == b"26000"
+        # The other client's statements survive the server losing them.
+        assert other.exec_prepared(b"o1", []).get_value(0, 0) == b"o"
+        assert conn.prepare(b"d1", b"select 'y'").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"d1", []).get_value(0, 0) == b"y"
+    finally:
+        conn.finish()
+        other.finish()
+
+
+def test_discard_all_inside_transaction_fails_and_keeps_statements(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=1)
+    conn = low(proc.dsn("postgres"))
+    other = low(proc.dsn("postgres"))
+    try:
+        assert other.prepare(b"o1", b"select 'o'").status == pq.ExecStatus.COMMAND_OK
+        conn.exec_(b"begin")
+        failed = conn.exec_(b"discard all")
+        assert failed.status == pq.ExecStatus.FATAL_ERROR  # not allowed in a transaction
+        conn.exec_(b"rollback")
+        assert other.exec_prepared(b"o1", []).get_value(0, 0) == b"o"
+    finally:
+        conn.finish()
+        other.finish()
+
+
+def test_eviction_keeps_at_most_the_limit(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, pool_size=1, max_prepared_statements=3)
+    conn = low(proc.dsn("postgres"))
+    try:
+        for i in range(10):
+            assert conn.prepare(f"e{i}".encode(), f"select {i}".encode()).status == \
+                pq.ExecStatus.COMMAND_OK
+        for _ in range(3):
+            for i in range(10):
+                res = conn.exec_prepared(f"e{i}".encode(), [])
+                assert res.get_value(0, 0) == str(i).encode(), res.error_message
+        count = conn.exec_(b"select count(*) from pg_prepared_statements")
+        assert int(count.get_value(0, 0) or b"0") <= 3
+    finally:
+        conn.finish()
+
+
+def test_schema_change_reprepares(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """0A000 "cached plan must not change result type": the next execution succeeds."""
+    pg.sql("drop table if exists evolving; create table evolving(a int); "
+           "insert into evolving values (1)")
+    proc = start(pooler, pool_size=1)
+    conn = low(proc.dsn("postgres"))
+    try:
+        assert conn.prepare(b"sel", b"select * from evolving").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"sel", []).nfields == 1
+        pg.sql("alter table evolving add column b text default 'b'")
+        first = conn.exec_prepared(b"sel", [])
+        if first.status == pq.ExecStatus.FATAL_ERROR:
+            assert first.error_field(pq.DiagnosticField.SQLSTATE) == b"0A000"
+        second = conn.exec_prepared(b"sel", [])
+        assert second.status == pq.ExecStatus.TUPLES_OK, second.error_message
+        assert second.nfields == 2 and second.get_value(0, 1) == b"b"
+    finally:
+        conn.finish()
+
+
+def test_statements_follow_clients_across_servers(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """A statement prepared on one server is prepared on demand on another."""
+    proc = start(pooler, pool_size=2, server_round_robin=1, min_pool_size=2)
+    conn = low(proc.dsn("postgres"))
+    try:
+        assert conn.prepare(b"who", b"select pg_backend_pid()").status == \
+            pq.ExecStatus.COMMAND_OK
+        deadline = time.monotonic() + 5
+        while pg.connections(user="postgres", dbname="app") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        pids = set()
+        for _ in range(10):
+            res = conn.exec_prepared(b"who", [])
+            assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+            pids.add(res.get_value(0, 0))
+        assert len(pids) == 2
+    finally:
+        conn.finish()
