@@ -125,10 +125,11 @@ def client_context(s: Settings) -> ssl.SSLContext | None:
     if s.client_tls_ca_file:
         _load(lambda: ctx.load_verify_locations(cafile=s.client_tls_ca_file),
               "client_tls_ca_file", s.client_tls_ca_file)
-        # With a CA, a certificate a client offers is checked (auth_type cert and HBA
-        # clientcert rely on it); verify-ca/verify-full make one mandatory.
-        ctx.verify_mode = (ssl.CERT_REQUIRED if mode in ("verify-ca", "verify-full")
-                           else ssl.CERT_OPTIONAL)
+        # With a CA, a certificate a client offers is checked during the handshake (auth_type
+        # cert and HBA clientcert rely on it). verify-ca/verify-full make one mandatory, but
+        # that is checked after the handshake: a client refused inside TLS 1.3 only sees the
+        # connection drop, while a FATAL after the handshake tells it why.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     elif mode in ("verify-ca", "verify-full"):
         raise ConfigError(f"client_tls_sslmode = {mode} needs client_tls_ca_file")
     elif s.auth_type == "cert":
@@ -192,21 +193,54 @@ def peer_common_name(transport: asyncio.BaseTransport) -> str | None:
     return None
 
 
+class _Holding(asyncio.Protocol):
+    """Stands in for the real protocol during a handshake.
+
+    A failed handshake then closes nothing but this, and whatever arrives between the end of
+    the handshake and the hand-over is kept for the real protocol.
+    """
+
+    def __init__(self) -> None:
+        self.early: list[bytes] = []
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+def _hand_over(transport: asyncio.Transport, holding: _Holding,
+               protocol: asyncio.Protocol) -> None:
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    for chunk in holding.early:
+        protocol.data_received(chunk)
+    if holding.lost:
+        protocol.connection_lost(None)
+
+
 # ---------------------------------------------------------------------------------- client leg
 
 
 def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
-    """Deliver bytes already read from the socket to a protocol, as the transport would."""
-    if isinstance(protocol, asyncio.BufferedProtocol):
-        pos = 0
-        while pos < len(data):
-            view = memoryview(protocol.get_buffer(len(data) - pos))
-            size = min(view.nbytes, len(data) - pos)
-            view[:size] = data[pos:pos + size]
-            protocol.buffer_updated(size)
-            pos += size
-    else:
+    """Deliver bytes already read from the socket to a protocol, as the transport would.
+
+    uvloop's TLS layer has the buffered-protocol methods without being registered as an
+    asyncio.BufferedProtocol, so the methods are looked up rather than the type.
+    """
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is None:
         cast(asyncio.Protocol, protocol).data_received(data)
+        return
+    pos = 0
+    while pos < len(data):
+        view = memoryview(get_buffer(len(data) - pos))
+        size = min(view.nbytes, len(data) - pos)
+        view[:size] = data[pos:pos + size]
+        protocol.buffer_updated(size)  # type: ignore[attr-defined]
+        pos += size
 
 
 def client_ssl_request(client: ClientConn, pipelined: bool) -> bool:
@@ -248,7 +282,8 @@ async def _upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes, direct
 
     loop = client.app.loop
     raw = client.transport
-    task = loop.create_task(loop.start_tls(raw, client, ctx, server_side=True,
+    holding = _Holding()
+    task = loop.create_task(loop.start_tls(raw, holding, ctx, server_side=True,
                                            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT))
     if early:
         # start_tls swaps the transport's protocol for its TLS layer at once and schedules
@@ -258,7 +293,11 @@ async def _upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes, direct
             await asyncio.sleep(0)
         await asyncio.sleep(0)
         if not task.done() and not raw.is_closing():
-            _feed(raw.get_protocol(), early)
+            try:
+                _feed(raw.get_protocol(), early)
+            except Exception as exc:  # the handshake is then doomed
+                log.warning("%s TLS handshake failed: %s", client.prefix(), exc)
+                raw.close()
     try:
         transport = await task
     except OSError as exc:  # ssl.SSLError, ConnectionError and TimeoutError included
@@ -273,19 +312,30 @@ async def _upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes, direct
         return
     client.transport = transport
     client.tls = describe(transport)
+    client.state = STARTUP
+    transport.set_protocol(client)
     if direct and transport.get_extra_info("ssl_object").selected_alpn_protocol() != ALPN:
         client.fatal(ProtocolError("received direct SSL connection request without ALPN "
                                    "protocol negotiation extension"))
         return
-    client.state = STARTUP
+    # The client object already saw connection_made for the plain socket; only the bytes
+    # (and a close) that came during the hand-over are passed on.
+    for chunk in holding.early:
+        client.data_received(chunk)
+    if holding.lost and not client.closed:
+        client.connection_lost(None)
 
 
 def check_client_plaintext(client: ClientConn) -> None:
-    """client_tls_sslmode require/verify-*: a plain TCP client is told and refused."""
+    """client_tls_sslmode require/verify-*: a plain TCP client is told and refused, and so
+    is a TLS client without a certificate under verify-ca/verify-full."""
     mode = client.app.config.settings.client_tls_sslmode
-    if client.tls == "no" and not client.is_unix and mode in ("require", "verify-ca",
-                                                               "verify-full"):
+    if client.is_unix or mode not in ("require", "verify-ca", "verify-full"):
+        return
+    if client.tls == "no":
         raise ClientFatal("SSL required", sqlstate="28000")
+    if mode != "require" and not client.transport.get_extra_info("peercert"):
+        raise ClientFatal("connection requires a valid client certificate", sqlstate="28000")
 
 
 # ---------------------------------------------------------------------------------- server leg
@@ -335,8 +385,9 @@ async def connect_server(loop: asyncio.AbstractEventLoop, protocol: asyncio.Prot
         raw.close()
         raise ServerError(str(exc)) from None
     if answer == SSL_YES:
+        holding = _Holding()
         try:
-            transport = await loop.start_tls(raw, protocol, ctx, server_hostname=host,
+            transport = await loop.start_tls(raw, holding, ctx, server_hostname=host,
                                              ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
         except ssl.SSLCertVerificationError as exc:
             raw.close()
@@ -348,7 +399,7 @@ async def connect_server(loop: asyncio.AbstractEventLoop, protocol: asyncio.Prot
         if transport is None:
             raw.close()
             raise ServerError("TLS handshake with server failed")
-        protocol.connection_made(transport)
+        _hand_over(transport, holding, protocol)
         return
     if answer[:1] == b"N" and len(answer) == 1:
         if mode == "prefer":
