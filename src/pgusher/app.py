@@ -21,11 +21,14 @@ from typing import Any
 
 from . import VERSION_STRING
 from . import log as logmod
+from .auth.passthrough import ScramKeyStore
 from .auth.userlist import load_userlist
 from .config import Config, DatabaseEntry, load_config
 from .errors import ClientFatal, ConfigError, PgusherError
 from .log import log
+from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
+from .net.client_auth import load_security
 from .net.client_conn import ClientConn
 from .pooling.pool import Pool
 
@@ -45,14 +48,8 @@ def check_supported(config: Config) -> None:
     """
     s = config.settings
     problems = []
-    if s.auth_type in ("hba", "cert", "pam"):
+    if s.auth_type == "pam":
         problems.append(f"auth_type = {s.auth_type}")
-    if s.client_tls_sslmode != "disable":
-        problems.append(f"client_tls_sslmode = {s.client_tls_sslmode}")
-    if s.server_tls_sslmode in ("require", "verify-ca", "verify-full"):
-        problems.append(f"server_tls_sslmode = {s.server_tls_sslmode}")
-    if s.auth_user or any(e.auth_user for e in config.databases.values()):
-        problems.append("auth_user (auth_query)")
     if s.disable_pqexec:
         problems.append("disable_pqexec = 1")
     if problems:
@@ -95,6 +92,8 @@ class Application:
         self.quiet = quiet
         self.config: Config = load_config(self.config_path)
         check_supported(self.config)
+        self.tls, self.hba = load_security(self.config)
+        self.scram_keys = ScramKeyStore()
         self.userlist: dict[str, str] = {}
         self._load_userlist(self.config)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -118,6 +117,7 @@ class Application:
         self._stop: asyncio.Event | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.after_listen: Callable[[], None] | None = None
+        self.lookups = LookupService(self)
         self._apply_derived()
 
     # ------------------------------------------------------------------ config
@@ -152,6 +152,7 @@ class Application:
         try:
             new = load_config(self.config_path)
             check_supported(new)
+            tls, hba = load_security(new)
         except ConfigError as exc:
             log.error("config reload failed: %s", exc.message)
             return [exc.message]
@@ -164,6 +165,8 @@ class Application:
         for key in fixed:
             log.warning("setting %s cannot be changed by reload; restart to apply it", key)
         self.config = new
+        self.tls, self.hba = tls, hba  # new TLS settings and HBA rules: new connections only
+        self.lookups.reset()
         try:
             self._load_userlist(new)
         except ConfigError as exc:

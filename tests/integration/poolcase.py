@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from support import PASSWORDS, PoolerFactory, PoolerProc
+from support import PASSWORDS, PgCluster, PoolerFactory, PoolerProc
 
 USERLIST = {user: pw for user, pw in PASSWORDS.items() if pw is not None}
 USERLIST["trust_user"] = ""
@@ -23,3 +23,16 @@ def start(pooler: PoolerFactory, mode: str = "transaction", *, pool_size: int = 
     main.update({k: str(v) for k, v in settings.items()})
     return pooler({"databases": databases or pooler.databases(), "pgbouncer": main},
                   userlist if userlist is not None else USERLIST)
+
+
+def pooler_backends(pg: PgCluster, since: str, user: str = "postgres") -> int:
+    """Server connections of ``user`` to app that started at or after ``since`` (a timestamp
+    taken from PostgreSQL), so backends of earlier tests that are still exiting do not count."""
+    return int(pg.sql(
+        "select count(*) from pg_stat_activity where datname = 'app' and "
+        f"usename = '{user}' and backend_type = 'client backend' and "
+        f"pid <> pg_backend_pid() and backend_start >= '{since}'", "postgres"))
+
+
+def pg_now(pg: PgCluster) -> str:
+    return pg.sql("select now()::text", "postgres")

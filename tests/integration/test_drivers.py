@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import psycopg
 import pytest
-from poolcase import start
+from poolcase import pg_now, pooler_backends, start
 
 from support import PgCluster, PoolerFactory
 
@@ -153,6 +153,7 @@ def test_thousand_psycopg_clients_over_pool_of_twenty(pg: PgCluster,
                                                       pooler: PoolerFactory) -> None:
     """The issue's second check: 1,000 concurrent clients x 20 transactions, pool of 20."""
     pg.sql("drop table if exists hits; create table hits(client int, n int)")
+    since = pg_now(pg)
     proc = start(pooler, pool_size=20, max_client_conn=1100)
     errors: list[BaseException] = []
 
@@ -179,4 +180,4 @@ def test_thousand_psycopg_clients_over_pool_of_twenty(pg: PgCluster,
     asyncio.run(main())
     assert not errors, errors[:3]
     assert pg.sql("select count(*) from hits") == "20000"
-    assert pg.connections(user="postgres", dbname="app") <= 20
+    assert pooler_backends(pg, since) <= 20

@@ -225,15 +225,18 @@ def test_client_count_limits(pg: PgCluster, pooler: PoolerFactory, key: str, whe
         assert again.execute("select 1").fetchone() == (1,)
 
 
-@pytest.mark.parametrize("setting", [
-    "auth_type = hba", "client_tls_sslmode = require", "server_tls_sslmode = verify-full",
-    "auth_user = postgres", "disable_pqexec = 1",
+@pytest.mark.parametrize("settings,message", [
+    ({"auth_type": "pam"}, "not supported by this pgusher version: auth_type = pam"),
+    ({"disable_pqexec": "1"}, "not supported by this pgusher version: disable_pqexec = 1"),
+    ({"auth_type": "hba"}, "auth_type = hba needs auth_hba_file"),
+    ({"client_tls_sslmode": "require"},
+     "client_tls_sslmode = require needs client_tls_key_file and client_tls_cert_file"),
+    ({"auth_type": "cert"}, "auth_type = cert needs client_tls_sslmode other than disable"),
 ])
-def test_settings_not_yet_honoured_are_refused(pg: PgCluster, pooler: PoolerFactory,
-                                               setting: str) -> None:
+def test_settings_not_honoured_are_refused(pg: PgCluster, pooler: PoolerFactory,
+                                           settings: dict[str, str], message: str) -> None:
     """Better not to start than to quietly run without TLS or without the HBA rules."""
     from support import PoolerError
 
-    key, value = (part.strip() for part in setting.split("="))
-    with pytest.raises(PoolerError, match=f"not supported by this pgusher version: {key}"):
-        start(pooler, **{key: value})
+    with pytest.raises(PoolerError, match=message):
+        start(pooler, **settings)

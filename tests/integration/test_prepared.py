@@ -8,7 +8,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
-from poolcase import start
+from poolcase import pg_now, pooler_backends, start
 from psycopg import pq
 
 from support import PgCluster, PoolerFactory, parse_pgbench, run_pgbench
@@ -17,6 +17,7 @@ from support import PgCluster, PoolerFactory, parse_pgbench, run_pgbench
 def test_asyncpg_fifty_tasks_over_two_servers(pg: PgCluster, pooler: PoolerFactory) -> None:
     """The issue's first test: asyncpg's statement cache across a pool of 2 servers."""
     pg.sql("drop table if exists pitems; create table pitems(id int primary key, v text)")
+    since = pg_now(pg)
     proc = start(pooler, pool_size=2, max_client_conn=200)
 
     async def task(n: int) -> int:
@@ -42,7 +43,7 @@ def test_asyncpg_fifty_tasks_over_two_servers(pg: PgCluster, pooler: PoolerFacto
 
     assert asyncio.run(main()) == [300] * 50
     assert pg.sql("select count(*) from pitems") == "50"
-    assert pg.connections(user="postgres", dbname="app") <= 2
+    assert pooler_backends(pg, since) <= 2
 
 
 def test_asyncpg_api_surface(pg: PgCluster, pooler: PoolerFactory) -> None:

@@ -28,6 +28,7 @@ from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
 from ..protocol.prepared import Statement, Translator, answer_without_server
+from . import client_auth, tls
 from .server_conn import ACTIVE as SERVER_ACTIVE
 from .sockopts import tune_socket
 
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
     from ..pooling.pool import Pool
 
 STARTUP = "startup"
+TLS_HANDSHAKE = "tls_handshake"
 AUTH = "auth"
+AUTH_FAILED = "auth_failed"
 LOGIN_WAIT = "login_wait"
 READY = "ready"
 CLOSED = "closed"
@@ -59,6 +62,7 @@ class ClientConn(asyncio.Protocol):
     __slots__ = (
         "_auth_step",
         "_buf",
+        "_login_secret",
         "_login_timer",
         "_paused",
         "_salt",
@@ -85,6 +89,7 @@ class ClientConn(asyncio.Protocol):
         "state_since",
         "statements",
         "stream",
+        "tls",
         "translating",
         "transport",
         "user",
@@ -129,6 +134,8 @@ class ClientConn(asyncio.Protocol):
         self._salt = b""
         self._secret = ""
         self._auth_step = ""
+        self._login_secret: str | None = None  # a secret auth_query found
+        self.tls = "no"  # or the TLS version/cipher in use
         self.ident = f"C-0x{id(self):x}"
 
     def prefix(self) -> str:
@@ -261,6 +268,8 @@ class ClientConn(asyncio.Protocol):
     # ------------------------------------------------------------------ startup
 
     def _startup_data(self, data: bytes) -> None:
+        if not self._buf and tls.client_direct_tls(self, data):
+            return
         buf = self._buf + data
         while len(buf) >= 4 and self.state == STARTUP:
             length = m.INT32.unpack_from(buf, 0)[0]
@@ -270,6 +279,7 @@ class ClientConn(asyncio.Protocol):
                 break
             packet = buf[4:length]
             buf = buf[length:]
+            self._buf = buf  # what came after this packet (SSLRequest must stand alone)
             self._startup_packet(packet)
         self._buf = buf if self.state in (STARTUP, AUTH) else b""
         if self.state == AUTH and self._buf:
@@ -278,6 +288,8 @@ class ClientConn(asyncio.Protocol):
 
     def _startup_packet(self, packet: bytes) -> None:
         code = m.INT32.unpack_from(packet, 0)[0]
+        if code == m.SSL_REQUEST_CODE and tls.client_ssl_request(self, bool(self._buf)):
+            return
         if code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
             self.transport.write(m.SSL_NO)
             return
@@ -312,8 +324,9 @@ class ClientConn(asyncio.Protocol):
         self.user = user
         self.db_name = params.get("database") or user
         if settings.log_connections:
-            log.info("%s login attempt: db=%s user=%s tls=no", self.prefix(), self.db_name,
-                     self.user)
+            log.info("%s login attempt: db=%s user=%s tls=%s", self.prefix(), self.db_name,
+                     self.user, self.tls)
+        tls.check_client_plaintext(self)
         if app.client_count() > settings.max_client_conn:
             raise ClientFatal("no more connections allowed (max_client_conn)",
                               sqlstate="53300")
@@ -341,9 +354,28 @@ class ClientConn(asyncio.Protocol):
     # ------------------------------------------------------------------ authentication
 
     def _begin_auth(self) -> None:
-        app = self.app
-        method = app.config.settings.auth_type
-        secret = app.userlist.get(self.user)
+        try:
+            method = client_auth.auth_method(self)
+        except AuthError as exc:
+            self._auth_failed(exc)
+            return
+        if method in ("cert", "peer"):
+            self._auth_ok()  # the certificate or the socket's owner already proved it
+            return
+        secret = self.app.userlist.get(self.user)
+        if secret is None and client_auth.start_lookup(self, method):
+            return  # continues in secret_found
+        self._auth_with(method, secret)
+
+    def secret_found(self, method: str, secret: str | None) -> None:
+        """auth_query answered (None: no such user, or no password allowed)."""
+        self._login_secret = secret
+        try:
+            self._auth_with(method, secret)
+        except PgusherError as exc:
+            self.fatal(exc)
+
+    def _auth_with(self, method: str, secret: str | None) -> None:
         if method == "any":
             self._auth_ok()
             return
@@ -367,6 +399,7 @@ class ClientConn(asyncio.Protocol):
             # ScramServer fails an md5-hashed secret itself, as PostgreSQL does.
             self._scram = (ScramServer(secret) if secret is not None
                            else ScramServer.mock(self.user))
+            self._secret = secret or ""
             self._auth_step = "scram-first"
             self.transport.write(m.auth_sasl_request(["SCRAM-SHA-256"]))
             return
@@ -427,6 +460,8 @@ class ClientConn(asyncio.Protocol):
                 self._auth_failed()
                 return
             self.transport.write(m.auth_sasl_final(final))
+            if self._scram.client_key is not None:
+                self.app.scram_keys.remember(self.user, self._secret, self._scram.client_key)
             self._auth_ok()
         else:
             raise ProtocolError("unexpected password message")
@@ -438,15 +473,20 @@ class ClientConn(asyncio.Protocol):
             if parsed is None:
                 return False
             mine = make_scram_secret(password, parsed.salt, parsed.iterations)
-            return secrets.compare_digest(mine.stored_key, parsed.stored_key)
+            if not secrets.compare_digest(mine.stored_key, parsed.stored_key):
+                return False
+            self.app.scram_keys.remember_password(self.user, secret, password)
+            return True
         if secret.startswith("md5") and len(secret) == 35:
             return secrets.compare_digest(md5_password_hash(self.user, password), secret)
         return secrets.compare_digest(password.encode(), secret.encode())
 
-    def _auth_failed(self) -> None:
-        log.warning("%s password authentication failed", self.prefix())
-        self.fatal(AuthError(f'password authentication failed for user "{self.user}"'),
-                   log_as="auth failed")
+    def _auth_failed(self, exc: AuthError | None = None) -> None:
+        if exc is None:
+            exc = AuthError(f'password authentication failed for user "{self.user}"')
+            client_auth.login_failed(self, exc, "password authentication failed")
+        else:
+            client_auth.login_failed(self, exc, exc.message)
 
     def _auth_ok(self) -> None:
         self._scram = None
@@ -459,6 +499,8 @@ class ClientConn(asyncio.Protocol):
             self.fatal(exc)
             return
         self.pool = pool
+        client_auth.logged_in(self, pool, self._login_secret)
+        self._login_secret = None
         pool.request_welcome(self)
 
     def finish_login(self, welcome: dict[str, str]) -> None:

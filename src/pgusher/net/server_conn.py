@@ -21,7 +21,9 @@ from ..log import log
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
+from .client_auth import scram_login
 from .sockopts import tune_socket
+from .tls import connect_server
 
 if TYPE_CHECKING:
     from ..net.client_conn import ClientConn
@@ -182,10 +184,7 @@ class ServerConn(asyncio.Protocol):
             mechanisms = m.split_cstrings(payload)
             if "SCRAM-SHA-256" not in mechanisms:
                 raise AuthError(f"server offered no supported SASL mechanism: {mechanisms}")
-            if is_scram_secret(password) or password.startswith("md5"):
-                raise AuthError("cannot do SCRAM authentication: password is SCRAM secret "
-                                "but client authentication did not provide SCRAM keys")
-            self._scram = ScramClient(password)
+            self._scram = scram_login(self.app, self.pool.user, password)
             self.transport.write(m.sasl_initial_response("SCRAM-SHA-256",
                                                          self._scram.client_first()))
         else:
@@ -404,8 +403,13 @@ async def open_server_connection(pool: Pool) -> None:
                                    timeout)
         else:
             assert host is not None
-            await asyncio.wait_for(app.loop.create_connection(lambda: server, host, port),
-                                   timeout)
+            await asyncio.wait_for(connect_server(app.loop, server, host, port,
+                                                  app.config.settings, app.tls.server), timeout)
+    except ServerError as exc:  # TLS refused or failed where the mode forbids plain text
+        server.closed = True
+        server.state = CLOSED
+        log.warning("%s closing because: %s (age=0s)", server.ident, exc.message)
+        pool.server_failed(exc, during_login=True)
     except (OSError, TimeoutError) as exc:
         server.closed = True
         server.state = CLOSED

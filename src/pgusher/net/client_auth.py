@@ -1,0 +1,199 @@
+"""Who may log in, and with what: the decisions around a client's authentication.
+
+Strategy: ``client_conn`` runs the password exchanges; this module decides everything around
+them, so the connection code only calls in at a few points:
+
+* :func:`load_security` builds what a configuration needs (TLS contexts, HBA rules) and fails
+  with ConfigError before anything is applied, so a bad RELOAD changes nothing;
+* :func:`auth_method` says which method applies: ``auth_type``, or with ``auth_type = hba`` the
+  first matching pg_hba.conf rule; ``cert`` and ``peer`` are checked right there;
+* :func:`start_lookup` asks auth_query for a user missing from auth_file;
+* :func:`login_failed` logs the failure with address and user and, with ``auth_fail_delay``
+  in ``[pgusher]``, holds the answer back that long so that guessing passwords is slow;
+* :func:`scram_login` picks how the pooler answers a server's SCRAM request, including SCRAM
+  pass-through with the keys a client's login proved (see ``auth/passthrough.py``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pwd
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from ..auth.hba import HbaRule, match_hba, parse_hba
+from ..auth.scram import ScramClient, is_scram_secret
+from ..config import Config
+from ..errors import AuthError, ConfigError, PgusherError
+from ..log import log
+from .tls import TlsContexts, build_contexts, peer_common_name
+
+if TYPE_CHECKING:
+    from ..app import Application
+    from ..pooling.pool import Pool
+    from .client_conn import ClientConn
+
+# HBA method names -> the auth_type word client_conn runs.
+_HBA_TO_AUTH_TYPE = {"password": "plain"}
+
+
+def load_hba(path: str) -> list[HbaRule]:
+    if not path:
+        raise ConfigError("auth_type = hba needs auth_hba_file")
+    base = os.path.dirname(os.path.abspath(path))
+
+    def read(name: str) -> str:
+        full = name if os.path.isabs(name) else os.path.join(base, name)
+        with open(full, encoding="utf-8", errors="surrogateescape") as handle:
+            return handle.read()
+
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"could not read auth_hba_file {path}: {exc.strerror or exc}") from None
+    return parse_hba(text, path, read)
+
+
+def load_security(config: Config) -> tuple[TlsContexts, list[HbaRule] | None]:
+    """Everything security-related a configuration needs, built and checked up front."""
+    s = config.settings
+    if s.auth_type == "cert" and s.client_tls_sslmode == "disable":
+        raise ConfigError("auth_type = cert needs client_tls_sslmode other than disable")
+    contexts = build_contexts(s)
+    hba = load_hba(s.auth_hba_file) if s.auth_type == "hba" else None
+    return contexts, hba
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+def _where(client: ClientConn) -> str:
+    host = "[local]" if client.is_unix else client.addr.rsplit(":", 1)[0]
+    encryption = "SSL encryption" if client.tls != "no" else "no encryption"
+    return (f'host "{host}", user "{client.user}", database "{client.db_name}", '
+            f"{encryption}")
+
+
+def _client_ip(client: ClientConn) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if client.is_unix:
+        return None
+    try:
+        return ipaddress.ip_address(client.addr.rsplit(":", 1)[0].split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def auth_method(client: ClientConn) -> str:
+    """The auth_type word to run for this client; raises AuthError when it is refused."""
+    app = client.app
+    method = app.config.settings.auth_type
+    clientcert = ""
+    if method == "hba":
+        rules = app.hba or []
+        rule = match_hba(rules, local=client.is_unix, tls=client.tls != "no",
+                         database=client.db_name, user=client.user, address=_client_ip(client))
+        if rule is None:
+            raise AuthError(f"no pg_hba.conf entry for {_where(client)}", sqlstate="28000")
+        if rule.method == "reject":
+            raise AuthError(f"pg_hba.conf rejects connection for {_where(client)}",
+                            sqlstate="28000")
+        method = _HBA_TO_AUTH_TYPE.get(rule.method, rule.method)
+        clientcert = rule.clientcert
+    elif method == "cert":
+        clientcert = "verify-full"
+    if clientcert:
+        name = peer_common_name(client.transport) if client.tls != "no" else None
+        if name is None:
+            raise AuthError("connection requires a valid client certificate", sqlstate="28000")
+        if clientcert == "verify-full" and name != client.user:
+            raise AuthError(f'certificate authentication failed for user "{client.user}": '
+                            f'the certificate is for "{name}"')
+    if method == "peer":
+        owner = _peer_user(client)
+        if owner != client.user:
+            raise AuthError(f'Peer authentication failed for user "{client.user}"')
+    return method
+
+
+def _peer_user(client: ClientConn) -> str | None:
+    sock = client.transport.get_extra_info("socket")
+    if sock is None or not client.is_unix or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = struct.unpack("3i", raw)[1]
+        return pwd.getpwuid(uid).pw_name
+    except (OSError, KeyError):
+        return None
+
+
+def start_lookup(client: ClientConn, method: str) -> bool:
+    """Ask auth_query for the secret of a user missing from auth_file.
+
+    True when a lookup is under way (``client.secret_found`` is called later)."""
+    if method == "any":
+        return False
+    target = client.app.find_target(client.db_name)
+    if target is None:
+        return False
+
+    def done(found: bool, secret: str | None, error: PgusherError | None) -> None:
+        if client.closed:
+            return
+        if error is not None:
+            client.fatal(error)
+            return
+        # A missing user and a NULL secret (expired VALID UNTIL) fail like a wrong password.
+        client.secret_found(method, secret if found else None)
+
+    return client.app.lookups.lookup(target, client.user, done)
+
+
+def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
+    """Log a failed login with address and user; answer now or after auth_fail_delay."""
+    from .client_conn import AUTH_FAILED
+
+    log.warning("%s %s", client.prefix(), what)
+    delay = client.app.config.pgusher.auth_fail_delay
+    if delay > 0:
+        client.state = AUTH_FAILED
+        client.transport.pause_reading()
+        client.app.loop.call_later(delay, client.fatal, err, "auth failed")
+    else:
+        client.fatal(err, log_as="auth failed")
+
+
+def logged_in(client: ClientConn, pool: Pool, secret: str | None) -> None:
+    """A client passed authentication for ``pool``: give the pool what it needs to log in."""
+    if pool.user != client.user:
+        return
+    if secret is not None and pool.target.password is None:
+        pool.password = secret  # looked up by auth_query
+    err = pool.last_login_error
+    if (err is not None and pool.total == 0 and "no client has logged in" in err.message
+            and pool.password is not None
+            and client.app.scram_keys.keys_for(pool.user, pool.password) is not None):
+        # The previous attempt only lacked the keys this login just provided.
+        pool.last_login_failed_at = 0.0
+        pool.last_login_error = None
+
+
+# ---------------------------------------------------------------------------------- server
+
+
+def scram_login(app: Application, user: str, password: str) -> ScramClient:
+    """How to answer a server's SCRAM request as ``user`` whose stored secret is ``password``."""
+    if is_scram_secret(password):
+        keys = app.scram_keys.keys_for(user, password)
+        if keys is None:
+            raise AuthError(f'cannot do SCRAM authentication as user "{user}": only a SCRAM '
+                            "secret is stored and no client has logged in with SCRAM or a "
+                            "password against it yet (SCRAM pass-through needs one)")
+        return ScramClient.from_keys(*keys)
+    if password.startswith("md5") and len(password) == 35:
+        raise AuthError(f'cannot do SCRAM authentication as user "{user}": the stored '
+                        "password is an md5 hash")
+    return ScramClient(password)
