@@ -37,3 +37,31 @@ def pool_row(conn: psycopg.Connection[Any], db: str = "app",
         if row["database"] == db and row["user"] == user:
             return row
     raise AssertionError(f"no pool {db}/{user}")
+
+
+def start_with_http(pooler: PoolerFactory, mode: str = "transaction", *, pool_size: int = 5,
+                    **settings: Any) -> tuple[PoolerProc, str]:
+    """A pooler with the console users and the HTTP endpoint on a free port; (proc, base URL)."""
+    from poolcase import USERLIST
+
+    from support import free_port
+
+    port = free_port()
+    main = {"pool_mode": mode, "default_pool_size": str(pool_size), "auth_type": "trust",
+            "admin_users": ADMIN, "stats_users": STATS, "server_login_retry": "1"}
+    main.update({k: str(v) for k, v in settings.items()})
+    proc = pooler({"databases": pooler.databases(), "pgbouncer": main,
+                   "pgusher": {"http_port": str(port), "http_addr": "127.0.0.1"}}, USERLIST)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def http_get(url: str) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
