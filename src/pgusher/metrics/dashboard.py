@@ -89,17 +89,29 @@ function card(k, v) {
   d.appendChild(vv); d.appendChild(kk);
   return d;
 }
+let previous = null;
 function render(s) {
   document.getElementById("status").textContent =
     s.version + (s.paused ? " \\u2014 PAUSED" : "") + " \\u2014 updated " +
     new Date(s.time * 1000).toLocaleTimeString();
   const waiting = s.pools.reduce((n, p) => n + p.cl_waiting, 0);
   const inUse = s.pools.reduce((n, p) => n + p.sv_active, 0);
+  // Rates between this snapshot and the previous one (the console's averages are per
+  // stats_period, too slow for a live page).
+  const xacts = s.applications.reduce((n, a) => n + a.transactions, 0);
+  const queries = s.applications.reduce((n, a) => n + a.queries, 0);
+  let xactRate = "-", queryRate = "-";
+  if (previous && s.time > previous.time) {
+    const dt = s.time - previous.time;
+    xactRate = Math.max(0, Math.round((xacts - previous.xacts) / dt));
+    queryRate = Math.max(0, Math.round((queries - previous.queries) / dt));
+  }
+  previous = {time: s.time, xacts: xacts, queries: queries};
+  const maxWait = s.pools.reduce((n, p) => Math.max(n, p.maxwait_seconds), 0);
   const cards = document.getElementById("cards");
   cards.replaceChildren(card("clients", s.clients), card("clients waiting", waiting),
-    card("servers in use", inUse), card("transactions/s", s.averages.xact_count),
-    card("queries/s", s.averages.query_count),
-    card("avg wait (\\u00b5s)", s.averages.wait_time));
+    card("servers in use", inUse), card("transactions/s", xactRate),
+    card("queries/s", queryRate), card("longest wait now (s)", maxWait.toFixed(3)));
   fill("pools", s.pools, (row, p) => {
     cell(row, p.database, "name"); cell(row, p.user, "name"); cell(row, p.pool_mode, "name");
     cell(row, p.cl_active);
