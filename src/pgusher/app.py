@@ -21,11 +21,13 @@ from typing import Any
 
 from . import VERSION_STRING
 from . import log as logmod
+from .admin.session import Console
 from .auth.passthrough import ScramKeyStore
 from .auth.userlist import load_userlist
-from .config import Config, DatabaseEntry, load_config
+from .config import Config, DatabaseEntry, Settings, load_config
 from .errors import ClientFatal, ConfigError, PgusherError
 from .log import log
+from .metrics.service import Metrics
 from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
 from .net.client_auth import load_security
@@ -109,6 +111,9 @@ class Application:
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.paused = False
+        # Console state: databases paused (PAUSE db, KILL db) or refusing logins (DISABLE db).
+        self.paused_dbs: set[str] = set()
+        self.disabled_dbs: set[str] = set()
         self.shutting_down = False
         self.shutdown_mode = ""
         self._sigterm_count = 0
@@ -118,6 +123,8 @@ class Application:
         self._janitor: asyncio.Task[None] | None = None
         self.after_listen: Callable[[], None] | None = None
         self.lookups = LookupService(self)
+        self.metrics = Metrics(self)
+        self.console = Console(self)
         self._apply_derived()
 
     # ------------------------------------------------------------------ config
@@ -146,9 +153,9 @@ class Application:
         names = list(BASE_TRACKED) + list(self.config.settings.track_extra_parameters)
         self.tracked_params = {n.lower(): n for n in names}
 
-    def reload(self) -> list[str]:
+    def reload(self, why: str = "got SIGHUP, re-reading config") -> list[str]:
         """Re-read the configuration; on error keep the old one. Returns problems found."""
-        log.info("got SIGHUP, re-reading config")
+        log.info("%s", why)
         try:
             new = load_config(self.config_path)
             check_supported(new)
@@ -195,6 +202,19 @@ class Application:
         for pool in self.pools.values():
             pool.refresh()
         return []
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Put new [pgbouncer] values in force (the console's SET)."""
+        self.config.settings = settings
+        self._apply_derived()
+        self.setup_logging()
+        for pool in self.pools.values():
+            pool.refresh()
+
+    def sync_pause(self) -> None:
+        """Tell each pool whether it is paused (the whole pooler, or its database)."""
+        for pool in self.pools.values():
+            pool.paused = self.paused or pool.db_name in self.paused_dbs
 
     # ------------------------------------------------------------------ databases and pools
 
@@ -317,6 +337,9 @@ class Application:
 
     def check_client_limits(self, client: ClientConn, target: DbTarget) -> None:
         """max_db_client_connections and max_user_client_connections, counted at login."""
+        if target.name in self.disabled_dbs:
+            raise ClientFatal(f"database does not allow connections: {target.name}",
+                              sqlstate="57P03")
         db_limit = self._layered("", target, "", "max_db_client_connections",
                                  "max_db_client_connections")
         user_limit = self._layered(client.user, None, "max_user_client_connections", "",
@@ -339,6 +362,7 @@ class Application:
 
     def client_closed(self, client: ClientConn) -> None:
         self.clients.discard(client)
+        self.metrics.logout(client)
         if client.counted:
             client.counted = False
             self.db_clients[client.db_name] -= 1
@@ -357,6 +381,8 @@ class Application:
     def forward_cancel(self, pid: int, key: int) -> None:
         client = self.cancel_keys.get((pid, key))
         if client is None:
+            if self.console.cancel(pid, key):
+                return
             log.debug("cancel request for unknown key, ignored")
             return
         server = client.server
@@ -373,6 +399,7 @@ class Application:
         self._tick_clock()
         self._stop = asyncio.Event()
         await self._listen()
+        await self.metrics.start()
         if self.after_listen is not None:
             self.after_listen()
         self._install_signals()
@@ -429,6 +456,8 @@ class Application:
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         loop.add_signal_handler(signal.SIGQUIT, self._on_sigquit)
+        loop.add_signal_handler(signal.SIGUSR1, self.console.on_sigusr1)
+        loop.add_signal_handler(signal.SIGUSR2, self.console.on_sigusr2)
 
     def _on_sigint(self) -> None:
         log.info("got SIGINT, shutting down, waiting for all servers connections to be "
@@ -455,6 +484,7 @@ class Application:
             server.close()
         if mode == "servers":
             self.paused = True
+            self.sync_pause()
         self._check_shutdown()
 
     def _check_shutdown(self) -> None:
@@ -475,6 +505,9 @@ class Application:
                 await self._janitor
         for server in self._servers:
             server.close()
+        await self.metrics.stop()
+        for session in list(self.console.sessions):
+            session.fatal("database shutting down", sqlstate="57P01")
         for client in list(self.clients):
             client.fatal(ClientFatal("database shutting down", sqlstate="57P01"),
                          log_as="pooler shutting down")

@@ -18,12 +18,14 @@ import os
 import secrets
 import socket
 import struct
+from time import monotonic
 from typing import TYPE_CHECKING, cast
 
 from ..auth.md5 import md5_check, md5_password_hash
 from ..auth.scram import ScramServer, is_scram_secret, make_scram_secret, parse_scram_secret
 from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
+from ..metrics.counters import UNCOUNTED
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
@@ -69,7 +71,9 @@ class ClientConn(asyncio.Protocol):
         "_scram",
         "_secret",
         "addr",
+        "admin",
         "app",
+        "busy_since",
         "cancel_key",
         "cancel_pid",
         "closed",
@@ -88,6 +92,7 @@ class ClientConn(asyncio.Protocol):
         "state",
         "state_since",
         "statements",
+        "stats",
         "stream",
         "tls",
         "translating",
@@ -96,6 +101,7 @@ class ClientConn(asyncio.Protocol):
         "wait_started",
         "waiting",
         "xact_since",
+        "xact_start",
     )
 
     def __init__(self, app: Application, is_unix: bool) -> None:
@@ -137,6 +143,12 @@ class ClientConn(asyncio.Protocol):
         self._login_secret: str | None = None  # a secret auth_query found
         self.tls = "no"  # or the TLS version/cipher in use
         self.ident = f"C-0x{id(self):x}"
+        # Statistics: the counters of this client's (database, user, application), set at
+        # login; precise start of the current query run and of the open transaction.
+        self.stats = UNCOUNTED
+        self.busy_since = 0.0
+        self.xact_start = 0.0
+        self.admin = False  # a login for the admin console
 
     def prefix(self) -> str:
         return f"C-0x{id(self):x}: {self.db_name}/{self.user}@{self.addr}"
@@ -174,6 +186,7 @@ class ClientConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state is READY:
+            self.stats.bytes_in += len(data)
             if self.translating:
                 self._data_translating(data)
                 return
@@ -186,6 +199,7 @@ class ClientConn(asyncio.Protocol):
             if stream.expect:
                 if not self.outstanding:
                     self.state_since = self.app.now
+                    self.busy_since = monotonic()
                 self.outstanding += stream.expect
             server = self.server
             if server is not None:
@@ -330,6 +344,8 @@ class ClientConn(asyncio.Protocol):
         if app.client_count() > settings.max_client_conn:
             raise ClientFatal("no more connections allowed (max_client_conn)",
                               sqlstate="53300")
+        if app.console.wants(self, params):  # the admin console takes any parameter
+            return
         ignored = {p.lower() for p in settings.ignore_startup_parameters}
         for key, value in params.items():
             low = key.lower()
@@ -493,6 +509,9 @@ class ClientConn(asyncio.Protocol):
         self._secret = ""
         self.transport.write(m.AUTH_OK_MSG)
         self.state = LOGIN_WAIT
+        if self.admin:
+            self.app.console.attach(self)
+            return
         try:
             pool = self.app.get_pool(self.db_name, self.user)
         except PgusherError as exc:
@@ -517,6 +536,7 @@ class ClientConn(asyncio.Protocol):
         pool = self.pool
         self.translating = (pool is not None and pool.mode != SESSION
                             and self.app.config.settings.max_prepared_statements > 0)
+        self.stats = self.app.metrics.login(self)
         self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self)
         out = [m.parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
@@ -538,15 +558,18 @@ class ClientConn(asyncio.Protocol):
     def stop_wait(self) -> None:
         if self.waiting:
             self.waiting = False
-            assert self.pool is not None
-            stats = self.pool.stats
-            stats.wait_time += self.app.loop.time() - self.wait_started
+            stats = self.stats
+            waited = self.app.loop.time() - self.wait_started
+            stats.wait_time += waited
             stats.wait_count += 1
+            if waited > stats.wait_max:
+                stats.wait_max = waited
             if self._paused:
                 self._resume(_PAUSE_WAIT)
 
     def attach(self, server: ServerConn) -> None:
         self.server = server
+        self.stats.assign_count += 1
         if self.params == server.tracked:
             # The usual case, inlined: nothing to SET first.
             server.client = self
@@ -582,17 +605,22 @@ class ClientConn(asyncio.Protocol):
         self.outstanding = outstanding
         pool = self.pool
         assert pool is not None
-        stats = pool.stats
+        stats = self.stats
         stats.query_count += count
         if outstanding:
             return
         now = self.app.now
         self.state_since = now
+        done = monotonic()
+        stats.query_time += done - self.busy_since
         if status == 73:  # 'I'
             stats.xact_count += 1
+            stats.xact_time += done - (self.xact_start or self.busy_since)
+            self.xact_start = 0.0
             self.xact_since = 0.0
         elif not self.xact_since:
             self.xact_since = now
+            self.xact_start = self.busy_since
         if status != 73 or pool.mode == SESSION:
             return
         if server is None or self.stream.unsynced:

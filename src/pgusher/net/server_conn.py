@@ -245,7 +245,7 @@ class ServerConn(asyncio.Protocol):
                 return
             if out:
                 client.transport.write(out)
-                self.pool.stats.bytes_out += len(out)
+                client.stats.bytes_out += len(out)
             if stream.ready:
                 client.on_server_ready(stream.ready, stream.status)
         if stream.swallowed and stream.swallow == 0 and self._internal_cb is not None:

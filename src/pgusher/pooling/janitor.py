@@ -31,7 +31,7 @@ def tick(app: Application) -> None:
             if (not pool.reserve_active and app.effective_reserve_size(pool) > 0
                     and now - oldest.wait_started >= s.reserve_pool_timeout):
                 pool.set_reserve(True)
-            if not app.paused:
+            if not pool.paused:
                 pool.grow()
         elif pool.reserve_active and pool.total <= app.effective_pool_size(pool):
             pool.set_reserve(False)
@@ -43,7 +43,7 @@ def tick(app: Application) -> None:
             elif (s.server_idle_timeout > 0 and now - server.idle_since >= s.server_idle_timeout
                   and pool.total > min_size):
                 server.close("server idle timeout")
-        if min_size and not app.shutting_down and not app.paused:
+        if min_size and not app.shutting_down and not pool.paused:
             while pool.total < min_size and pool._may_open():
                 pool.open_server()
     for client in list(app.clients):

@@ -31,28 +31,12 @@ TRANSACTION = "transaction"
 STATEMENT = "statement"
 
 
-class PoolStats:
-    """Plain counters; the hot path only increments integers."""
-
-    __slots__ = ("bytes_in", "bytes_out", "query_count", "query_time", "wait_count",
-                 "wait_time", "xact_count", "xact_time")
-
-    def __init__(self) -> None:
-        self.xact_count = 0
-        self.query_count = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.xact_time = 0.0
-        self.query_time = 0.0
-        self.wait_time = 0.0
-        self.wait_count = 0
-
-
 class Pool:
     __slots__ = ("_retry_handle", "active", "app", "check_delay", "connecting", "db_name",
                  "idle", "known_statements", "last_login_error", "last_login_failed_at",
-                 "limit", "login_waiters", "mode", "name", "password", "reserve_active",
-                 "reset_always", "stats", "target", "user", "waiting", "welcome_params")
+                 "limit", "login_waiters", "mode", "name", "password", "paused",
+                 "reserve_active", "reset_always", "target", "user", "waiting",
+                 "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -72,8 +56,9 @@ class Pool:
         self.last_login_failed_at = 0.0
         self.last_login_error: ServerError | None = None
         self.reserve_active = False
-        self.stats = PoolStats()
         self.known_statements: set[str] = set()  # prepared-statement keys a server accepted
+        # PAUSE, KILL, SUSPEND or shutdown: queue clients, hand out no server, open none.
+        self.paused = app.paused or target.name in app.paused_dbs
         self._retry_handle: asyncio.TimerHandle | None = None
         # Derived from the configuration once (and again on reload), not per transaction.
         self.limit = 0
@@ -110,7 +95,7 @@ class Pool:
 
     def _may_open(self) -> bool:
         app = self.app
-        if app.shutting_down:
+        if app.shutting_down or self.paused:
             return False
         if self.total >= self.limit:
             return False
@@ -158,12 +143,12 @@ class Pool:
             # A server exists (e.g. after a reload reset welcome); learn from it.
             self._learn_welcome(self.idle[-1])
             return
-        if self.connecting == 0 and (self._may_open() or self.total == 0):
+        if self.connecting == 0 and not self.paused and (self._may_open() or self.total == 0):
             self.open_server()
 
     def request(self, client: ClientConn) -> None:
         """A logged-in client has work and no server: link one now or queue the client."""
-        if self.idle and not self.app.paused:
+        if self.idle and not self.paused:
             # LIFO keeps the warmest connection busy and lets surplus ones age out;
             # server_round_robin spreads the load evenly instead.
             server = (self.idle.pop(0) if self.app.config.settings.server_round_robin
@@ -179,7 +164,7 @@ class Pool:
             client.attach(server)
             return
         if (self.last_login_failed_at and self.total == 0 and self.in_login_retry()
-                and not self.app.paused):
+                and not self.paused):
             client.fatal(ClientFatal(
                 "server login has been failing, try again later (server_login_retry)"))
             return
@@ -187,7 +172,7 @@ class Pool:
         client.start_wait()
         # Cheap test first: at the limit (the usual case under load) nothing can be opened.
         if (len(self.idle) + len(self.active) + self.connecting < self.limit
-                and not self.app.paused):
+                and not self.paused):
             self.grow()
 
     def cancel_wait(self, client: ClientConn) -> None:
@@ -279,7 +264,7 @@ class Pool:
     def give(self, server: ServerConn) -> None:
         """Hand a clean, unlinked server to the first waiter, or put it on the idle stack."""
         waiting = self.waiting
-        while waiting and not self.app.paused:
+        while waiting and not self.paused:
             client = waiting.popleft()
             if client.closed:
                 continue
@@ -290,6 +275,14 @@ class Pool:
         server.make_idle()
         self.idle.append(server)
         self.app.on_server_idle(self)
+
+    def resume(self) -> None:
+        """No longer paused: serve the clients that queued meanwhile."""
+        if self.paused:
+            return
+        while self.waiting and self.idle:
+            self.give(self.idle.pop())
+        self.grow()
 
     def server_gone(self, server: ServerConn) -> None:
         """A server connection closed; forget it wherever it was."""

@@ -1,0 +1,60 @@
+"""Per (database, user, application) counters: the only statistics the data path touches.
+
+Strategy: a client resolves its :class:`Counters` object once, when it logs in, and the data
+path then does plain attribute increments on it (no dict lookup, no lock, no call). Everything
+else - per-database figures for SHOW STATS, per-user and per-application views, averages over
+stats_period, Prometheus output - is derived by summing these objects when someone asks, which
+is rare next to the per-message work.
+
+Times are kept in float seconds (as read from the monotonic clock) and converted to whole
+microseconds only for display, as PgBouncer shows them.
+"""
+
+from __future__ import annotations
+
+# The counters that add up across objects, in the order they are summed and snapshotted.
+SUMMED = ("xact_count", "query_count", "bytes_in", "bytes_out", "xact_time", "query_time",
+          "wait_time", "wait_count", "assign_count", "login_count")
+
+
+class Counters:
+    """Counters of one (database, user, application) triple; also used for sums of them."""
+
+    __slots__ = ("application", "assign_count", "bytes_in", "bytes_out", "clients",
+                 "clients_peak", "database", "login_count", "query_count", "query_time", "user",
+                 "wait_count", "wait_max", "wait_time", "xact_count", "xact_time")
+
+    def __init__(self, database: str = "", user: str = "", application: str = "") -> None:
+        self.database = database
+        self.user = user
+        self.application = application
+        self.xact_count = 0
+        self.query_count = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.xact_time = 0.0
+        self.query_time = 0.0
+        self.wait_time = 0.0
+        self.wait_count = 0
+        self.wait_max = 0.0
+        self.assign_count = 0
+        self.login_count = 0
+        # Gauges kept at login and logout (not on the data path).
+        self.clients = 0
+        self.clients_peak = 0
+
+    def add(self, other: Counters) -> None:
+        """Add ``other``'s summed counters into this one (max for wait_max)."""
+        for name in SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.wait_max > self.wait_max:
+            self.wait_max = other.wait_max
+        self.clients += other.clients
+
+    def snapshot(self) -> tuple[float, ...]:
+        return tuple(getattr(self, name) for name in SUMMED)
+
+
+# Absorbs the (never expected) increments of a client that has not logged in yet, so the data
+# path needs no None check.
+UNCOUNTED = Counters("(nodb)", "(nouser)", "")

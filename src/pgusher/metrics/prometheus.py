@@ -1,0 +1,129 @@
+"""The /metrics page in Prometheus' text exposition format (version 0.0.4).
+
+Strategy: written by hand rather than through a client library, because every value is
+already at hand in the registry and the scan, and a registry of metric objects would only
+copy them. Each family is emitted once with its HELP and TYPE lines, then one sample per
+label set; label values are escaped as the format requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from .counters import Counters
+from .snapshot import scan
+
+if TYPE_CHECKING:
+    from ..app import Application
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Sample = tuple[dict[str, str], float]
+
+# Per (database, user, application): name, type, help, how to read the value.
+_APP_FAMILIES: list[tuple[str, str, str, str]] = [
+    ("pgusher_client_connections", "gauge", "Client connections logged in now.", "clients"),
+    ("pgusher_client_connections_peak", "gauge",
+     "Most client connections logged in at once since start.", "clients_peak"),
+    ("pgusher_client_logins_total", "counter", "Client logins since start.", "login_count"),
+    ("pgusher_transactions_total", "counter", "Transactions pooled.", "xact_count"),
+    ("pgusher_queries_total", "counter",
+     "Queries pooled (one per ReadyForQuery the server sent).", "query_count"),
+    ("pgusher_received_bytes_total", "counter", "Bytes received from clients.", "bytes_in"),
+    ("pgusher_sent_bytes_total", "counter", "Bytes sent to clients.", "bytes_out"),
+    ("pgusher_server_assignments_total", "counter",
+     "Times a server connection was linked to a client.", "assign_count"),
+    ("pgusher_client_wait_seconds_total", "counter",
+     "Time clients spent waiting for a server connection.", "wait_time"),
+    ("pgusher_client_wait_seconds_max", "gauge",
+     "Longest single wait for a server connection since start.", "wait_max"),
+    ("pgusher_transaction_seconds_total", "counter",
+     "Time spent in transactions on server connections.", "xact_time"),
+    ("pgusher_query_seconds_total", "counter",
+     "Time spent running queries on server connections.", "query_time"),
+]
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        if labels:
+            text = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{text}}} {_number(value)}")
+        else:
+            lines.append(f"{name} {_number(value)}")
+    return lines
+
+
+def _app_labels(c: Counters) -> dict[str, str]:
+    return {"database": c.database, "user": c.user, "application": c.application}
+
+
+def render(app: Application) -> str:
+    registry = app.metrics.registry
+    result = scan(app)
+    counters = sorted(registry.counters.values(),
+                      key=lambda c: (c.database, c.user, c.application))
+    lines: list[str] = []
+    lines += family("pgusher_info", "gauge", "Version of this pgusher process.",
+                    [({"version": __version__}, 1)])
+    lines += family("pgusher_paused", "gauge", "1 while the whole pooler is paused.",
+                    [({}, 1 if app.paused else 0)])
+    for name, kind, help_text, attr in _APP_FAMILIES:
+        lines += family(name, kind, help_text,
+                        [(_app_labels(c), getattr(c, attr)) for c in counters])
+    live = result.live
+    lines += family("pgusher_client_waiting_connections", "gauge",
+                    "Clients waiting for a server connection now.",
+                    [(_app_labels(c), live[c].waiting if c in live else 0) for c in counters])
+    lines += family("pgusher_server_connections_held", "gauge",
+                    "Server connections linked to these clients now.",
+                    [(_app_labels(c), live[c].held if c in live else 0) for c in counters])
+    pools = sorted(result.pools.items(), key=lambda item: (item[0].db_name, item[0].user))
+    pool_families = [
+        ("pgusher_pool_client_active_connections", "Clients logged in and not waiting.",
+         "cl_active"),
+        ("pgusher_pool_client_waiting_connections", "Clients waiting for a server.",
+         "cl_waiting"),
+        ("pgusher_pool_server_active_connections", "Server connections linked to a client.",
+         "sv_active"),
+        ("pgusher_pool_server_idle_connections", "Server connections idle in the pool.",
+         "sv_idle"),
+        ("pgusher_pool_server_used_connections",
+         "Idle server connections due for server_check_query.", "sv_used"),
+        ("pgusher_pool_server_testing_connections",
+         "Server connections running the reset or check query.", "sv_tested"),
+        ("pgusher_pool_server_login_connections", "Server connections logging in.", "sv_login"),
+    ]
+    for name, help_text, attr in pool_families:
+        lines += family(name, "gauge", help_text,
+                        [({"database": p.db_name, "user": p.user}, getattr(f, attr))
+                         for p, f in pools])
+    lines += family("pgusher_pool_maxwait_seconds", "gauge",
+                    "How long the oldest waiting client has waited.",
+                    [({"database": p.db_name, "user": p.user}, f.maxwait) for p, f in pools])
+    lines += family("pgusher_pool_size", "gauge",
+                    "Server connections the pool may open now (pool_size, plus the reserve "
+                    "while in use).",
+                    [({"database": p.db_name, "user": p.user}, p.limit) for p, _ in pools])
+    databases = sorted({p.db_name: p.target for p, _ in pools}.items())
+    lines += family("pgusher_database_server_connections", "gauge",
+                    "Server connections open to the database, across its pools.",
+                    [({"database": n}, app.db_server_count(n)) for n, _ in databases])
+    lines += family("pgusher_database_max_connections", "gauge",
+                    "max_db_connections in effect for the database; 0 = unlimited.",
+                    [({"database": n}, app.effective_max_db_connections(t))
+                     for n, t in databases])
+    return "\n".join(lines) + "\n"
