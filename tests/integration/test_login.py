@@ -126,24 +126,29 @@ def test_fallback_database(pg: PgCluster, pooler: PoolerFactory) -> None:
         assert conn.execute("select current_database()").fetchone() == ("app",)
 
 
-def test_unsupported_and_ignored_startup_parameters(pg: PgCluster,
+def test_startup_parameters_become_session_settings(pg: PgCluster,
                                                     pooler: PoolerFactory) -> None:
-    proc = start(pooler)
+    """Where PgBouncer refuses them, pgusher applies them; ignore_startup_parameters still
+    drops the listed ones and replication connections are refused."""
+    proc = start(pooler, pool_size=1, ignore_startup_parameters="search_path")
 
-    async def connect(settings: dict[str, str]) -> str:
+    async def settings(server_settings: dict[str, str]) -> tuple[str, str]:
         conn = await asyncpg.connect(host=proc.host, port=proc.port, user="postgres",
-                                     database="app", server_settings=settings)
+                                     database="app", server_settings=server_settings)
         try:
-            return str(await conn.fetchval("select current_setting('search_path')"))
+            row = await conn.fetchrow("select current_setting('extra_float_digits'), "
+                                      "current_setting('search_path')")
+            assert row is not None
+            return str(row[0]), str(row[1])
         finally:
             await conn.close()
 
-    with pytest.raises(asyncpg.PostgresError, match="unsupported startup parameter: "
-                                                     "extra_float_digits"):
-        asyncio.run(connect({"extra_float_digits": "3"}))
-    proc2 = start(pooler, ignore_startup_parameters="extra_float_digits, search_path")
-    proc = proc2
-    assert asyncio.run(connect({"extra_float_digits": "3", "search_path": "x"})) != "x"
+    digits, path = asyncio.run(settings({"extra_float_digits": "2", "search_path": "nope"}))
+    assert digits == "2"
+    assert path == '"$user", public'  # dropped by ignore_startup_parameters
+    with pytest.raises(psycopg.OperationalError,
+                       match="unsupported startup parameter: replication"):
+        psycopg.connect(proc.dsn("postgres", replication="database"))
 
 
 def raw_startup(port: int, payload: bytes) -> bytes:

@@ -30,8 +30,10 @@ from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
 from ..protocol.prepared import Statement, Translator, answer_without_server
+from ..protocol.session import DIRTY, RESET, RESET_ALL, ROLLBACK, SET, parse_options
 from . import client_auth, tls
 from .server_conn import ACTIVE as SERVER_ACTIVE
+from .server_conn import sql_literal
 from .sockopts import tune_socket
 
 if TYPE_CHECKING:
@@ -80,14 +82,20 @@ class ClientConn(asyncio.Protocol):
         "connected_at",
         "counted",
         "db_name",
+        "effects_failed",
+        "effects_mark",
         "ident",
         "is_unix",
         "outstanding",
         "params",
         "pending",
+        "pending_effects",
         "pending_msgs",
         "pool",
+        "saw_rollback",
         "server",
+        "session_defaults",
+        "session_sets",
         "startup_params",
         "state",
         "state_since",
@@ -119,6 +127,14 @@ class ClientConn(asyncio.Protocol):
         self.translating = False
         self.pending_msgs: list[tuple[int, bytes]] = []
         self.statements: dict[bytes, Statement] = {}
+        # Settings carried from server to server (see protocol/session.py): committed values,
+        # startup defaults, and effects waiting for their transaction to end.
+        self.session_sets: dict[str, str] = {}
+        self.session_defaults: dict[str, str] = {}
+        self.pending_effects: list[tuple[str, str, str]] = []
+        self.effects_mark = 0
+        self.effects_failed = False
+        self.saw_rollback = False
         self.outstanding = 0
         self.waiting = False
         self.wait_started = 0.0
@@ -270,10 +286,57 @@ class ClientConn(asyncio.Protocol):
         assert link is not None and server.transport is not None
         translator = Translator(link, self.statements)
         out = translator.feed(msgs)
+        if translator.effects:
+            self._note_effects(server, translator.effects)
         if translator.direct:
             self.transport.write(translator.direct)
         if prefix or out:
             server.transport.write(prefix + out)
+
+    def _note_effects(self, server: ServerConn, effects: list[tuple[str, str, str]]) -> None:
+        link = server.link
+        assert link is not None
+        for effect in effects:
+            kind = effect[0]
+            if kind == DIRTY:
+                # State that cannot follow the client: the server is reset before reuse.
+                if not server.dirty_reason:
+                    log.debug("%s left %s on %s", self.prefix(), effect[1], server.ident)
+                server.dirty_reason = effect[1]
+            elif kind == ROLLBACK:
+                self.saw_rollback = True
+            else:
+                if not self.pending_effects:
+                    self.effects_mark = link.errors
+                self.pending_effects.append(effect)
+
+    def _settle_effects(self, server: ServerConn | None, committed: bool) -> None:
+        """A transaction ended: keep its SET/RESET effects, or forget them if it failed."""
+        effects, self.pending_effects = self.pending_effects, []
+        self.effects_failed = False
+        self.saw_rollback = False
+        if not committed or not effects:
+            return
+        mine = self.session_sets
+        theirs = server.session_sets if server is not None else {}
+        tracked = self.app.tracked_params
+        for kind, name, value in effects:
+            if name in tracked:
+                continue  # reported by the server with ParameterStatus: already followed
+            if kind == SET:
+                mine[name] = value
+                theirs[name] = value
+            elif kind == RESET:
+                default = self.session_defaults.get(name)
+                if default is None:
+                    mine.pop(name, None)
+                else:
+                    mine[name] = default
+                theirs.pop(name, None)
+            elif kind == RESET_ALL:
+                mine.clear()
+                mine.update(self.session_defaults)
+                theirs.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
@@ -358,14 +421,32 @@ class ClientConn(asyncio.Protocol):
                 elif canon == "application_name" and settings.application_name_add_host:
                     value = f"{value} - {self.addr}"
                 self.startup_params[canon] = value
-            elif low not in ignored:
+            elif low in ignored:
+                continue
+            elif low == "replication":
                 raise ClientFatal(f"unsupported startup parameter: {key}", sqlstate="08P01")
+            elif low == "options":
+                for name, setting in parse_options(value):
+                    self._startup_setting(name, setting)
+            else:
+                # Any other setting becomes the client's own session default, applied on
+                # every server connection it uses (PgBouncer refuses these).
+                self._startup_setting(low, value)
         target = app.find_target(self.db_name)
         if target is None:
             raise ClientFatal(f"no such database: {self.db_name}", sqlstate="3D000")
         app.check_client_limits(self, target)
         self.state = AUTH
         self._begin_auth()
+
+    def _startup_setting(self, name: str, value: str) -> None:
+        canon = self.app.tracked_params.get(name.lower())
+        if canon is not None:
+            self.startup_params[canon] = value
+            return
+        literal = sql_literal(value)
+        self.session_defaults[name.lower()] = literal
+        self.session_sets[name.lower()] = literal
 
     # ------------------------------------------------------------------ authentication
 
@@ -534,8 +615,7 @@ class ClientConn(asyncio.Protocol):
         shown.update(self.startup_params)
         self.params = {canon: shown[canon] for canon in tracked.values() if canon in shown}
         pool = self.pool
-        self.translating = (pool is not None and pool.mode != SESSION
-                            and self.app.config.settings.max_prepared_statements > 0)
+        self.translating = pool is not None and pool.mode != SESSION
         self.stats = self.app.metrics.login(self)
         self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self)
         out = [m.parameter_status(k, v) for k, v in shown.items()]
@@ -570,7 +650,7 @@ class ClientConn(asyncio.Protocol):
     def attach(self, server: ServerConn) -> None:
         self.server = server
         self.stats.assign_count += 1
-        if self.params == server.tracked:
+        if self.params == server.tracked and self.session_sets == server.session_sets:
             # The usual case, inlined: nothing to SET first.
             server.client = self
             server.state = SERVER_ACTIVE
@@ -603,6 +683,14 @@ class ClientConn(asyncio.Protocol):
         if outstanding < 0:
             outstanding = 0
         self.outstanding = outstanding
+        if self.pending_effects or self.saw_rollback:
+            if status == 69:  # 'E': the transaction failed; its SETs will be undone
+                self.effects_failed = True
+            elif status == 73 and not outstanding:
+                link = server.link if server is not None else None
+                failed = (self.effects_failed or self.saw_rollback
+                          or (link is not None and link.errors != self.effects_mark))
+                self._settle_effects(server, not failed)
         pool = self.pool
         assert pool is not None
         stats = self.stats
@@ -634,6 +722,8 @@ class ClientConn(asyncio.Protocol):
                 return
             if link.needs_reset:
                 server.needs_reset = True
+        if server.dirty_reason or server.identity_drifted():
+            server.needs_reset = True
         self.server = None
         server.client = None
         if server.paused_by_peer:

@@ -21,6 +21,7 @@ from ..log import log
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
+from ..protocol.session import order_key, replay_sql
 from .client_auth import scram_login
 from .sockopts import tune_socket
 from .tls import connect_server
@@ -37,6 +38,11 @@ CLOSED = "closed"
 
 InternalDone = Callable[["ServerConn", bool], None]
 
+# Reported by the server but not the client's to carry: fixed at start, or derived from the
+# role, which is carried by the statements that set it.
+UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_datetimes",
+                                "in_hot_standby", "is_superuser", "session_authorization"))
+
 
 def sql_literal(value: str) -> str:
     """An escape-string literal, safe whatever standard_conforming_strings says."""
@@ -48,11 +54,11 @@ def sql_ident(name: str) -> str:
 
 
 class ServerConn(asyncio.Protocol):
-    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app",
-                 "client", "close_reason", "closed", "created", "dirty", "expires_at", "ident",
-                 "idle_since", "initial_params", "key", "link", "local_addr", "needs_reset",
-                 "params", "paused_by_peer", "pid", "pool", "state", "stream", "tracked",
-                 "transport")
+    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app", "client",
+                 "close_reason", "closed", "created", "dirty", "dirty_reason", "expires_at",
+                 "ident", "idle_since", "initial_params", "key", "link", "local_addr",
+                 "needs_reset", "params", "paused_by_peer", "pid", "pool", "session_sets", "state",
+                 "stream", "tracked", "transport")
 
     def __init__(self, pool: Pool, addr: str) -> None:
         self.pool = pool
@@ -67,6 +73,10 @@ class ServerConn(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.tracked: dict[str, str] = {}  # the tracked subset of params, by canonical name
         self.link: LinkState | None = None  # prepared statements on this server
+        # Settings clients SET on this server (see protocol/session.py), and why the server
+        # must be reset before its next client, if it must.
+        self.session_sets: dict[str, str] = {}
+        self.dirty_reason = ""
         self.initial_params: dict[str, str] = {}
         self.pid = 0
         self.key = 0
@@ -258,7 +268,12 @@ class ServerConn(asyncio.Protocol):
 
     def _on_param(self, name: str, value: str, swallowed: bool) -> None:
         self.params[name] = value
-        canon = self.app.tracked_params.get(name.lower())
+        tracked = self.app.tracked_params
+        low = name.lower()
+        canon = tracked.get(low)
+        if canon is None and low not in UNTRACKED_REPORTED:
+            # Every setting the server reports follows its client, not only PgBouncer's six.
+            tracked[low] = canon = name
         if canon is not None:
             self.tracked[canon] = value
             client = self.client
@@ -271,11 +286,13 @@ class ServerConn(asyncio.Protocol):
         self.stream.track(self.link)
 
     def statements_reset(self) -> None:
-        """The server ran a reset: it holds no prepared statements any more."""
+        """The server ran a reset: no prepared statements, no client settings any more."""
         link = self.link
         if link is not None:
             link.forget_all()
             link.needs_reset = False
+        self.session_sets.clear()
+        self.dirty_reason = ""
 
     def run_internal(self, sql: str, done: InternalDone) -> None:
         """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""
@@ -300,19 +317,40 @@ class ServerConn(asyncio.Protocol):
     # ------------------------------------------------------------------ linking
 
     def attach(self, client: ClientConn) -> bytes:
-        """Link to a client; returns a SET query to send first when parameters differ."""
+        """Link to a client; returns the queries to send first when its settings differ.
+
+        Each statement goes as a query of its own: a failing SET must not roll back a
+        RESET ROLE sent with it, which is what would happen inside one multi-statement query.
+        """
         self.client = client
         self.state = ACTIVE
         wanted = client.params
-        if wanted == self.tracked:
-            return b""  # the usual case: one dict comparison in C
-        params = self.params
-        sets = [f"SET {sql_ident(k)} = {sql_literal(v)};"
-                for k, v in wanted.items() if params.get(k) != v]
-        if not sets:
+        queries: list[bytes] = []
+        if wanted != self.tracked:
+            params = self.params
+            queries.extend(m.query(f"SET {sql_ident(k)} = {sql_literal(v)}")
+                           for k, v in wanted.items() if params.get(k) != v)
+        want = client.session_sets
+        have = self.session_sets
+        if want != have:
+            stale = sorted((n for n in have if n not in want), key=order_key)
+            queries.extend(m.query(replay_sql(n, None)) for n in stale)
+            fresh = sorted((n for n in want if have.get(n) != want[n]), key=order_key)
+            queries.extend(m.query(replay_sql(n, want[n])) for n in fresh)
+            self.session_sets = dict(want)
+        if not queries:
             return b""
-        self.stream.swallow += 1
-        return m.query("".join(sets))
+        self.stream.swallow += len(queries)
+        return b"".join(queries)
+
+    def identity_drifted(self) -> bool:
+        """The server reports another identity than at login while no client set one."""
+        if "role" in self.session_sets or "session_authorization" in self.session_sets:
+            return False
+        params = self.params
+        initial = self.initial_params
+        return (params.get("is_superuser") != initial.get("is_superuser")
+                or params.get("session_authorization") != initial.get("session_authorization"))
 
     def detach(self) -> None:
         self.client = None

@@ -31,6 +31,7 @@ import struct
 from collections import OrderedDict, deque
 
 from .messages import error_response, message
+from .session import inspect
 
 # Tag kinds.
 T_SKIPZ = 0    # replies of untagged simple queries: skip until `count` ReadyForQuery
@@ -118,8 +119,8 @@ def drops_all_statements(query: bytes) -> bool:
 class LinkState:
     """What the pooler knows about one server connection's statements and pending replies."""
 
-    __slots__ = ("known", "limit", "lost_queries", "needs_close", "needs_reset", "skipping",
-                 "statements", "tags", "untagged_z")
+    __slots__ = ("errors", "known", "limit", "lost_queries", "needs_close", "needs_reset",
+                 "skipping", "statements", "tags", "untagged_z")
 
     def __init__(self, limit: int, known: set[str] | None = None) -> None:
         self.limit = limit
@@ -132,6 +133,7 @@ class LinkState:
         self.skipping = False    # the server is skipping messages until Sync
         self.lost_queries = 0    # queries the server skipped (their ReadyForQuery never comes)
         self.needs_reset = False  # prepared-statement state is uncertain: reset before reuse
+        self.errors = 0  # errors seen in tagged replies (SET effects are kept only without)
 
     def forget_all(self) -> None:
         self.statements.clear()
@@ -141,13 +143,14 @@ class LinkState:
 class Translator:
     """Rewrites one batch of whole client messages for a given server link."""
 
-    __slots__ = ("direct", "link", "out", "statements")
+    __slots__ = ("direct", "effects", "link", "out", "statements")
 
     def __init__(self, link: LinkState, statements: dict[bytes, Statement]) -> None:
         self.link = link
         self.statements = statements
         self.out: list[bytes] = []
         self.direct = b""  # synthetic replies that may go to the client at once
+        self.effects: list[tuple[str, str, str]] = []  # what the SQL does to the session
 
     def _push(self, tag: Tag) -> None:
         link = self.link
@@ -240,7 +243,10 @@ class Translator:
         clears = kind == 81 and drops_all_statements(msg)
         if clears:
             self.statements.clear()
-        if link.tags or clears:
+        effects = inspect(msg[5:]) if kind == 81 else []
+        if effects:
+            self.effects.extend(effects)
+        if link.tags or clears or effects:
             tag = Tag(T_QUERY)
             tag.clears = clears
             self._push(tag)
@@ -251,7 +257,10 @@ class Translator:
     def _parse(self, msg: bytes) -> None:
         body = msg[5:]
         name, query, types = split_parse(body)
-        if not name:
+        effects = inspect(query)
+        if effects:
+            self.effects.extend(effects)
+        if not name or not self.link.limit:
             tag = Tag(T_PARSE)
             tag.clears = drops_all_statements(query)
             if tag.clears:
@@ -284,7 +293,7 @@ class Translator:
 
     def _bind(self, msg: bytes) -> None:
         portal, name, rest = split_bind(msg[5:])
-        if not name:
+        if not name or not self.link.limit:
             self._push(Tag(T_BIND))
             self.out.append(msg)
             return
@@ -299,7 +308,7 @@ class Translator:
 
     def _describe(self, msg: bytes) -> None:
         what, name = msg[5:6], msg[6:-1]
-        if what != b"S" or not name:
+        if what != b"S" or not name or not self.link.limit:
             self._push(Tag(T_DESCRIBE))
             self.out.append(msg)
             return
@@ -314,7 +323,7 @@ class Translator:
 
     def _close(self, msg: bytes) -> None:
         what, name = msg[5:6], msg[6:-1]
-        if what == b"S" and name:
+        if what == b"S" and name and self.link.limit:
             # The server-side statement is shared; only the client's name goes away.
             self.statements.pop(name, None)
             self._synth(CLOSE_COMPLETE)
@@ -331,7 +340,7 @@ _PLAN_CHANGED = "0A000"
 class ReplyTracker:
     """Matches server replies to tags; decides what to forward, drop, replace or add."""
 
-    __slots__ = ("link",)
+    __slots__ = ("link")
 
     def __init__(self, link: LinkState) -> None:
         self.link = link
@@ -382,6 +391,7 @@ class ReplyTracker:
 
     def _error(self, head: Tag, body: bytes) -> tuple[bool, bytes]:
         link = self.link
+        link.errors += 1
         tags = link.tags
         hk = head.kind
         if hk in (T_QUERY, T_SKIPZ):

@@ -1,0 +1,250 @@
+"""What a client's SQL does to its session, read from the query text (sans-IO).
+
+PostgreSQL 15 reports only a few settings with ParameterStatus; search_path, the role and every
+other SET are invisible on the wire. In transaction mode a client's next transaction may run on
+another server connection, so the pooler reads the client's own statements to learn:
+
+* settings it can carry from server to server: ``SET [SESSION] name = value``, ``RESET name``,
+  ``RESET ALL``, ``set_config('name', 'value', false)``, ``SET ROLE``,
+  ``SET SESSION AUTHORIZATION`` (replayed with SET/RESET when the client moves);
+* state it cannot carry (temporary objects, session advisory locks, LISTEN, WITH HOLD
+  cursors, SQL-level PREPARE, LOAD, ``SET ... FROM CURRENT``): the server connection must be
+  reset before anyone else uses it;
+* DISCARD ALL, and transaction ends by ROLLBACK (a SET inside a rolled-back transaction is undone).
+
+A cheap keyword pre-filter keeps ordinary queries off the slow path. Anything inside quotes,
+dollar quotes or comments is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Effects, as (kind, name, value) tuples.
+SET = "set"            # name, SQL value text
+RESET = "reset"        # name
+RESET_ALL = "reset_all"
+DIRTY = "dirty"        # name = reason
+ROLLBACK = "rollback"
+
+_PREFILTER = re.compile(
+    rb"set|reset|discard|temp|advisory|listen|hold|prepare|load|rollback|abort", re.I)
+
+_STATEMENT_START = re.compile(r"\s*(\w+)", re.A)
+_SET = re.compile(
+    r"set\s+(?:(session|local)\s+)?"
+    r"(?:(role)\s+(.+)|(session\s+authorization)\s+(.+)|(time\s+zone)\s+(.+)|"
+    r"((?:\"[^\"]+\"|[a-z_][\w$]*)(?:\.(?:\"[^\"]+\"|[a-z_][\w$]*))?)"
+    r"\s*(?:=|\bto\b)\s*(.+)|"
+    r"([\w.\"$]+)\s+from\s+current)\s*$", re.I | re.S | re.A)
+_RESET = re.compile(
+    r"reset\s+(?:(all)|(role)|(session\s+authorization)|(time\s+zone)|"
+    r"((?:\"[^\"]+\"|[a-z_][\w$]*)(?:\.(?:\"[^\"]+\"|[a-z_][\w$]*))?))\s*$", re.I | re.S | re.A)
+_SET_CONFIG = re.compile(
+    r"set_config\s*\(\s*'((?:[^']|'')*)'\s*,\s*('(?:[^']|'')*'|null)\s*,\s*(true|false)\s*\)",
+    re.I | re.A)
+_SET_CONFIG_ANY = re.compile(r"set_config\s*\(", re.I)
+_TEMP = re.compile(r"create\s+(?:(?:global|local)\s+)?(?:temp|temporary)\s", re.I)
+_TEMP_INTO = re.compile(r"\binto\s+(?:temp|temporary)\s", re.I)
+_ADVISORY = re.compile(r"pg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.I)
+_HOLD = re.compile(r"declare\b.*\bwith\s+hold\b", re.I | re.S)
+_DISCARD_ALL = re.compile(r"discard\s+all\s*$", re.I)
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?")
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on semicolons outside quotes, dollar quotes and comments; strip comments."""
+    out: list[str] = []
+    buf: list[str] = []
+    i = 0
+    n = len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch == "'" or ch == '"':
+            j = i + 1
+            while j < n:
+                if sql[j] == ch:
+                    if j + 1 < n and sql[j + 1] == ch:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            buf.append(sql[i:j + 1])
+            i = j + 1
+        elif ch == "$":
+            m = re.match(r"\$([a-zA-Z_]\w*)?\$", sql[i:])
+            if m is None:
+                buf.append(ch)
+                i += 1
+                continue
+            tag = m.group(0)
+            end = sql.find(tag, i + len(tag))
+            end = n if end < 0 else end + len(tag)
+            buf.append(" $$ ")  # body hidden: its statements are not the session's
+            i = end
+        elif ch == "-" and sql.startswith("--", i):
+            nl = sql.find("\n", i)
+            i = n if nl < 0 else nl + 1
+            buf.append(" ")
+        elif ch == "/" and sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            buf.append(" ")
+        elif ch == ";":
+            out.append("".join(buf))
+            buf = []
+            i += 1
+        else:
+            buf.append(ch)
+            i += 1
+    out.append("".join(buf))
+    return [s.strip() for s in out if s.strip()]
+
+
+def _strip_literals(stmt: str) -> str:
+    return re.sub(r"'(?:[^']|'')*'", "''", stmt)
+
+
+def inspect(query: bytes) -> list[tuple[str, str, str]]:
+    """Effects of one Query or Parse text on the session, in order."""
+    if _PREFILTER.search(query) is None:
+        return []
+    sql = query.rstrip(b"\0").decode("utf-8", "replace")
+    effects: list[tuple[str, str, str]] = []
+    for stmt in split_statements(sql):
+        first = _STATEMENT_START.match(stmt)
+        word = first.group(1).lower() if first else ""
+        bare = _strip_literals(stmt)
+        if word == "set":
+            _set_effect(stmt, effects)
+        elif word == "reset":
+            _reset_effect(stmt, effects)
+        elif word in ("rollback", "abort"):
+            effects.append((ROLLBACK, "", ""))
+        elif word == "discard" and _DISCARD_ALL.match(stmt):
+            effects.append((RESET_ALL, "", ""))
+        elif word == "listen":
+            effects.append((DIRTY, "LISTEN", ""))
+        elif word == "prepare" and not re.match(r"prepare\s+transaction\b", stmt, re.I):
+            effects.append((DIRTY, "SQL-level PREPARE", ""))
+        elif word == "load":
+            effects.append((DIRTY, "LOAD", ""))
+        if _TEMP.search(bare) or _TEMP_INTO.search(bare):
+            effects.append((DIRTY, "temporary object", ""))
+        if _ADVISORY.search(bare):
+            effects.append((DIRTY, "session advisory lock", ""))
+        if word == "declare" and _HOLD.search(bare):
+            effects.append((DIRTY, "WITH HOLD cursor", ""))
+        if word != "set" and _SET_CONFIG_ANY.search(bare):
+            found = list(_SET_CONFIG.finditer(stmt))
+            if not found:
+                effects.append((DIRTY, "set_config with computed arguments", ""))
+            for m in found:
+                if m.group(3).lower() == "true":
+                    continue  # transaction-local
+                name = m.group(1).replace("''", "'").lower()
+                value = m.group(2)
+                if value.lower() == "null":
+                    effects.append((DIRTY, "set_config to NULL", ""))
+                else:
+                    effects.append((SET, _canon(name), value))
+    return effects
+
+
+def _canon(name: str) -> str:
+    """Unquoted names fold to lower case; quoted ones keep their text (quotes included)."""
+    name = name.strip()
+    return name if '"' in name else name.lower()
+
+
+def _set_effect(stmt: str, effects: list[tuple[str, str, str]]) -> None:
+    m = _SET.match(stmt)
+    if m is None:
+        if re.match(r"set\s+(?:session\s+)?(?:transaction|constraints)\b", stmt, re.I):
+            return  # transaction-scoped
+        effects.append((DIRTY, "unrecognised SET", ""))
+        return
+    if (m.group(1) or "").lower() == "local":
+        return
+    if m.group(2):
+        effects.append((SET, "role", m.group(3).strip()))
+    elif m.group(4):
+        effects.append((SET, "session_authorization", m.group(5).strip()))
+    elif m.group(6):
+        effects.append((SET, "timezone", m.group(7).strip()))
+    elif m.group(8):
+        effects.append((SET, _canon(m.group(8)), m.group(9).strip()))
+    else:
+        effects.append((DIRTY, "SET ... FROM CURRENT", ""))
+
+
+def _reset_effect(stmt: str, effects: list[tuple[str, str, str]]) -> None:
+    m = _RESET.match(stmt)
+    if m is None:
+        effects.append((DIRTY, "unrecognised RESET", ""))
+    elif m.group(1):
+        effects.append((RESET_ALL, "", ""))
+    elif m.group(2):
+        effects.append((RESET, "role", ""))
+    elif m.group(3):
+        effects.append((RESET, "session_authorization", ""))
+    elif m.group(4):
+        effects.append((RESET, "timezone", ""))
+    else:
+        effects.append((RESET, _canon(m.group(5)), ""))
+
+
+def replay_sql(name: str, value: str | None) -> str:
+    """The statement that gives a server ``name = value`` (or its default when None)."""
+    if name == "role":
+        return f"SET ROLE {value}" if value is not None else "RESET ROLE"
+    if name == "session_authorization":
+        return (f"SET SESSION AUTHORIZATION {value}" if value is not None
+                else "RESET SESSION AUTHORIZATION")
+    ident = name if ('"' in name or _PLAIN_NAME.fullmatch(name)) \
+        else '"' + name.replace('"', '""') + '"'
+    return f"SET {ident} = {value}" if value is not None else f"RESET {ident}"
+
+
+def order_key(name: str) -> int:
+    """Session authorization must come before role, and both before the rest."""
+    return {"session_authorization": 0, "role": 1}.get(name, 2)
+
+
+def parse_options(value: str) -> list[tuple[str, str]]:
+    """The ``options`` startup parameter: ``-c name=value`` and ``--name=value`` items.
+
+    Words are separated by spaces; a backslash makes the next character literal.
+    """
+    words: list[str] = []
+    buf: list[str] = []
+    escaped = False
+    for ch in value:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if buf:
+                words.append("".join(buf))
+                buf = []
+        else:
+            buf.append(ch)
+    if buf:
+        words.append("".join(buf))
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        item = ""
+        if word == "-c" and i + 1 < len(words):
+            item = words[i + 1]
+            i += 1
+        elif word.startswith("-c") or word.startswith("--"):
+            item = word[2:]
+        i += 1
+        if "=" in item:
+            name, _, setting = item.partition("=")
+            out.append((name.replace("-", "_").lower(), setting))
+    return out
