@@ -30,7 +30,15 @@ from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
 from ..protocol.prepared import Statement, Translator, answer_without_server
-from ..protocol.session import DIRTY, RESET, RESET_ALL, ROLLBACK, SET, parse_options
+from ..protocol.session import (
+    DIRTY,
+    RESET,
+    RESET_ALL,
+    ROLLBACK,
+    SET,
+    might_affect_session,
+    parse_options,
+)
 from . import client_auth, tls
 from .server_conn import ACTIVE as SERVER_ACTIVE
 from .server_conn import sql_literal
@@ -50,6 +58,8 @@ READY = "ready"
 CLOSED = "closed"
 
 _PAUSE_WAIT = 1
+# Message types that can start a batch the pooler may answer itself (Parse, Close, Sync).
+_SERVERLESS_FIRST = frozenset(b"PCS")
 # Bytes a waiting client may queue before its reading is paused.
 _PENDING_LIMIT = 256 * 1024
 _PAUSE_PEER = 2
@@ -268,7 +278,8 @@ class ClientConn(asyncio.Protocol):
             if not self.waiting:
                 pool = self.pool
                 assert pool is not None
-                reply = answer_without_server(pending, self.statements, pool.known_statements)
+                reply = (answer_without_server(pending, self.statements, pool.known_statements)
+                         if pending[0][0] in _SERVERLESS_FIRST else None)
                 if reply is not None:
                     pending.clear()
                     self.outstanding -= stream.expect
@@ -284,6 +295,13 @@ class ClientConn(asyncio.Protocol):
                          prefix: bytes = b"") -> None:
         link = server.link
         assert link is not None and server.transport is not None
+        if len(msgs) == 1 and not link.tags and not link.skipping:
+            kind, msg = msgs[0]
+            if kind == 81 and not might_affect_session(msg[5:]):
+                # The simple-protocol common case: one plain query, nothing to rewrite or tag.
+                link.untagged_z += 1
+                server.transport.write(prefix + msg if prefix else msg)
+                return
         translator = Translator(link, self.statements)
         out = translator.feed(msgs)
         if translator.effects:

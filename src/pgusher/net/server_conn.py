@@ -42,6 +42,7 @@ InternalDone = Callable[["ServerConn", bool], None]
 # role, which is carried by the statements that set it.
 UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_datetimes",
                                 "in_hot_standby", "is_superuser", "session_authorization"))
+_IDENTITY = frozenset(("is_superuser", "session_authorization"))
 
 
 def sql_literal(value: str) -> str:
@@ -56,9 +57,9 @@ def sql_ident(name: str) -> str:
 class ServerConn(asyncio.Protocol):
     __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app", "client",
                  "close_reason", "closed", "created", "dirty", "dirty_reason", "expires_at",
-                 "ident", "idle_since", "initial_params", "key", "link", "local_addr",
-                 "needs_reset", "params", "paused_by_peer", "pid", "pool", "session_sets", "state",
-                 "stream", "tracked", "transport")
+                 "ident", "identity_reported", "idle_since", "initial_params", "key", "link",
+                 "local_addr", "needs_reset", "params", "paused_by_peer", "pid", "pool",
+                 "session_sets", "state", "stream", "tracked", "transport")
 
     def __init__(self, pool: Pool, addr: str) -> None:
         self.pool = pool
@@ -77,6 +78,7 @@ class ServerConn(asyncio.Protocol):
         # must be reset before its next client, if it must.
         self.session_sets: dict[str, str] = {}
         self.dirty_reason = ""
+        self.identity_reported = False  # is_superuser/session_authorization changed since login
         self.initial_params: dict[str, str] = {}
         self.pid = 0
         self.key = 0
@@ -271,6 +273,8 @@ class ServerConn(asyncio.Protocol):
         tracked = self.app.tracked_params
         low = name.lower()
         canon = tracked.get(low)
+        if low in _IDENTITY and self.state != LOGIN:
+            self.identity_reported = True
         if canon is None and low not in UNTRACKED_REPORTED:
             # Every setting the server reports follows its client, not only PgBouncer's six.
             tracked[low] = canon = name
@@ -293,6 +297,7 @@ class ServerConn(asyncio.Protocol):
             link.needs_reset = False
         self.session_sets.clear()
         self.dirty_reason = ""
+        self.identity_reported = False
 
     def run_internal(self, sql: str, done: InternalDone) -> None:
         """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""
@@ -345,6 +350,8 @@ class ServerConn(asyncio.Protocol):
 
     def identity_drifted(self) -> bool:
         """The server reports another identity than at login while no client set one."""
+        if not self.identity_reported:
+            return False  # is_superuser / session_authorization not reported since login
         if "role" in self.session_sets or "session_authorization" in self.session_sets:
             return False
         params = self.params

@@ -108,7 +108,8 @@ class ServerStream:
         self.ready = ready
         self.swallowed = 0
         if ready and link is not None and link.untagged_z:
-            link.untagged_z = max(0, link.untagged_z - ready)
+            left = link.untagged_z - ready
+            link.untagged_z = left if left > 0 else 0
         if pos == n:
             return data
         self.held = data[pos:]

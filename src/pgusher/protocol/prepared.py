@@ -31,7 +31,7 @@ import struct
 from collections import OrderedDict, deque
 
 from .messages import error_response, message
-from .session import inspect
+from .session import inspect_text, might_affect_session
 
 # Tag kinds.
 T_SKIPZ = 0    # replies of untagged simple queries: skip until `count` ReadyForQuery
@@ -240,10 +240,12 @@ class Translator:
 
     def _query(self, kind: int, msg: bytes) -> None:
         link = self.link
-        clears = kind == 81 and drops_all_statements(msg)
+        text = msg[5:]
+        hit = kind == 81 and might_affect_session(text)
+        clears = hit and drops_all_statements(text)
         if clears:
             self.statements.clear()
-        effects = inspect(msg[5:]) if kind == 81 else []
+        effects = inspect_text(text) if hit else []
         if effects:
             self.effects.extend(effects)
         if link.tags or clears or effects:
@@ -257,12 +259,12 @@ class Translator:
     def _parse(self, msg: bytes) -> None:
         body = msg[5:]
         name, query, types = split_parse(body)
-        effects = inspect(query)
-        if effects:
-            self.effects.extend(effects)
+        hit = might_affect_session(query)
+        if hit:
+            self.effects.extend(inspect_text(query))
         if not name or not self.link.limit:
             tag = Tag(T_PARSE)
-            tag.clears = drops_all_statements(query)
+            tag.clears = hit and drops_all_statements(query)
             if tag.clears:
                 self.statements.clear()
                 self.link.needs_reset = True  # executed later, maybe: settle it at release

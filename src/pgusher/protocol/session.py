@@ -27,8 +27,22 @@ RESET_ALL = "reset_all"
 DIRTY = "dirty"        # name = reason
 ROLLBACK = "rollback"
 
-_PREFILTER = re.compile(
-    rb"set|reset|discard|temp|advisory|listen|hold|prepare|load|rollback|abort", re.I)
+# Matched against the lower-cased text: a leading character class lets the regex engine skip
+# quickly, several times faster than an IGNORECASE alternation. It finds set, reset, discard,
+# deallocate, temp, advisory, listen, hold, prepare, load, rollback and abort.
+_PREFILTER = re.compile(rb"[sdtalhpr](?:et|isc|emp|dvi|iste|old|rep|oad|oll|bor|eal)")
+# Second stage, only after a first-stage hit: the keywords must start a statement (so the SET
+# of an UPDATE does not count), or be a function name that can appear anywhere.
+_PRECISE = re.compile(
+    rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*"
+    rb"(?:set|reset|discard|deallocate|listen|prepare|load|rollback|abort|declare|create)\b"
+    rb"|set_config|advisory_lock|temp", re.S)
+
+
+def might_affect_session(query: bytes) -> bool:
+    """Cheap test run on every query: False means :func:`inspect` would find nothing."""
+    low = query.lower()
+    return _PREFILTER.search(low) is not None and _PRECISE.search(low) is not None
 
 _STATEMENT_START = re.compile(r"\s*(\w+)", re.A)
 _SET = re.compile(
@@ -107,8 +121,13 @@ def _strip_literals(stmt: str) -> str:
 
 def inspect(query: bytes) -> list[tuple[str, str, str]]:
     """Effects of one Query or Parse text on the session, in order."""
-    if _PREFILTER.search(query) is None:
+    if not might_affect_session(query):
         return []
+    return inspect_text(query)
+
+
+def inspect_text(query: bytes) -> list[tuple[str, str, str]]:
+    """:func:`inspect` without the pre-filter (the caller has run it)."""
     sql = query.rstrip(b"\0").decode("utf-8", "replace")
     effects: list[tuple[str, str, str]] = []
     for stmt in split_statements(sql):

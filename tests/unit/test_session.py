@@ -1,0 +1,92 @@
+"""The session inspector: what a client's SQL does to its session."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgusher.protocol.session import (
+    DIRTY,
+    RESET,
+    RESET_ALL,
+    ROLLBACK,
+    SET,
+    inspect,
+    might_affect_session,
+    parse_options,
+    replay_sql,
+    split_statements,
+)
+
+
+@pytest.mark.parametrize("sql,effects", [
+    (b"select 1", []),
+    (b"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1", []),
+    (b"SET search_path = a, b", [(SET, "search_path", "a, b")]),
+    (b"set search_path to public", [(SET, "search_path", "public")]),
+    (b"SET SESSION statement_timeout = '5s'", [(SET, "statement_timeout", "'5s'")]),
+    (b"set local work_mem = '1MB'", []),
+    (b"SET ROLE alice", [(SET, "role", "alice")]),
+    (b"RESET ROLE", [(RESET, "role", "")]),
+    (b"set session authorization bob", [(SET, "session_authorization", "bob")]),
+    (b"SET myapp.tenant = 'x'", [(SET, "myapp.tenant", "'x'")]),
+    (b"RESET ALL", [(RESET_ALL, "", "")]),
+    (b"DISCARD ALL", [(RESET_ALL, "", "")]),
+    (b"RESET search_path", [(RESET, "search_path", "")]),
+    (b"select set_config('search_path', 'x', false)", [(SET, "search_path", "'x'")]),
+    (b"select set_config('search_path', 'x', true)", []),
+    (b"select set_config(name, 'x', false) from t", [(DIRTY, "set_config with computed arguments",
+                                                      "")]),
+    (b"create temp table t(x int)", [(DIRTY, "temporary object", "")]),
+    (b"CREATE TEMPORARY VIEW v AS SELECT 1", [(DIRTY, "temporary object", "")]),
+    (b"select pg_advisory_lock(1)", [(DIRTY, "session advisory lock", "")]),
+    (b"select pg_advisory_xact_lock(1)", []),
+    (b"LISTEN ch", [(DIRTY, "LISTEN", "")]),
+    (b"declare c cursor with hold for select 1", [(DIRTY, "WITH HOLD cursor", "")]),
+    (b"declare c cursor for select 1", []),
+    (b"ROLLBACK", [(ROLLBACK, "", "")]),
+    (b"set transaction isolation level serializable", []),
+    (b"SET x FROM CURRENT", [(DIRTY, "SET ... FROM CURRENT", "")]),
+    (b"select 'set search_path = x'", []),
+    (b"select 1; set search_path = y", [(SET, "search_path", "y")]),
+    (b"/* leading */ SET search_path = z", [(SET, "search_path", "z")]),
+    (b"do $$ begin set search_path = q; end $$", []),
+])
+def test_inspect(sql: bytes, effects: list[tuple[str, str, str]]) -> None:
+    assert inspect(sql) == effects
+    assert inspect(sql + b"\0") == effects  # as it sits in a Query message
+
+
+def test_prefilter_never_hides_an_effect() -> None:
+    """Whatever inspect() finds, the cheap pre-filter must let through."""
+    samples = [b"set x = 1", b"select set_config('a', 'b', false)", b"RESET ALL",
+               b"select 1; DISCARD ALL", b"create temp table t()", b"LISTEN c",
+               b"select pg_advisory_lock(2)", b"rollback", b"prepare p as select 1"]
+    for sql in samples:
+        assert inspect(sql), sql
+        assert might_affect_session(sql), sql
+    for sql in [b"select 1", b"UPDATE t SET a = 1 WHERE b = 2", b"insert into t values (1)"]:
+        assert not might_affect_session(sql), sql
+
+
+def test_split_statements_ignores_quoted_semicolons() -> None:
+    sql = "select ';' ; select $a$ ; $a$ ; -- c ;\nselect \"x;y\""
+    assert split_statements(sql) == ["select ';'", "select  $$", 'select "x;y"']
+
+
+@pytest.mark.parametrize("value,pairs", [
+    ("-c search_path=sa -c statement_timeout=5s",
+     [("search_path", "sa"), ("statement_timeout", "5s")]),
+    ("--work-mem=64MB", [("work_mem", "64MB")]),
+    ("-csearch_path=a\\ b", [("search_path", "a b")]),
+    ("", []),
+])
+def test_parse_options(value: str, pairs: list[tuple[str, str]]) -> None:
+    assert parse_options(value) == pairs
+
+
+def test_replay_sql() -> None:
+    assert replay_sql("role", "alice") == "SET ROLE alice"
+    assert replay_sql("role", None) == "RESET ROLE"
+    assert replay_sql("session_authorization", None) == "RESET SESSION AUTHORIZATION"
+    assert replay_sql("search_path", "a, b") == "SET search_path = a, b"
+    assert replay_sql("Weird Name", "1") == 'SET "Weird Name" = 1'
