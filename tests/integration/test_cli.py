@@ -259,10 +259,16 @@ def test_user_flag_switches_user(pooler: PoolerFactory) -> None:
             args=["-u", "nobody"],
         )
         assert proc.pid is not None
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        uids = re.search(r"^Uid:\s+(.*)$", status, re.M)
-        assert uids is not None
-        assert {int(x) for x in uids.group(1).split()} == {entry.pw_uid}
+        # The switch follows the binding of every listener, a moment after TCP accepts.
+        deadline = time.monotonic() + 5
+        while True:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            uids = re.search(r"^Uid:\s+(.*)$", status, re.M)
+            assert uids is not None
+            if {int(x) for x in uids.group(1).split()} == {entry.pw_uid}:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
         res = run_psql(proc.dsn("scram_user", "scram_pass"), "SELECT current_user")
         assert res.returncode == 0, res.stderr
         assert res.stdout.strip() == "scram_user"

@@ -280,3 +280,38 @@ def test_statements_follow_clients_across_servers(pg: PgCluster, pooler: PoolerF
         assert len(pids) == 2
     finally:
         conn.finish()
+
+
+def test_sql_level_prepare_execute_deallocate(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """Beyond PgBouncer: SQL PREPARE/EXECUTE/DEALLOCATE in transaction mode, per client."""
+    proc = start(pooler, pool_size=2, server_round_robin=1)
+    a = low(proc.dsn("postgres"))
+    b = low(proc.dsn("postgres"))
+    c = low(proc.dsn("postgres"))
+    try:
+        assert a.exec_(b"PREPARE foo (int) AS select $1 * 10").status == pq.ExecStatus.COMMAND_OK
+        assert b.exec_(b"prepare foo (int) as select $1 * 100").status == pq.ExecStatus.COMMAND_OK
+        for i in range(6):  # round robin: every EXECUTE may land on the other server
+            assert a.exec_(f"EXECUTE foo({i})".encode()).get_value(0, 0) == str(i * 10).encode()
+            assert b.exec_(f"execute foo({i})".encode()).get_value(0, 0) == str(i * 100).encode()
+        unknown = c.exec_(b"EXECUTE foo(1)")
+        assert unknown.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        dup = a.exec_(b"PREPARE foo AS select 1")
+        assert dup.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+        assert b'prepared statement "foo" already exists' in (dup.error_message or b"")
+        assert a.exec_(b"DEALLOCATE foo").status == pq.ExecStatus.COMMAND_OK
+        assert a.exec_(b"EXECUTE foo(1)").error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        assert b.exec_(b"EXECUTE foo(7)").get_value(0, 0) == b"700"
+        # A failing PREPARE registers nothing; inside a transaction EXECUTE works as well.
+        assert a.exec_(b"PREPARE bad AS select from nowhere_at_all").status == \
+            pq.ExecStatus.FATAL_ERROR
+        assert a.exec_(b"EXECUTE bad").error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        assert a.exec_(b"PREPARE good AS select 'g'").status == pq.ExecStatus.COMMAND_OK
+        a.exec_(b"BEGIN")
+        assert a.exec_(b"EXECUTE good").get_value(0, 0) == b"g"
+        a.exec_(b"COMMIT")
+        a.exec_(b"DEALLOCATE ALL")
+        assert a.exec_(b"EXECUTE good").error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+    finally:
+        for conn in (a, b, c):
+            conn.finish()

@@ -14,6 +14,7 @@ transaction or mid-COPY takes its server down with it rather than leave it dirty
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 import socket
@@ -29,7 +30,7 @@ from ..metrics.counters import UNCOUNTED
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
-from ..protocol.prepared import Statement, Translator, answer_without_server
+from ..protocol.prepared import SqlStatement, Statement, Translator, answer_without_server
 from ..protocol.session import (
     DIRTY,
     RESET,
@@ -58,6 +59,8 @@ READY = "ready"
 CLOSED = "closed"
 
 _PAUSE_WAIT = 1
+_CLIENT_NUMBERS = itertools.count(1)
+
 # Message types that can start a batch the pooler may answer itself (Parse, Close, Sync).
 _SERVERLESS_FIRST = frozenset(b"PCS")
 # Bytes a waiting client may queue before its reading is paused.
@@ -96,6 +99,7 @@ class ClientConn(asyncio.Protocol):
         "effects_mark",
         "ident",
         "is_unix",
+        "namespace",
         "outstanding",
         "params",
         "pending",
@@ -106,6 +110,7 @@ class ClientConn(asyncio.Protocol):
         "server",
         "session_defaults",
         "session_sets",
+        "sql_statements",
         "startup_params",
         "state",
         "state_since",
@@ -137,6 +142,8 @@ class ClientConn(asyncio.Protocol):
         self.translating = False
         self.pending_msgs: list[tuple[int, bytes]] = []
         self.statements: dict[bytes, Statement] = {}
+        self.sql_statements: dict[str, SqlStatement] = {}
+        self.namespace = f"q{next(_CLIENT_NUMBERS)}"  # never reused, unlike id()
         # Settings carried from server to server (see protocol/session.py): committed values,
         # startup defaults, and effects waiting for their transaction to end.
         self.session_sets: dict[str, str] = {}
@@ -302,7 +309,7 @@ class ClientConn(asyncio.Protocol):
                 link.untagged_z += 1
                 server.transport.write(prefix + msg if prefix else msg)
                 return
-        translator = Translator(link, self.statements)
+        translator = Translator(link, self.statements, self.sql_statements, self.namespace)
         out = translator.feed(msgs)
         if translator.effects:
             self._note_effects(server, translator.effects)

@@ -186,6 +186,8 @@ class ServerStream:
             elif tagged and tracker is not None:
                 body = data[pos + 5:end] if kind == E_ERROR else None
                 forward, extra = tracker.reply(kind, body)
+                if not forward and kind == Z_READY:
+                    self.ready -= 1  # the pooler's own query: not the client's to count
                 if not forward:
                     pieces.append(data[out_from:pos])
                     if extra:

@@ -29,9 +29,10 @@ import hashlib
 import re
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
-from .messages import error_response, message
-from .session import inspect_text, might_affect_session
+from .messages import error_response, message, query
+from .session import inspect_text, might_affect_session, sql_prepared
 
 # Tag kinds.
 T_SKIPZ = 0    # replies of untagged simple queries: skip until `count` ReadyForQuery
@@ -46,6 +47,7 @@ T_INJ_PARSE = 8   # pooler's Parse: swallow ParseComplete
 T_INJ_CLOSE = 9   # pooler's Close: swallow CloseComplete
 T_SYNTH = 10   # no server message: emit `data` when this tag reaches the head
 T_FAIL = 11    # pooler's failing Parse: replace its error with `data`
+T_INJ_QUERY = 12  # pooler's simple query: drop all its replies, up to its ReadyForQuery
 
 _TERMINAL: dict[int, bytes] = {
     T_QUERY: b"Z", T_PARSE: b"1", T_BIND: b"2", T_CLOSE: b"3", T_DESCRIBE: b"Tn",
@@ -69,7 +71,7 @@ _DROPS_ALL = re.compile(rb"\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b
 
 
 class Tag:
-    __slots__ = ("clears", "count", "data", "errored", "key", "kind", "name", "owner")
+    __slots__ = ("clears", "count", "data", "errored", "key", "kind", "name", "owner", "undo")
 
     def __init__(self, kind: int, key: str | None = None) -> None:
         self.kind = kind
@@ -80,6 +82,22 @@ class Tag:
         self.clears = False
         self.owner: dict[bytes, Statement] | None = None
         self.name = b""
+        self.undo: Callable[[], None] | None = None  # what to take back if this fails
+
+
+class SqlStatement:
+    """A client's SQL-level PREPAREd statement: its name on servers and its definition."""
+
+    __slots__ = ("definition", "server_name")
+
+    def __init__(self, server_name: str, definition: str) -> None:
+        self.server_name = server_name
+        self.definition = definition  # "[(types)] AS body"
+
+
+def sql_server_name(namespace: str, name: str) -> str:
+    digest = hashlib.blake2b(name.encode(), digest_size=6).hexdigest()
+    return f"pgusher_{namespace}_{digest}"
 
 
 class Statement:
@@ -143,11 +161,14 @@ class LinkState:
 class Translator:
     """Rewrites one batch of whole client messages for a given server link."""
 
-    __slots__ = ("direct", "effects", "link", "out", "statements")
+    __slots__ = ("direct", "effects", "link", "namespace", "out", "sql", "statements")
 
-    def __init__(self, link: LinkState, statements: dict[bytes, Statement]) -> None:
+    def __init__(self, link: LinkState, statements: dict[bytes, Statement],
+                 sql: dict[str, SqlStatement] | None = None, namespace: str = "") -> None:
         self.link = link
         self.statements = statements
+        self.sql = sql  # the client's SQL-level PREPAREd statements, by name
+        self.namespace = namespace  # makes the client's SQL-level names unique on servers
         self.out: list[bytes] = []
         self.direct = b""  # synthetic replies that may go to the client at once
         self.effects: list[tuple[str, str, str]] = []  # what the SQL does to the session
@@ -242,9 +263,16 @@ class Translator:
         link = self.link
         text = msg[5:]
         hit = kind == 81 and might_affect_session(text)
+        if hit and self.sql is not None and link.limit:
+            verb = sql_prepared(text)
+            if verb is not None:
+                self._sql_statement(*verb)
+                return
         clears = hit and drops_all_statements(text)
         if clears:
             self.statements.clear()
+            if self.sql is not None:
+                self.sql.clear()
         effects = inspect_text(text) if hit else []
         if effects:
             self.effects.extend(effects)
@@ -255,6 +283,78 @@ class Translator:
         else:
             link.untagged_z += 1
         self.out.append(msg)
+
+    # ---- SQL-level PREPARE / EXECUTE / DEALLOCATE (one statement per query)
+
+    def _inject_query(self, sql: str, undo: Callable[[], None] | None = None) -> None:
+        tag = Tag(T_INJ_QUERY)
+        tag.undo = undo
+        self._push(tag)
+        self.out.append(query(sql))
+
+    def _sql_fail(self, sqlstate: str, text: str) -> None:
+        """Answer with an error raised by the server itself, so the transaction state is
+        exactly what PostgreSQL would leave."""
+        body = text.replace("'", "''")
+        self._push(Tag(T_QUERY))
+        self.out.append(query(f"DO $pgusher$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', "
+                              f"MESSAGE = '{body}'; END$pgusher$"))
+
+    def _sql_room(self) -> None:
+        link = self.link
+        while len(link.statements) >= link.limit > 0:
+            old, _ = link.statements.popitem(last=False)
+            self._inject_query(f"DEALLOCATE {old}")
+
+    def _sql_ensure(self, stmt: SqlStatement) -> None:
+        link = self.link
+        if stmt.server_name in link.statements:
+            link.statements.move_to_end(stmt.server_name)
+            return
+        self._sql_room()
+        link.statements[stmt.server_name] = None
+        self._inject_query(f"PREPARE {stmt.server_name} {stmt.definition}",
+                           lambda: link.statements.pop(stmt.server_name, None) and None)
+
+    def _sql_statement(self, verb: str, name: str, rest: str) -> None:
+        sql = self.sql
+        assert sql is not None
+        link = self.link
+        shown = name.strip('"')
+        if verb == "prepare":
+            if name in sql:
+                self._sql_fail("42P05", f'prepared statement "{shown}" already exists')
+                return
+            stmt = SqlStatement(sql_server_name(self.namespace, name), rest)
+            if stmt.server_name in link.statements:
+                link.statements.pop(stmt.server_name)
+                self._inject_query(f"DEALLOCATE {stmt.server_name}")
+            self._sql_room()
+            sql[name] = stmt
+            link.statements[stmt.server_name] = None
+            tag = Tag(T_QUERY)
+
+            def undo() -> None:
+                if sql.get(name) is stmt:
+                    del sql[name]
+                link.statements.pop(stmt.server_name, None)
+
+            tag.undo = undo
+            self._push(tag)
+            self.out.append(query(f"PREPARE {stmt.server_name} {rest}"))
+            return
+        found = sql.get(name)
+        if found is None:
+            self._sql_fail("26000", f'prepared statement "{shown}" does not exist')
+            return
+        self._sql_ensure(found)
+        self._push(Tag(T_QUERY))
+        if verb == "execute":
+            self.out.append(query(f"EXECUTE {found.server_name}{rest}"))
+        else:
+            del sql[name]
+            link.statements.pop(found.server_name, None)
+            self.out.append(query(f"DEALLOCATE {found.server_name}"))
 
     def _parse(self, msg: bytes) -> None:
         body = msg[5:]
@@ -362,6 +462,11 @@ class ReplyTracker:
         if kind in (78, 65, 83):  # NoticeResponse, NotificationResponse, ParameterStatus
             return True, b""
         hk = head.kind
+        if hk == T_INJ_QUERY:
+            if kind == 90:
+                tags.popleft()
+                return False, self._drain_synthetic()
+            return False, b""
         if hk == T_SKIPZ:
             if kind == 90:
                 head.count -= 1
@@ -396,9 +501,13 @@ class ReplyTracker:
         link.errors += 1
         tags = link.tags
         hk = head.kind
-        if hk in (T_QUERY, T_SKIPZ):
+        if hk in (T_QUERY, T_SKIPZ, T_INJ_QUERY):
             head.errored = True
-            return True, b""  # a simple query's error does not skip anything
+            if head.undo is not None:
+                head.undo()
+                head.undo = None
+            # A simple query's error does not skip anything; the pooler's own is not shown.
+            return hk != T_INJ_QUERY, b""
         tags.popleft()
         found = _SQLSTATE.search(body)
         code = found.group(1).decode() if found else ""

@@ -29,14 +29,14 @@ ROLLBACK = "rollback"
 
 # Matched against the lower-cased text: a leading character class lets the regex engine skip
 # quickly, several times faster than an IGNORECASE alternation. It finds set, reset, discard,
-# deallocate, temp, advisory, listen, hold, prepare, load, rollback and abort.
-_PREFILTER = re.compile(rb"[sdtalhpr](?:et|isc|emp|dvi|iste|old|rep|oad|oll|bor|eal)")
+# deallocate, temp, advisory, listen, hold, prepare, load, rollback, abort and execute.
+_PREFILTER = re.compile(rb"[sdtalhpre](?:et|isc|emp|dvi|iste|old|rep|oad|oll|bor|eal|xec)")
 # Second stage, only after a first-stage hit: the keywords must start a statement (so the SET
 # of an UPDATE does not count), or be a function name that can appear anywhere.
 _PRECISE = re.compile(
     rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*"
-    rb"(?:set|reset|discard|deallocate|listen|prepare|load|rollback|abort|declare|create)\b"
-    rb"|set_config|advisory_lock|temp", re.S)
+    rb"(?:set|reset|discard|deallocate|listen|prepare|load|rollback|abort|declare|create|"
+    rb"execute)\b|set_config|advisory_lock|temp", re.S)
 
 
 def might_affect_session(query: bytes) -> bool:
@@ -267,3 +267,38 @@ def parse_options(value: str) -> list[tuple[str, str]]:
             name, _, setting = item.partition("=")
             out.append((name.replace("-", "_").lower(), setting))
     return out
+
+
+# SQL-level prepared statements, handled when a query is exactly one such statement.
+_NAME = r'("(?:[^"]|"")+"|[a-z_][\w$]*)'
+_SQL_PREPARE = re.compile(r"prepare\s+" + _NAME + r"\s*(\([^()]*\))?\s+as\s+(.+)$", re.I | re.S)
+_SQL_EXECUTE = re.compile(r"execute\s+" + _NAME + r"\s*(\(.*\))?\s*$", re.I | re.S)
+_SQL_DEALLOCATE = re.compile(r"deallocate\s+(?:prepare\s+)?" + _NAME + r"\s*$", re.I | re.S)
+
+
+def sql_prepared(query: bytes) -> tuple[str, str, str] | None:
+    """A query that is one PREPARE, EXECUTE or DEALLOCATE of a named statement.
+
+    Returns (verb, name, rest): for PREPARE rest is ``[(types)] AS body``, for EXECUTE the
+    parameter list (may be empty), for DEALLOCATE empty. ``DEALLOCATE ALL`` is not matched.
+    """
+    statements = split_statements(query.rstrip(b"\0").decode("utf-8", "replace"))
+    if len(statements) != 1:
+        return None
+    stmt = statements[0]
+    for verb, pattern in (("prepare", _SQL_PREPARE), ("execute", _SQL_EXECUTE),
+                          ("deallocate", _SQL_DEALLOCATE)):
+        m = pattern.match(stmt)
+        if m is None:
+            continue
+        name = _canon(m.group(1))
+        if verb == "deallocate" and name == "all":
+            return None
+        if verb == "prepare":
+            rest = (m.group(2) or "") + " AS " + m.group(3)
+        elif verb == "execute":
+            rest = m.group(2) or ""
+        else:
+            rest = ""
+        return verb, name, rest
+    return None
