@@ -77,7 +77,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "select-only, extended protocol, 50 clients",
         ("-S", "-c", "50", "-j", "2"),
         mode="extended",
-        default=False,
     ),
     Scenario(
         "select-prepared-c50",
@@ -85,7 +84,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "(needs prepared statement tracking in transaction mode)",
         ("-S", "-c", "50", "-j", "2"),
         mode="prepared",
-        default=False,
     ),
     Scenario(
         "tpcb-c50", "TPC-B-like default script, 50 clients", ("-c", "50", "-j", "2"), default=False
