@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 import psycopg
 import pytest
 from consolecase import ADMIN, STATS, console, pool_row, show, start_console
+from psycopg import pq
 
 from pgusher.cli import version_text
 from support import PoolerFactory, run_psql, tool_path
@@ -84,6 +86,7 @@ def test_every_show_has_pgbouncers_columns_and_types(pooler: PoolerFactory) -> N
             assert types["cl_active"] == types["sv_idle"] == types["maxwait"] == INT4
             types = {d.name: d.type_code for d in admin.execute("SHOW CLIENTS").description or []}
             assert types["connect_time"] == TIMESTAMPTZ and types["id"] == INT4
+            assert types["prepared_statements"] == INT4
             assert [r["list"] for r in show(admin, "LISTS")] == LISTS
             assert [r["key"] for r in show(admin, "STATE")] == ["active", "paused", "suspended"]
             version = show(admin, "VERSION")
@@ -97,6 +100,7 @@ def test_every_show_has_pgbouncers_columns_and_types(pooler: PoolerFactory) -> N
             servers = show(admin, "SERVERS")
             assert len(servers) == 1 and servers[0]["state"] == "idle"
             assert servers[0]["remote_pid"] > 0
+            assert clients[0]["prepared_statements"] == servers[0]["prepared_statements"] == 0
             config = {r["key"]: r for r in show(admin, "CONFIG")}
             assert config["pool_mode"]["value"] == "transaction"
             assert config["listen_port"]["changeable"] == "no"
@@ -108,6 +112,63 @@ def test_every_show_has_pgbouncers_columns_and_types(pooler: PoolerFactory) -> N
             stats = {r["database"]: r for r in show(admin, "STATS")}
             assert stats["app"]["total_xact_count"] >= 1
             assert stats["app"]["total_client_connect_count"] == 1
+
+
+QUERIES = [b"select 1", b"select 2", b"select $1::int + 1"]
+
+
+def _prepare_all(conn: psycopg.Connection[Any], prefix: bytes) -> None:
+    """Named protocol-level statements (Parse + Sync), each run once to prove it works."""
+    for n, query in enumerate(QUERIES):
+        name = prefix + str(n).encode()
+        assert conn.pgconn.prepare(name, query).status == pq.ExecStatus.COMMAND_OK
+        params = [b"41"] if b"$1" in query else None
+        res = conn.pgconn.exec_prepared(name, params)
+        assert res.status == pq.ExecStatus.TUPLES_OK
+        assert res.get_value(0, 0) == (b"42" if params else query[-1:])
+
+
+def _prepared_counts(admin: psycopg.Connection[Any]) -> tuple[dict[str, int], list[int]]:
+    """(prepared_statements per application_name of app's clients, per server)."""
+    clients = {r["application_name"]: r["prepared_statements"]
+               for r in show(admin, "CLIENTS") if r["database"] == "app"}
+    servers = [r["prepared_statements"] for r in show(admin, "SERVERS")
+               if r["database"] == "app"]
+    return clients, servers
+
+
+def test_prepared_statements_counted_in_clients_and_servers(pooler: PoolerFactory) -> None:
+    proc = start_console(pooler, pool_size=1)
+    with psycopg.connect(proc.dsn("postgres", application_name="one"), autocommit=True) as one, \
+            psycopg.connect(proc.dsn("postgres", application_name="two"),
+                            autocommit=True) as two, console(proc) as admin:
+        _prepare_all(one, b"n")
+        clients, servers = _prepared_counts(admin)
+        assert clients == {"one": 3, "two": 0}
+        assert len(servers) == 1 and servers[0] >= 3
+        # The same queries under other names: the client has its own 3, the server shares them.
+        _prepare_all(two, b"other_")
+        clients, servers = _prepared_counts(admin)
+        assert clients == {"one": 3, "two": 3}
+        assert servers == [3]
+        if pq.version() >= 170000:  # libpq's Close of a statement
+            # A Close removes the client's statement; the server keeps it for the other client.
+            assert one.pgconn.close_prepared(b"n0").status == pq.ExecStatus.COMMAND_OK
+            clients, servers = _prepared_counts(admin)
+            assert clients == {"one": 2, "two": 3}
+            assert servers == [3]
+        # The console session itself prepares nothing.
+        assert [r["prepared_statements"] for r in show(admin, "CLIENTS")
+                if r["database"] == "pgbouncer"] == [0]
+
+
+def test_prepared_statements_zero_in_session_mode(pooler: PoolerFactory) -> None:
+    proc = start_console(pooler, "session", pool_size=1)
+    with psycopg.connect(proc.dsn("postgres", application_name="one"), autocommit=True) as one, \
+            console(proc) as admin:
+        _prepare_all(one, b"n")
+        clients, servers = _prepared_counts(admin)
+        assert clients == {"one": 0} and servers == [0]
 
 
 def proc_version() -> str:

@@ -2,8 +2,8 @@
 
 Each builder returns ``(columns, rows)`` with every value already text (or None for NULL).
 Where a PgBouncer column has no counterpart here (cancel-request lists, TLS, prepared
-statements, DNS cache, slab free lists), it holds PgBouncer's neutral value - 0, an empty
-string or NULL - as docs/CONSOLE.md lists.
+statement statistics, DNS cache, slab free lists), it holds PgBouncer's neutral value - 0, an
+empty string or NULL - as docs/CONSOLE.md lists.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def _client_row(app: Application, client: ClientConn, state: str, debug: bool) -
         _wall(app, client.connected_at), _wall(app, client.state_since),
         wait_us // 1_000_000, wait_us % 1_000_000, 0,
         f"0x{id(client):x}", f"0x{id(server):x}" if server is not None else "", pid, "",
-        client.params.get("application_name", ""), 0, app.metrics.registry.id_of(client)]
+        client.params.get("application_name", ""), len(client.statements),
+        app.metrics.registry.id_of(client)]
     if debug:
         values += [0, 0, 0, 0, 0, sum(map(len, client.pending)), _send_avail(client.transport)]
     return _row(values)
@@ -248,13 +249,14 @@ def _server_row(app: Application, server: ServerConn, state: str, debug: bool) -
     else:
         local_addr, local_port = "unix", port_no
     client = server.client
+    link = server.link
     values: list[Any] = [
         "S", server.pool.user, server.pool.db_name, "none", state, addr, port,
         local_addr, local_port, _wall(app, server.created), _wall(app, server.idle_since),
         0, 0, server.dirty,
         f"0x{id(server):x}", f"0x{id(client):x}" if client is not None else "", server.pid,
-        "", client.params.get("application_name", "") if client is not None else "", 0,
-        app.metrics.registry.id_of(server)]
+        "", client.params.get("application_name", "") if client is not None else "",
+        len(link.statements) if link is not None else 0, app.metrics.registry.id_of(server)]
     if debug:
         values += [0, 0, 0, 0, 0, 0, _send_avail(server.transport)]
     return _row(values)
