@@ -230,10 +230,7 @@ class ClientConn(asyncio.Protocol):
                 self.fatal(exc)
                 return
             if stream.expect:
-                if not self.outstanding:
-                    self.state_since = self.app.now
-                    self.busy_since = monotonic()
-                self.outstanding += stream.expect
+                self._expect(stream.expect)
             server = self.server
             if server is not None:
                 if out:
@@ -263,6 +260,13 @@ class ClientConn(asyncio.Protocol):
         except PgusherError as exc:
             self.fatal(exc)
 
+    def _expect(self, replies: int) -> None:
+        """The client sent work that ``replies`` ReadyForQuery messages will close."""
+        if not self.outstanding:
+            self.state_since = self.app.now
+            self.busy_since = monotonic()
+        self.outstanding += replies
+
     def _data_translating(self, data: bytes) -> None:
         """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
         stream = self.stream
@@ -272,9 +276,7 @@ class ClientConn(asyncio.Protocol):
             self.fatal(exc)
             return
         if stream.expect:
-            if not self.outstanding:
-                self.state_since = self.app.now
-            self.outstanding += stream.expect
+            self._expect(stream.expect)
         server = self.server
         if server is not None:
             if msgs:
