@@ -60,6 +60,7 @@ CLOSED = "closed"
 
 _PAUSE_WAIT = 1
 _CLIENT_NUMBERS = itertools.count(1)
+_INT32_FROM = m.INT32.unpack_from
 
 # Message types that can start a batch the pooler may answer itself (Parse, Close, Sync).
 _SERVERLESS_FIRST = frozenset(b"PCS")
@@ -270,6 +271,25 @@ class ClientConn(asyncio.Protocol):
     def _data_translating(self, data: bytes) -> None:
         """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
         stream = self.stream
+        server = self.server
+        if (data[0] == 81 and stream.at_boundary and len(data) <= stream.max_size
+                and len(data) == 1 + _INT32_FROM(data, 1)[0]):
+            # One whole simple query, the usual transaction-mode chunk: no message list.
+            if server is None:
+                if not self.waiting and not self.pending_msgs:
+                    self._expect(1)
+                    self.pending_msgs.append((81, data))
+                    assert self.pool is not None
+                    self.pool.request(self)
+                    return
+            else:
+                link = server.link
+                if (link is not None and not link.tags and not link.skipping
+                        and not might_affect_session(data[5:])):
+                    self._expect(1)
+                    link.untagged_z += 1
+                    server.transport.write(data)  # type: ignore[union-attr]
+                    return
         try:
             msgs = stream.feed_messages(data)
         except ProtocolError as exc:
@@ -749,7 +769,7 @@ class ClientConn(asyncio.Protocol):
                 return
             if link.needs_reset:
                 server.needs_reset = True
-        if server.dirty_reason or server.identity_drifted():
+        if server.dirty_reason or (server.identity_reported and server.identity_drifted()):
             server.needs_reset = True
         self.server = None
         server.client = None
