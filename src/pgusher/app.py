@@ -398,8 +398,9 @@ class Application:
         self.loop = asyncio.get_running_loop()
         self._tick_clock()
         self._stop = asyncio.Event()
-        await self._listen()
+        # The HTTP endpoint first: once clients can connect, /metrics and /ready answer too.
         await self.metrics.start()
+        await self._listen()
         if self.after_listen is not None:
             self.after_listen()
         self._install_signals()

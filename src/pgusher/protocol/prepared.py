@@ -393,18 +393,25 @@ class Translator:
         self._push(tag)
         self.out.append(message(b"P", stmt.parse_body))
 
+    def _usable(self, name: bytes) -> Statement | None:
+        """The client's statement, made ready on this server; None after answering 26000."""
+        stmt = self.statements.get(name)
+        if stmt is None:
+            shown = name.decode("utf-8", "replace")
+            self._fail("26000", f'prepared statement "{shown}" does not exist')
+            return None
+        self._ensure(stmt)
+        return stmt
+
     def _bind(self, msg: bytes) -> None:
         portal, name, rest = split_bind(msg[5:])
         if not name or not self.link.limit:
             self._push(Tag(T_BIND))
             self.out.append(msg)
             return
-        stmt = self.statements.get(name)
+        stmt = self._usable(name)
         if stmt is None:
-            shown = name.decode("utf-8", "replace")
-            self._fail("26000", f'prepared statement "{shown}" does not exist')
             return
-        self._ensure(stmt)
         self._push(Tag(T_BIND, stmt.key))
         self.out.append(message(b"B", portal + b"\0" + stmt.key.encode() + b"\0" + rest))
 
@@ -414,12 +421,9 @@ class Translator:
             self._push(Tag(T_DESCRIBE))
             self.out.append(msg)
             return
-        stmt = self.statements.get(name)
+        stmt = self._usable(name)
         if stmt is None:
-            shown = name.decode("utf-8", "replace")
-            self._fail("26000", f'prepared statement "{shown}" does not exist')
             return
-        self._ensure(stmt)
         self._push(Tag(T_DESCRIBE, stmt.key))
         self.out.append(message(b"D", b"S" + stmt.key.encode() + b"\0"))
 
