@@ -1,0 +1,344 @@
+"""The login phase of a client connection: startup packet and authentication.
+
+Strategy: everything before the welcome is handled by the pooler itself, without a server round
+trip. The startup packet is read whole (SSLRequest, GSSENCRequest and CancelRequest are
+answered on the way), startup parameters are sorted into tracked ones, session settings and
+ignored ones, and the password exchange (cleartext, md5 or SCRAM) is checked against the secret
+that auth_file, HBA or auth_query gives. :class:`ClientConn` inherits this and takes over at
+``finish_login``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from ..auth.md5 import md5_check, md5_password_hash
+from ..auth.scram import ScramServer, is_scram_secret, make_scram_secret, parse_scram_secret
+from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
+from ..log import log
+from ..protocol import messages as m
+from ..protocol.session import parse_options
+from . import client_auth, tls
+from .server_conn import sql_literal
+
+if TYPE_CHECKING:
+    from ..app import Application
+    from ..pooling.pool import Pool
+    from .client_conn import ClientConn
+
+STARTUP = "startup"
+TLS_HANDSHAKE = "tls_handshake"
+AUTH = "auth"
+AUTH_FAILED = "auth_failed"
+LOGIN_WAIT = "login_wait"
+READY = "ready"
+CLOSED = "closed"
+
+
+def _canonical_encoding(value: str) -> str:
+    upper = value.upper()
+    if upper in ("UTF-8", "UTF_8", "UNICODE"):
+        return "UTF8"
+    return upper
+
+
+class ClientLogin(asyncio.Protocol):
+    """Startup and authentication; the attributes are :class:`ClientConn`'s."""
+
+    if not TYPE_CHECKING:
+        __slots__ = ()  # the slots are ClientConn's; none here, so no per-instance __dict__
+    else:
+        app: Application
+        transport: asyncio.Transport
+        state: str
+        user: str
+        db_name: str
+        addr: str
+        tls: str
+        pool: Pool | None
+        startup_params: dict[str, str]
+        session_defaults: dict[str, str]
+        session_sets: dict[str, str]
+        _buf: bytes
+        _auth_step: str
+        _scram: ScramServer | None
+        _salt: bytes
+        _secret: str
+        _login_secret: str | None
+
+        admin: bool
+        prefix: Callable[[], str]
+        fatal: Callable[..., None]
+        close: Callable[..., None]
+        finish_login: Callable[[dict[str, str]], None]
+
+    @property
+    def conn(self) -> ClientConn:
+        """This connection as the full :class:`ClientConn` it always is."""
+        return cast("ClientConn", self)
+
+    # ------------------------------------------------------------------ startup
+
+    def _startup_data(self, data: bytes) -> None:
+        if not self._buf and tls.client_direct_tls(self.conn, data):
+            return
+        buf = self._buf + data
+        while len(buf) >= 4 and self.state == STARTUP:
+            length = m.INT32.unpack_from(buf, 0)[0]
+            if length < 8 or length > m.MAX_STARTUP_PACKET:
+                raise ProtocolError("invalid length of startup packet")
+            if len(buf) < length:
+                break
+            packet = buf[4:length]
+            buf = buf[length:]
+            self._buf = buf  # what came after this packet (SSLRequest must stand alone)
+            self._startup_packet(packet)
+        self._buf = buf if self.state in (STARTUP, AUTH) else b""
+        if self.state == AUTH and self._buf:
+            leftover, self._buf = self._buf, b""
+            self._auth_data(leftover)
+
+    def _startup_packet(self, packet: bytes) -> None:
+        code = m.INT32.unpack_from(packet, 0)[0]
+        if code == m.SSL_REQUEST_CODE and tls.client_ssl_request(self.conn, bool(self._buf)):
+            return
+        if code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
+            self.transport.write(m.SSL_NO)
+            return
+        if code == m.CANCEL_REQUEST_CODE:
+            if len(packet) != 12:
+                raise ProtocolError("invalid cancel request")
+            pid, key = struct.unpack_from("!ii", packet, 4)
+            self.app.client_is_cancel(self.conn)
+            self.app.forward_cancel(pid, key)
+            self.close("cancel request", quiet=True)
+            return
+        major, minor = code >> 16, code & 0xFFFF
+        if major != 3:
+            raise ClientFatal(f"unsupported frontend protocol {major}.{minor}: server supports "
+                              "3.0 to 3.0", sqlstate="0A000")
+        _, params = m.parse_startup(m.INT32.pack(m.PROTOCOL_3_0) + packet[4:])
+        if minor != 0:
+            unknown = [k for k in params if k.startswith("_pq_.")]
+            body = m.INT32.pack(0) + m.INT32.pack(len(unknown))
+            body += b"".join(m.cstr(k) for k in unknown)
+            self.transport.write(m.message(b"v", body))
+        for key in [k for k in params if k.startswith("_pq_.")]:
+            del params[key]
+        self._startup(params)
+
+    def _startup(self, params: dict[str, str]) -> None:
+        app = self.app
+        settings = app.config.settings
+        user = params.get("user", "")
+        if not user:
+            raise ClientFatal("no username supplied", sqlstate="28000")
+        self.user = user
+        self.db_name = params.get("database") or user
+        if settings.log_connections:
+            log.info("%s login attempt: db=%s user=%s tls=%s", self.prefix(), self.db_name,
+                     self.user, self.tls)
+        tls.check_client_plaintext(self.conn)
+        if app.client_count() > settings.max_client_conn:
+            raise ClientFatal("no more connections allowed (max_client_conn)",
+                              sqlstate="53300")
+        if app.console.wants(self.conn, params):  # the admin console takes any parameter
+            return
+        ignored = {p.lower() for p in settings.ignore_startup_parameters}
+        for key, value in params.items():
+            low = key.lower()
+            if low in ("user", "database"):
+                continue
+            canon = app.tracked_params.get(low)
+            if canon is not None:
+                if canon == "client_encoding":
+                    value = _canonical_encoding(value)
+                elif canon == "application_name" and settings.application_name_add_host:
+                    value = f"{value} - {self.addr}"
+                self.startup_params[canon] = value
+            elif low in ignored:
+                continue
+            elif low == "replication":
+                raise ClientFatal(f"unsupported startup parameter: {key}", sqlstate="08P01")
+            elif low == "options":
+                for name, setting in parse_options(value):
+                    self._startup_setting(name, setting)
+            else:
+                # Any other setting becomes the client's own session default, applied on
+                # every server connection it uses (PgBouncer refuses these).
+                self._startup_setting(low, value)
+        target = app.find_target(self.db_name)
+        if target is None:
+            raise ClientFatal(f"no such database: {self.db_name}", sqlstate="3D000")
+        app.check_client_limits(self.conn, target)
+        self.state = AUTH
+        self._begin_auth()
+
+    def _startup_setting(self, name: str, value: str) -> None:
+        canon = self.app.tracked_params.get(name.lower())
+        if canon is not None:
+            self.startup_params[canon] = value
+            return
+        literal = sql_literal(value)
+        self.session_defaults[name.lower()] = literal
+        self.session_sets[name.lower()] = literal
+
+    # ------------------------------------------------------------------ authentication
+
+    def _begin_auth(self) -> None:
+        try:
+            method = client_auth.auth_method(self.conn)
+        except AuthError as exc:
+            self._auth_failed(exc)
+            return
+        if method in ("cert", "peer"):
+            self._auth_ok()  # the certificate or the socket's owner already proved it
+            return
+        secret = self.app.userlist.get(self.user)
+        if secret is None and client_auth.start_lookup(self.conn, method):
+            return  # continues in secret_found
+        self._auth_with(method, secret)
+
+    def secret_found(self, method: str, secret: str | None) -> None:
+        """auth_query answered (None: no such user, or no password allowed)."""
+        self._login_secret = secret
+        try:
+            self._auth_with(method, secret)
+        except PgusherError as exc:
+            self.fatal(exc)
+
+    def _auth_with(self, method: str, secret: str | None) -> None:
+        if method == "any":
+            self._auth_ok()
+            return
+        if method == "trust":
+            if secret is None:
+                self._auth_failed()
+                return
+            self._auth_ok()
+            return
+        if method not in ("plain", "md5", "scram-sha-256"):
+            raise ClientFatal(f"auth_type {method} is not supported by this pgusher version",
+                              sqlstate="28000")
+        # An unknown user goes through a full exchange that is bound to fail, so the reply
+        # does not reveal which user names exist.
+        if method == "plain":
+            self._secret = secret if secret is not None else secrets.token_hex(16)
+            self._auth_step = "password"
+            self.transport.write(m.AUTH_CLEARTEXT_MSG)
+            return
+        if method == "scram-sha-256" or (secret is not None and is_scram_secret(secret)):
+            # ScramServer fails an md5-hashed secret itself, as PostgreSQL does.
+            self._scram = (ScramServer(secret) if secret is not None
+                           else ScramServer.mock(self.user))
+            self._secret = secret or ""
+            self._auth_step = "scram-first"
+            self.transport.write(m.auth_sasl_request(["SCRAM-SHA-256"]))
+            return
+        self._secret = secret or ""
+        self._auth_step = "md5" if secret is not None else "md5-doomed"
+        self._salt = os.urandom(4)
+        self.transport.write(m.auth_md5_request(self._salt))
+
+    def _auth_data(self, data: bytes) -> None:
+        buf = self._buf + data
+        while len(buf) >= 5 and self.state == AUTH:
+            kind = buf[0]
+            length = m.INT32.unpack_from(buf, 1)[0]
+            if kind != ord("p"):
+                raise ProtocolError(f"expected password response, got message type "
+                                    f"{chr(kind)!r}")
+            if length < 4 or length > 65536:
+                raise ProtocolError("invalid password packet length")
+            if len(buf) < length + 1:
+                break
+            body = buf[5:length + 1]
+            buf = buf[length + 1:]
+            self._auth_message(body)
+        self._buf = buf if self.state == AUTH else b""
+        if self.state == LOGIN_WAIT and buf:
+            self._buf = buf
+
+    def _auth_message(self, body: bytes) -> None:
+        step = self._auth_step
+        if step == "password":
+            password = m.parse_password(body).decode("utf-8", "replace")
+            if self._check_plain(password):
+                self._auth_ok()
+            else:
+                self._auth_failed()
+        elif step in ("md5", "md5-doomed"):
+            response = m.parse_password(body)
+            if step == "md5" and md5_check(self.user, self._secret, self._salt, response):
+                self._auth_ok()
+            else:
+                self._auth_failed()
+        elif step == "scram-first":
+            assert self._scram is not None
+            mechanism, data = m.parse_sasl_initial(body)
+            if mechanism != "SCRAM-SHA-256":
+                raise AuthError(f"client selected an invalid SASL authentication mechanism "
+                                f"{mechanism!r}", sqlstate="08P01")
+            reply = self._scram.server_first(data)
+            self._auth_step = "scram-final"
+            self.transport.write(m.auth_sasl_continue(reply))
+        elif step == "scram-final":
+            assert self._scram is not None
+            try:
+                final = self._scram.server_final(body)
+            except AuthError as exc:
+                if exc.sqlstate != "28P01":
+                    raise
+                self._auth_failed()
+                return
+            self.transport.write(m.auth_sasl_final(final))
+            if self._scram.client_key is not None:
+                self.app.scram_keys.remember(self.user, self._secret, self._scram.client_key)
+            self._auth_ok()
+        else:
+            raise ProtocolError("unexpected password message")
+
+    def _check_plain(self, password: str) -> bool:
+        secret = self._secret
+        if is_scram_secret(secret):
+            parsed = parse_scram_secret(secret)
+            if parsed is None:
+                return False
+            mine = make_scram_secret(password, parsed.salt, parsed.iterations)
+            if not secrets.compare_digest(mine.stored_key, parsed.stored_key):
+                return False
+            self.app.scram_keys.remember_password(self.user, secret, password)
+            return True
+        if secret.startswith("md5") and len(secret) == 35:
+            return secrets.compare_digest(md5_password_hash(self.user, password), secret)
+        return secrets.compare_digest(password.encode(), secret.encode())
+
+    def _auth_failed(self, exc: AuthError | None = None) -> None:
+        if exc is None:
+            exc = AuthError(f'password authentication failed for user "{self.user}"')
+            client_auth.login_failed(self.conn, exc, "password authentication failed")
+        else:
+            client_auth.login_failed(self.conn, exc, exc.message)
+
+    def _auth_ok(self) -> None:
+        self._scram = None
+        self._secret = ""
+        self.transport.write(m.AUTH_OK_MSG)
+        self.state = LOGIN_WAIT
+        if self.admin:
+            self.app.console.attach(self.conn)
+            return
+        try:
+            pool = self.app.get_pool(self.db_name, self.user)
+        except PgusherError as exc:
+            self.fatal(exc)
+            return
+        self.pool = pool
+        client_auth.logged_in(self.conn, pool, self._login_secret)
+        self._login_secret = None
+        pool.request_welcome(self.conn)
