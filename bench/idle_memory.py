@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import shlex
 import signal
 import struct
 import sys
@@ -39,17 +38,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from run import (  # noqa: E402
+    DBNAME,
+    POOLERS,
+    USER,
+    add_target_args,
+    pooler_sections,
+    start_target,
+)
+
 from support import (  # noqa: E402
     TRUST_HBA,
     PgCluster,
     PoolerProc,
     find_bindir,
-    start_pooler,
 )
 
-POOLERS = ("pgusher", "pgbouncer")
-DBNAME = "app"
-USER = "postgres"
 PROTOCOL_V3 = 196608
 
 
@@ -225,23 +229,6 @@ async def close_clients(clients: Sequence[Client]) -> None:
 # --------------------------------------------------------------------------- one target
 
 
-def pooler_sections(pg: PgCluster, clients: int) -> dict[str, dict[str, str]]:
-    return {
-        "databases": {DBNAME: f"host={pg.host} port={pg.port} dbname={DBNAME}"},
-        "pgbouncer": {
-            "pool_mode": "transaction",
-            "default_pool_size": "20",
-            "max_client_conn": str(clients + 100),
-            "auth_type": "trust",
-        },
-    }
-
-
-def start_target(name: str, pg: PgCluster, args: argparse.Namespace) -> PoolerProc:
-    cmd = shlex.split(args.pgusher_cmd) if name == "pgusher" else [args.pgbouncer]
-    return start_pooler(pooler_sections(pg, args.clients), {USER: ""}, cmd=cmd, pg=pg, timeout=20)
-
-
 async def measure(proc: PoolerProc, args: argparse.Namespace) -> dict[str, Any]:
     pid = proc.pid
     if pid is None:
@@ -332,12 +319,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=500, help="logins in flight at a time")
     p.add_argument("--settle", type=float, default=2.0, help="seconds before each RSS sample")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per login")
-    p.add_argument(
-        "--pgusher-cmd",
-        default=shlex.join([sys.executable, "-m", "pgusher"]),
-        help="command starting pgusher (the ini path is appended)",
-    )
-    p.add_argument("--pgbouncer", default="/usr/sbin/pgbouncer")
+    add_target_args(p)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "idle_memory.json")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -375,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.targets:
             log(f"{name}: starting")
             try:
-                proc = start_target(name, pg, args)
+                proc = start_target(name, pg, args, args.clients + 100)
             except Exception as exc:
                 log(f"!! {name} did not start:\n{exc}")
                 results[name] = {"error": f"did not start: {exc}"}
@@ -409,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settle_s": args.settle,
             "pgusher_cmd": args.pgusher_cmd,
             "pgbouncer": args.pgbouncer,
-            "pooler_config": pooler_sections(pg, args.clients)["pgbouncer"],
+            "pooler_config": pooler_sections(pg, args.clients + 100)["pgbouncer"],
         }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({"meta": meta, "targets": results}, indent=2) + "\n")

@@ -163,21 +163,34 @@ def first_line(cmd: Sequence[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def pooler_sections(pg: PgCluster) -> dict[str, dict[str, str]]:
+def pooler_sections(pg: PgCluster, max_client_conn: int = 3000) -> dict[str, dict[str, str]]:
+    """The configuration both poolers get: the same for pgusher and PgBouncer."""
     return {
         "databases": {DBNAME: f"host={pg.host} port={pg.port} dbname={DBNAME}"},
         "pgbouncer": {
             "pool_mode": "transaction",
             "default_pool_size": "20",
-            "max_client_conn": "3000",
+            "max_client_conn": str(max_client_conn),
             "auth_type": "trust",
         },
     }
 
 
-def start_target(name: str, pg: PgCluster, args: argparse.Namespace) -> PoolerProc:
+def start_target(name: str, pg: PgCluster, args: argparse.Namespace,
+                 max_client_conn: int = 3000) -> PoolerProc:
     cmd = shlex.split(args.pgusher_cmd) if name == "pgusher" else [args.pgbouncer]
-    return start_pooler(pooler_sections(pg), {USER: ""}, cmd=cmd, pg=pg, timeout=20)
+    return start_pooler(pooler_sections(pg, max_client_conn), {USER: ""}, cmd=cmd, pg=pg,
+                        timeout=20)
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """The options naming the pooler commands, shared by the bench scripts."""
+    p.add_argument(
+        "--pgusher-cmd",
+        default=shlex.join([sys.executable, "-m", "pgusher"]),
+        help="command starting pgusher (the ini path is appended)",
+    )
+    p.add_argument("--pgbouncer", default="/usr/sbin/pgbouncer")
 
 
 def pgbench_conn(host: str, port: int) -> list[str]:
@@ -294,12 +307,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
-    p.add_argument(
-        "--pgusher-cmd",
-        default=shlex.join([sys.executable, "-m", "pgusher"]),
-        help="command starting pgusher (the ini path is appended)",
-    )
-    p.add_argument("--pgbouncer", default="/usr/sbin/pgbouncer")
+    add_target_args(p)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = p.parse_args(argv)
     if args.quick:
