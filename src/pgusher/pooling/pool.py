@@ -19,7 +19,6 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal, ServerError
-from ..log import log
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
@@ -88,10 +87,6 @@ class Pool:
     @property
     def total(self) -> int:
         return len(self.idle) + len(self.active) + self.connecting
-
-    @property
-    def pool_size(self) -> int:
-        return self.app.effective_pool_size(self)
 
     def _may_open(self) -> bool:
         app = self.app
@@ -291,11 +286,3 @@ class Pool:
             self.idle.remove(server)
         if self.waiting:
             self.grow()
-
-    def describe(self) -> str:
-        return (f"{self.name}: active={len(self.active)} idle={len(self.idle)} "
-                f"connecting={self.connecting} waiting={len(self.waiting)}")
-
-
-def log_pool(pool: Pool) -> None:
-    log.debug("pool %s", pool.describe())

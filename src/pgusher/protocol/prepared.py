@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
@@ -544,17 +543,6 @@ class ReplyTracker:
             return False, replacement
         return True, b""
 
-
-def sqlstate_of(body: bytes) -> str:
-    found = _SQLSTATE.search(body)
-    return found.group(1).decode() if found else ""
-
-
-def bind_statement_name(body: bytes) -> bytes:
-    return split_bind(body)[1]
-
-
-INT16 = struct.Struct("!h")
 
 
 def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[bytes, Statement],
