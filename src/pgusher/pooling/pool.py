@@ -223,9 +223,9 @@ class Pool:
         self.active.discard(server)
         if server.closed:
             return
-        if server.dirty or server.expires_at <= self.app.now:
-            server.close("database configuration changed" if server.dirty
-                         else "server lifetime over")
+        # Two attribute tests per release; should_close() words the reason.
+        if (server.dirty or server.expires_at <= self.app.now) and server.should_close():
+            server.close(server.close_reason)
             self.grow()
             return
         if server.needs_reset:
