@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import socket
 from collections.abc import Callable
@@ -28,11 +27,16 @@ from .config import Config, DatabaseEntry, Settings, load_config
 from .errors import ClientFatal, ConfigError, PgusherError
 from .log import log
 from .metrics.service import Metrics
+from .net import cancel as cancel_mod
 from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
 from .net.client_auth import load_security
 from .net.client_conn import ClientConn
 from .pooling.pool import Pool
+from .workers import WorkerInfo
+from .workers import shared as shared_mod
+from .workers.balance import balance
+from .workers.shared import SharedCounts
 
 # The parameters PostgreSQL reports that a client may change and the pooler must carry from
 # server to server, by lower-case name -> the spelling PostgreSQL reports.
@@ -87,6 +91,13 @@ class DbTarget:
             other.startup_params, other.connect_query)
 
 
+class SiblingConn(ClientConn):
+    """A connection on a worker's private socket (see ClientLogin.internal)."""
+
+    __slots__ = ()
+    internal = True
+
+
 class Application:
     def __init__(self, config_path: str, *, verbose: int = 0, quiet: bool = False) -> None:
         self.config_path = os.path.abspath(config_path)
@@ -122,6 +133,9 @@ class Application:
         self._stop: asyncio.Event | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.after_listen: Callable[[], None] | None = None
+        # Set in a worker process when ``workers`` > 1 (see workers/__init__.py).
+        self.worker: WorkerInfo | None = None
+        self.shared: SharedCounts | None = None
         self.lookups = LookupService(self)
         self.metrics = Metrics(self)
         self.console = Console(self)
@@ -294,7 +308,10 @@ class Application:
                                  "reserve_pool_size", "reserve_pool_size"))
 
     def effective_min_pool_size(self, pool: Pool) -> int:
-        return int(self._layered(pool.user, pool.target, "", "min_pool_size", "min_pool_size"))
+        size = int(self._layered(pool.user, pool.target, "", "min_pool_size", "min_pool_size"))
+        if self.worker is not None and size:
+            size = -(-size // self.worker.count)  # each worker keeps its share warm
+        return size
 
     def effective_max_db_connections(self, target: DbTarget) -> int:
         return int(self._layered("", target, "", "max_db_connections", "max_db_connections"))
@@ -350,9 +367,35 @@ class Application:
         if user_limit and self.user_clients.get(client.user, 0) >= user_limit:
             raise ClientFatal("no more connections allowed (max_user_client_connections)",
                               sqlstate="53300")
+        if self.shared is not None:
+            self._take_client_slots(client, target.name, db_limit, user_limit)
         self.db_clients[target.name] = self.db_clients.get(target.name, 0) + 1
         self.user_clients[client.user] = self.user_clients.get(client.user, 0) + 1
         client.counted = True
+
+    def _client_offsets(self, db_name: str, user: str) -> list[int]:
+        assert self.shared is not None
+        slot = self.shared.slot
+        return [slot(shared_mod.key_hash("clients")),
+                slot(shared_mod.key_hash("db clients", db_name)),
+                slot(shared_mod.key_hash("user clients", user))]
+
+    def _take_client_slots(self, client: ClientConn, db_name: str, db_limit: int,
+                           user_limit: int) -> None:
+        """The client limits across workers: all three are counted, or the login fails."""
+        assert self.shared is not None
+        offsets = self._client_offsets(db_name, client.user)
+        limits = [self.config.settings.max_client_conn, db_limit, user_limit]
+        if self.shared.take(list(zip(offsets, limits, strict=True))):
+            return
+        totals = [self.shared.total(o) for o in offsets]
+        if db_limit and totals[1] >= db_limit:
+            which = "max_db_client_connections"
+        elif user_limit and totals[2] >= user_limit:
+            which = "max_user_client_connections"
+        else:
+            which = "max_client_conn"
+        raise ClientFatal(f"no more connections allowed ({which})", sqlstate="53300")
 
     def client_connected(self, client: ClientConn) -> None:
         self.clients.add(client)
@@ -367,18 +410,30 @@ class Application:
             client.counted = False
             self.db_clients[client.db_name] -= 1
             self.user_clients[client.user] -= 1
+            if self.shared is not None:
+                self.shared.give(self._client_offsets(client.db_name, client.user))
         if client.cancel_pid or client.cancel_key:
             self.cancel_keys.pop((client.cancel_pid, client.cancel_key), None)
 
     def register_cancel_key(self, client: ClientConn) -> tuple[int, int]:
         while True:
-            pid = secrets.randbits(31)
-            key = secrets.randbits(32) - (1 << 31)
+            pid, key = self.new_cancel_key()
             if (pid, key) not in self.cancel_keys:
                 self.cancel_keys[(pid, key)] = client
                 return pid, key
 
-    def forward_cancel(self, pid: int, key: int) -> None:
+    def new_cancel_key(self) -> tuple[int, int]:
+        """A random key that names this process (see net/cancel.py for the layout)."""
+        worker = self.worker.number if self.worker is not None else 0
+        return cancel_mod.make_key(self.config.settings.peer_id, worker)
+
+    def forward_cancel(self, pid: int, key: int, *, internal: bool = False) -> None:
+        """A CancelRequest: pass it to the peer or worker it names, or act on it here."""
+        if not internal:
+            route = cancel_mod.route(self, pid, key)
+            if route is not None:
+                self.loop.create_task(cancel_mod.forward(self, route, pid, key))
+                return
         client = self.cancel_keys.get((pid, key))
         if client is None:
             if self.console.cancel(pid, key):
@@ -396,6 +451,9 @@ class Application:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        if self.worker is not None:
+            self.shared = self.worker.shared
+            self.metrics.registry.number_ids(self.worker.number, self.worker.count)
         self._tick_clock()
         self._stop = asyncio.Event()
         # The HTTP endpoint first: once clients can connect, /metrics and /ready answer too.
@@ -417,6 +475,19 @@ class Application:
         loop = self.loop
         factory_tcp = lambda: ClientConn(self, False)  # noqa: E731
         factory_unix = lambda: ClientConn(self, True)  # noqa: E731
+        worker = self.worker
+        if worker is not None:
+            # The supervisor bound the sockets; this worker serves its share of them.
+            for sock in worker.listen:
+                self._servers.append(await loop.create_server(
+                    factory_tcp, sock=sock, backlog=s.listen_backlog))
+            if worker.unix is not None:
+                self._servers.append(await loop.create_unix_server(
+                    factory_unix, sock=worker.unix, backlog=s.listen_backlog))
+            if worker.internal is not None:
+                self._servers.append(await loop.create_unix_server(
+                    lambda: SiblingConn(self, True), sock=worker.internal))
+            return
         addrs = [a.strip() for a in s.listen_addr.split(",") if a.strip()]
         for addr in addrs:
             host: str | None = None if addr == "*" else addr
@@ -429,15 +500,7 @@ class Application:
                 log.info("listening on %s:%s", name[0], name[1])
         if s.unix_socket_dir:
             path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
-            if os.path.exists(path):
-                probe = socket.socket(socket.AF_UNIX)
-                try:
-                    probe.connect(path)
-                except OSError:
-                    os.unlink(path)
-                else:
-                    probe.close()
-                    raise ConfigError(f"unix socket {path} is in use by another process")
+            self.check_unix_path(path)
             server = await loop.create_unix_server(factory_unix, path,
                                                    backlog=s.listen_backlog)
             os.chmod(path, s.unix_socket_mode)
@@ -447,9 +510,25 @@ class Application:
         if not self._servers:
             raise ConfigError("nothing to listen on: set listen_addr or unix_socket_dir")
 
+    @staticmethod
+    def check_unix_path(path: str) -> None:
+        """Remove a stale socket file; refuse one a live process still answers on."""
+        if not os.path.exists(path):
+            return
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            probe.close()
+            raise ConfigError(f"unix socket {path} is in use by another process")
+
     def _tick_clock(self) -> None:
         self.now = self.loop.time()
         self.loop.call_later(CLOCK_STEP, self._tick_clock)
+        if self.shared is not None:
+            balance(self)
 
     def _install_signals(self) -> None:
         loop = self.loop
@@ -535,5 +614,10 @@ class Application:
         from .pooling.janitor import tick
 
         tick(self)
+        worker = self.worker
+        if worker is not None and not self.shutting_down and (
+                os.getppid() != worker.supervisor_pid):
+            log.warning("supervisor is gone, shutting down")
+            self.begin_shutdown("servers")
         if self.shutting_down:
             self._check_shutdown()

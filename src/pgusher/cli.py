@@ -161,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             # Switched once the listeners are bound, as PgBouncer does (low ports need root).
             _preload_for_user_switch()
             app.after_listen = lambda: _switch_user(user)
+        from .workers import worker_count
+
+        count = worker_count(app.config.pgusher.workers)
+        if count > 1:
+            from .workers.supervisor import supervise
+
+            return supervise(app, count, _run)
         return _run(app)
     except ConfigError as exc:
         log.critical("%s", exc.message)

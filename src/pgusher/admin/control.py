@@ -10,6 +10,8 @@ hook would cost on every release.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -249,6 +251,13 @@ def set_setting(app: Application, key: str, value: str) -> str:
 def shutdown(app: Application, arg: str) -> bool:
     """SHUTDOWN [WAIT_FOR_SERVERS | WAIT_FOR_CLIENTS]; True when the caller gets a reply."""
     mode = arg.upper()
+    if app.worker is not None:
+        # The supervisor passes the matching signal to every worker, this one included.
+        sig = {"WAIT_FOR_SERVERS": signal.SIGINT, "WAIT_FOR_CLIENTS": signal.SIGTERM}.get(
+            mode, signal.SIGQUIT)
+        log.info("SHUTDOWN%s command issued, telling the supervisor", f" {mode}" if mode else "")
+        os.kill(app.worker.supervisor_pid, sig)
+        return bool(mode)
     if mode == "WAIT_FOR_SERVERS":
         log.info("SHUTDOWN WAIT_FOR_SERVERS command issued")
         app.begin_shutdown("servers")

@@ -28,7 +28,8 @@ from ..errors import ClientFatal
 from ..log import log
 from ..net.client_conn import CLOSED
 from ..protocol import messages as m
-from . import control
+from ..workers.siblings import SiblingCall
+from . import cluster, control
 from .parse import Command, ConsoleError, SetCommand, parse
 from .show import SHOWS, Result, Row, _row
 
@@ -95,6 +96,8 @@ class Console:
     def __init__(self, app: Application) -> None:
         self.app = app
         self.sessions: list[ConsoleSession] = []
+        # Sessions of sibling workers asking this one (workers > 1); not listed anywhere.
+        self.internal_sessions: list[ConsoleSession] = []
         self.suspended = False
         self.suspended_clients: list[ClientConn] = []
         self.cancel_keys: dict[tuple[int, int], ConsoleSession] = {}
@@ -131,7 +134,16 @@ class Console:
             return False
         return peer_uid(client.transport) == os.getuid()
 
-    def attach(self, client: ClientConn, trusted: bool = False) -> None:
+    def attach_internal(self, client: ClientConn) -> None:
+        """A sibling worker on this worker's private socket: the console, nothing else."""
+        if not control.is_console_db(self.app, client.db_name):
+            client.fatal(ClientFatal("only the admin console is served on this socket"))
+            return
+        client.admin = True
+        client.transport.write(m.AUTH_OK_MSG)
+        self.attach(client, trusted=True, internal=True)
+
+    def attach(self, client: ClientConn, trusted: bool = False, internal: bool = False) -> None:
         """The password is checked: hand the connection to a ConsoleSession."""
         s = self.app.config.settings
         user = client.user
@@ -142,9 +154,9 @@ class Console:
         client.closed = True
         client.state = CLOSED
         self.app.client_is_cancel(client)  # no longer a pool client
-        session = ConsoleSession(self, client, is_admin)
+        session = ConsoleSession(self, client, is_admin, internal)
         client.transport.set_protocol(session)
-        self.sessions.append(session)
+        (self.internal_sessions if internal else self.sessions).append(session)
         session.welcome()
         leftover = client._buf
         if leftover:
@@ -171,12 +183,18 @@ class Console:
         return True
 
     def gone(self, session: ConsoleSession) -> None:
+        self.cancel_keys.pop(session.cancel, None)
+        if session.internal:
+            if session in self.internal_sessions:
+                self.internal_sessions.remove(session)
+            return
         if session in self.sessions:
             self.sessions.remove(session)
-        self.cancel_keys.pop(session.cancel, None)
         if self.suspended and not self.sessions:
             log.info("admin disappeared when suspended, doing RESUME")
             control.full_resume(self.app)
+            if self.app.worker is not None:
+                self.app.loop.create_task(cluster.tell_siblings(self.app, "RESUME"))
 
     # ------------------------------------------------------------------ waiting commands
 
@@ -187,7 +205,7 @@ class Console:
     def _check(self) -> None:
         self._poll = None
         waiting = False
-        for session in list(self.sessions):
+        for session in [*self.sessions, *self.internal_sessions]:
             waiting = session.check_wait() or waiting
         if self._signal_wait is not None:
             if self._signal_wait():
@@ -220,6 +238,8 @@ class Console:
 class ConsoleSession(asyncio.Protocol):
     __slots__ = (
         "_buf",
+        "_busy",
+        "_calls",
         "_queue",
         "_wait",
         "_wait_tag",
@@ -232,14 +252,19 @@ class ConsoleSession(asyncio.Protocol):
         "closed",
         "connected_at",
         "console",
+        "internal",
         "last_request",
         "local",
         "transport",
         "user",
     )
 
-    def __init__(self, console: Console, client: ClientConn, admin: bool) -> None:
+    def __init__(self, console: Console, client: ClientConn, admin: bool,
+                 internal: bool = False) -> None:
         self.console = console
+        self.internal = internal
+        self._busy: asyncio.Task[None] | None = None
+        self._calls: list[SiblingCall] = []
         self.app = console.app
         self.transport = client.transport
         self.user = client.user
@@ -283,7 +308,7 @@ class ConsoleSession(asyncio.Protocol):
             body = buf[pos + 5:end]
             pos = end
             if kind == 81:  # 'Q'
-                if self._wait is not None:
+                if self._wait is not None or self._busy is not None:
                     self._queue.append(body)
                 else:
                     self._query(body)
@@ -320,17 +345,59 @@ class ConsoleSession(asyncio.Protocol):
         self.last_request = self.app.loop.time()
         text = body.rstrip(b"\0").decode("utf-8", "replace")
         log.debug("got admin query: %s", text)
-        try:
-            out = self._run(parse(text), text)
-        except ConsoleError as exc:
-            log.error("%s", exc.message)
-            out = m.error_response("ERROR", exc.sqlstate, exc.message, exc.detail)
-            out += m.READY_IDLE
+        if self.app.worker is not None and not self.internal:
+            self._busy = self.app.loop.create_task(self._ask_all(text))
+            return
+        out = self._answer(text)
+        if isinstance(out, tuple):
+            self._wait, self._wait_tag = out
+            self.console.watch()
+            return
         if out and not self.closed:
             self.transport.write(out)
 
-    def _run(self, cmd: Command | SetCommand, text: str) -> bytes:
-        """Run one command; the reply to write now (b"" when it comes later or never)."""
+    def _answer(self, text: str) -> bytes | tuple[control.Wait, str]:
+        """This process's reply to one command, or what it waits for and its tag."""
+        try:
+            if self.internal and text.startswith(cluster.INTERNAL_PREFIX):
+                return cluster.internal_answer(self.app, text)
+            return self._run(parse(text), text)
+        except ConsoleError as exc:
+            log.error("%s", exc.message)
+            return (m.error_response("ERROR", exc.sqlstate, exc.message, exc.detail)
+                    + m.READY_IDLE)
+
+    async def _ask_all(self, text: str) -> None:
+        """workers > 1: ask every worker, this one included, and send one merged reply."""
+        try:
+            out = await cluster.ask_all(self, text)
+            if out and not self.closed:
+                self.transport.write(out)
+        finally:
+            self._busy = None
+            self._calls = []
+        self._drain_queue()
+
+    async def local_reply(self, text: str) -> bytes:
+        """This worker's part of a cluster-wide command, waiting here if it must wait."""
+        out = self._answer(text)
+        if not isinstance(out, tuple):
+            return out
+        wait, tag = out
+        self._wait, self._wait_tag = wait, ""
+        try:
+            while not wait():
+                if self.closed or self._wait is None:  # closed, or cancelled
+                    return (m.error_response("ERROR", "57014",
+                                             "canceling statement due to user request")
+                            + m.READY_IDLE)
+                await asyncio.sleep(POLL_STEP)
+        finally:
+            self._wait = None
+        return _done(tag)
+
+    def _run(self, cmd: Command | SetCommand, text: str) -> bytes | tuple[control.Wait, str]:
+        """Run one command: the reply to write now (b"" for none), or a wait and its tag."""
         app = self.app
         if isinstance(cmd, SetCommand):
             if cmd.key.lower() in control.FAKE_PARAMS:
@@ -346,10 +413,7 @@ class ConsoleSession(asyncio.Protocol):
         self._need_admin()
         wait = handler(self, arg)
         if wait is not None and not wait():
-            self._wait = wait
-            self._wait_tag = name.upper()
-            self.console.watch()
-            return b""
+            return wait, name.upper()
         if name == "shutdown" and not arg:
             return b""  # the process is exiting; PgBouncer does not answer either
         return _done(name.upper())
@@ -378,7 +442,7 @@ class ConsoleSession(asyncio.Protocol):
     def check_wait(self) -> bool:
         """Poll a pending command; True while it still waits."""
         wait = self._wait
-        if wait is None or self.closed:
+        if wait is None or self.closed or self._busy is not None:
             return False
         if not wait():
             return True
@@ -388,6 +452,11 @@ class ConsoleSession(asyncio.Protocol):
         return self._wait is not None
 
     def cancel_wait(self) -> None:
+        if self._busy is not None:
+            self._wait = None  # local_reply sees it and answers "canceling statement"
+            for call in self._calls:
+                self.app.loop.create_task(call.cancel())
+            return
         if self._wait is None:
             return
         self._wait = None

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from ..log import log
 from . import prometheus
 from .dashboard import PAGE
-from .snapshot import json_snapshot
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -40,7 +39,9 @@ async def start_http(app: Application, host: str, port: int) -> asyncio.Abstract
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    server = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST)
+    # With several workers each binds the port (SO_REUSEPORT) and answers for all of them.
+    server = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST,
+                                        reuse_port=app.worker is not None or None)
     for sock in server.sockets:
         name = sock.getsockname()
         log.info("http endpoint listening on %s:%s", name[0], name[1])
@@ -62,7 +63,9 @@ async def _serve_one(app: Application, reader: asyncio.StreamReader,
     path = target.split("?", 1)[0]
     head_only = method == "HEAD"
     if path == "/metrics":
-        body = prometheus.render(app).encode()
+        from ..admin.cluster import metrics_text
+
+        body = (await metrics_text(app)).encode()
         _respond(writer, 200, prometheus.CONTENT_TYPE, body, head_only)
     elif path == "/health":
         _respond(writer, 200, "text/plain", b"ok\n", head_only)
@@ -71,7 +74,9 @@ async def _serve_one(app: Application, reader: asyncio.StreamReader,
         body = json.dumps({"ready": ready, "reason": reason}).encode() + b"\n"
         _respond(writer, 200 if ready else 503, "application/json", body, head_only)
     elif path in ("/api/snapshot", "/snapshot.json"):
-        body = json.dumps(json_snapshot(app)).encode()
+        from ..admin.cluster import snapshot
+
+        body = json.dumps(await snapshot(app)).encode()
         _respond(writer, 200, "application/json", body, head_only)
     elif path in ("/", "/dashboard"):
         _respond(writer, 200, "text/html; charset=utf-8", PAGE.encode(), head_only)

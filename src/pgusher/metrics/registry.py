@@ -88,6 +88,10 @@ class Registry:
         self._last: dict[str, tuple[float, ...]] = {}
         self._last_time = 0.0
 
+    def number_ids(self, first: int, step: int) -> None:
+        """Give ids first, first + step, ... (workers: no two workers give the same id)."""
+        self._next_id = itertools.count(first, step)
+
     # ------------------------------------------------------------------ login and logout
 
     def login(self, client: ClientConn) -> Counters:

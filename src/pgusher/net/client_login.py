@@ -77,6 +77,10 @@ class ClientLogin(asyncio.Protocol):
         close: Callable[..., None]
         finish_login: Callable[[dict[str, str]], None]
 
+    # True on a worker's private socket, where only siblings connect: for cancel requests
+    # and for console questions that are answered for this worker alone.
+    internal = False
+
     @property
     def conn(self) -> ClientConn:
         """This connection as the full :class:`ClientConn` it always is."""
@@ -115,7 +119,7 @@ class ClientLogin(asyncio.Protocol):
                 raise ProtocolError("invalid cancel request")
             pid, key = struct.unpack_from("!ii", packet, 4)
             self.app.client_is_cancel(self.conn)
-            self.app.forward_cancel(pid, key)
+            self.app.forward_cancel(pid, key, internal=self.internal)
             self.close("cancel request", quiet=True)
             return
         major, minor = code >> 16, code & 0xFFFF
@@ -140,6 +144,9 @@ class ClientLogin(asyncio.Protocol):
             raise ClientFatal("no username supplied", sqlstate="28000")
         self.user = user
         self.db_name = params.get("database") or user
+        if self.internal:
+            app.console.attach_internal(self.conn)
+            return
         if settings.log_connections:
             log.info("%s login attempt: db=%s user=%s tls=%s", self.prefix(), self.db_name,
                      self.user, self.tls)

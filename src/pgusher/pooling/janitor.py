@@ -44,7 +44,7 @@ def tick(app: Application) -> None:
                   and pool.total > min_size):
                 server.close("server idle timeout")
         if min_size and not app.shutting_down and not pool.paused:
-            while pool.total < min_size and pool._may_open():
+            while pool.total < min_size and pool.try_open():
                 pool.open_server()
     for client in list(app.clients):
         if client.closed:

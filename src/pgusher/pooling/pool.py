@@ -8,7 +8,9 @@ is no window in which it could be lost or given twice.
 
 Limits are checked when a connection is about to be opened: the pool size (plus the reserve
 once a client has waited reserve_pool_timeout), max_db_connections across the database's pools
-and max_user_connections across the user's pools.
+and max_user_connections across the user's pools. With several workers the same three are
+also counted in the table the workers share (workers/shared.py), so they hold for the whole
+pooler; workers/balance.py moves servers to where clients wait.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ STATEMENT = "statement"
 
 
 class Pool:
-    __slots__ = ("_retry_handle", "active", "app", "check_delay", "connecting", "db_name",
-                 "idle", "known_statements", "last_login_error", "last_login_failed_at",
-                 "limit", "login_waiters", "mode", "name", "password", "paused",
-                 "reserve_active", "reset_always", "target", "user", "waiting",
-                 "welcome_params")
+    __slots__ = ("_retry_handle", "active", "app", "blocked", "check_delay", "connecting",
+                 "db_name", "give_back", "idle", "known_statements", "last_login_error",
+                 "last_login_failed_at", "limit", "login_waiters", "mode", "name", "password",
+                 "paused", "reserve_active", "reset_always", "shared_slots", "target", "user",
+                 "waiting", "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -56,6 +58,11 @@ class Pool:
         self.last_login_error: ServerError | None = None
         self.reserve_active = False
         self.known_statements: set[str] = set()  # prepared-statement keys a server accepted
+        # Workers only: this pool's, its database's and its user's slots in the shared table;
+        # whether the shared limits stopped it opening a server; whether to hand one back.
+        self.shared_slots: tuple[int, int, int] | None = None
+        self.blocked = False
+        self.give_back = False
         # PAUSE, KILL, SUSPEND or shutdown: queue clients, hand out no server, open none.
         self.paused = app.paused or target.name in app.paused_dbs
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -102,6 +109,40 @@ class Pool:
             return False
         return not self.in_login_retry()
 
+    def try_open(self) -> bool:
+        """_may_open, then (with several workers) count the server in the shared table."""
+        if not self._may_open():
+            return False
+        shared = self.app.shared
+        if shared is None:
+            return True
+        app = self.app
+        limits = [self.limit, app.effective_max_db_connections(self.target),
+                  app.effective_max_user_connections(self.user)]
+        if shared.take(list(zip(self.slots(), limits, strict=True))):
+            self.blocked = False
+            return True
+        self.blocked = True
+        return False
+
+    def slots(self) -> tuple[int, int, int]:
+        found = self.shared_slots
+        if found is None:
+            from ..workers.shared import key_hash
+
+            shared = self.app.shared
+            assert shared is not None
+            found = self.shared_slots = (
+                shared.slot(key_hash("pool", self.db_name, self.user)),
+                shared.slot(key_hash("db servers", self.db_name)),
+                shared.slot(key_hash("user servers", self.user)))
+        return found
+
+    def _uncount(self) -> None:
+        shared = self.app.shared
+        if shared is not None:
+            shared.give(self.slots())
+
     def in_login_retry(self) -> bool:
         if not self.last_login_failed_at:
             return False
@@ -113,7 +154,7 @@ class Pool:
         wanted = len(self.waiting) + (1 if self.login_waiters and not self.total else 0)
         if wanted <= self.connecting:
             return
-        while wanted > self.connecting and self._may_open():
+        while wanted > self.connecting and self.try_open():
             self.open_server()
 
     def open_server(self) -> None:
@@ -138,7 +179,8 @@ class Pool:
             # A server exists (e.g. after a reload reset welcome); learn from it.
             self._learn_welcome(self.idle[-1])
             return
-        if self.connecting == 0 and not self.paused and (self._may_open() or self.total == 0):
+        if self.connecting == 0 and not self.paused and (
+                self.try_open() or (self.total == 0 and self.app.shared is None)):
             self.open_server()
 
     def request(self, client: ClientConn) -> None:
@@ -196,6 +238,7 @@ class Pool:
         """A connection attempt failed (connect or login)."""
         if during_login:
             self.connecting -= 1
+            self._uncount()
         self.last_login_failed_at = self.app.loop.time()
         self.last_login_error = error
         if self.total == 0:
@@ -258,6 +301,11 @@ class Pool:
 
     def give(self, server: ServerConn) -> None:
         """Hand a clean, unlinked server to the first waiter, or put it on the idle stack."""
+        if self.give_back:
+            # Another worker's clients wait and this one holds more than its share.
+            self.give_back = False
+            server.close("released for another worker")
+            return
         waiting = self.waiting
         while waiting and not self.paused:
             client = waiting.popleft()
@@ -284,5 +332,6 @@ class Pool:
         self.active.discard(server)
         with contextlib.suppress(ValueError):
             self.idle.remove(server)
+        self._uncount()
         if self.waiting:
             self.grow()
