@@ -434,6 +434,8 @@ class Application:
             if route is not None:
                 self.loop.create_task(cancel_mod.forward(self, route, pid, key))
                 return
+        if self.config.settings.peer_id:
+            key |= cancel_mod.TTL_MASK  # as issued: forwarding peers count the hops down
         client = self.cancel_keys.get((pid, key))
         if client is None:
             if self.console.cancel(pid, key):

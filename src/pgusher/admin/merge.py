@@ -198,11 +198,15 @@ def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["pools"].sort(key=lambda p: (p["database"], p["user"]))
     out["applications"].sort(key=lambda a: (-a["clients"], a["application"]))
     out["users"].sort(key=lambda u: (-u["xact_time_seconds"], u["user"]))
-    averages: dict[str, float] = {}
+    per_worker: dict[str, list[float]] = {}
     for snap in snapshots:
         for key, value in snap.get("averages", {}).items():
-            averages[key] = averages.get(key, 0) + value
-    out["averages"] = averages
+            per_worker.setdefault(key, []).append(value)
+    out["averages"] = {key: (_weighted(values, per_worker[WEIGHTS[key]])
+                             if key in WEIGHTS and WEIGHTS[key] in per_worker
+                             and len(per_worker[WEIGHTS[key]]) == len(values)
+                             else sum(values))
+                       for key, values in per_worker.items()}
     return out
 
 
