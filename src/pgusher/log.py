@@ -30,11 +30,24 @@ _LEVEL_WORDS[NOISE] = "NOISE"
 
 
 class PgbouncerFormatter(logging.Formatter):
+    """One line per record, made once however many handlers (stderr, logfile) write it."""
+
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
+        line: str | None = record.__dict__.get("pgusher_line")
+        if line is not None:
+            return line
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            self._second = second
         millis = int(record.msecs)
         word = _LEVEL_WORDS.get(record.levelno, record.levelname)
-        return f"{stamp}.{millis:03d} UTC [{record.process}] {word} {record.getMessage()}"
+        line = f"{self._stamp}.{millis:03d} UTC [{record.process}] {word} {record.getMessage()}"
+        record.pgusher_line = line
+        return line
 
 
 class SyslogFormatter(logging.Formatter):

@@ -14,6 +14,7 @@ transaction or mid-COPY takes its server down with it rather than leave it dirty
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import socket
 import struct
@@ -62,6 +63,10 @@ _SERVERLESS_FIRST = frozenset(b"PCS")
 _PENDING_LIMIT = 256 * 1024
 _PAUSE_PEER = 2
 
+
+
+# The welcome repeats the same few parameter values for every login: encode each once.
+_parameter_status = functools.lru_cache(maxsize=4096)(m.parameter_status)
 
 class ClientConn(ClientLogin):
     __slots__ = (
@@ -391,7 +396,8 @@ class ClientConn(ClientLogin):
         self.translating = pool is not None and pool.mode != SESSION
         self.stats = self.app.metrics.login(self)
         self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self)
-        out = [m.parameter_status(k, v) for k, v in shown.items()]
+        out = [m.AUTH_OK_MSG] if self.state == LOGIN_WAIT else []
+        out += [_parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         out.append(m.READY_IDLE)
         self.transport.write(b"".join(out))

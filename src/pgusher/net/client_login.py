@@ -335,9 +335,11 @@ class ClientLogin(asyncio.Protocol):
     def _auth_ok(self) -> None:
         self._scram = None
         self._secret = ""
-        self.transport.write(m.AUTH_OK_MSG)
+        # AuthenticationOk goes out with the welcome (finish_login): one write, and the
+        # client reads its whole login reply at once.
         self.state = LOGIN_WAIT
         if self.admin:
+            self.transport.write(m.AUTH_OK_MSG)
             self.app.console.attach(self.conn)
             return
         try:
