@@ -552,6 +552,8 @@ def metadata(args: argparse.Namespace, pg: PgCluster, problems: list[str]) -> di
         "cpu_model": proc_field("/proc/cpuinfo", "model name"),
         "cpus": os.cpu_count(),
         "memory": proc_field("/proc/meminfo", "MemTotal"),
+        "load_average_at_start": args.load_at_start,
+        "load_average_at_end": list(os.getloadavg()),
         "python": platform.python_version(),
         "postgres": first_line([os.path.join(pg.bindir, "postgres"), "--version"]),
         "pgbench": first_line([tool_path("pgbench"), "--version"]),
@@ -605,6 +607,7 @@ def write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.load_at_start = list(os.getloadavg())  # other work on the machine skews the figures
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.chart and not chart.available():
         log(chart.MISSING)
@@ -628,10 +631,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table(args.scenario_list, cells, args.targets))
         print()
         print(idle_table(idle))
+        meta = metadata(args, pg, problems)
+        print(f"\nload average (1 min) at start {meta['load_average_at_start'][0]:.2f}, "
+              f"at end {meta['load_average_at_end'][0]:.2f} on {meta['cpus']} CPUs")  # fmt: skip
         for problem in problems:
             print(f"problem: {problem.splitlines()[0]}")
         result = {
-            "meta": metadata(args, pg, problems),
+            "meta": meta,
             "scenarios": [scenario_entry(sc, cells, args.targets) for sc in args.scenario_list],
             "idle_memory": idle,
         }
