@@ -125,7 +125,7 @@ def bar_panel(
         ax.set_yscale("log")
         ax.set_ylim(min(positive) / 3, max(positive) * 8)
     elif positive:
-        ax.set_ylim(0, max(positive) * 1.25)
+        ax.set_ylim(0, max(positive) * 1.35)  # room for the labels and the legend
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
