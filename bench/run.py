@@ -419,6 +419,12 @@ def ratios(sc: Scenario, cells: Cells, target: str) -> tuple[float | None, float
     return vs_bouncer, vs_direct
 
 
+def flag(sc: Scenario, cells: Cells, targets: Iterable[str]) -> str:
+    """"*" when a run of one of ``targets`` had failed transactions or aborted clients."""
+    hit = [cells.get((sc.name, t)) for t in targets]
+    return "*" if any(c is not None and (c.failed or c.aborted) for c in hit) else ""
+
+
 def table_row(sc: Scenario, cells: Cells, target: str) -> tuple[str, ...]:
     if target not in sc.targets:
         return (sc.name, target, "n/a", "", "", "", "", "", "", "")
@@ -426,11 +432,17 @@ def table_row(sc: Scenario, cells: Cells, target: str) -> tuple[str, ...]:
     if cell is None:
         return (sc.name, target, "not run", "", "", "", "", "", "", "")
     vs_bouncer, vs_direct = ratios(sc, cells, target)
-    direct_na = target != DIRECT and DIRECT not in sc.targets
+    vs_bouncer_text = fmt(vs_bouncer, 2) + flag(sc, cells, (target, PGBOUNCER))
+    vs_direct_text = fmt(vs_direct, 2) + flag(sc, cells, (target, DIRECT))
+    if vs_bouncer is None:
+        vs_bouncer_text = "-"
+    if vs_direct is None:
+        vs_direct_text = "n/a" if target != DIRECT and DIRECT not in sc.targets else "-"
+    mark = flag(sc, cells, [target])
     return (
-        sc.name, target, fmt(cell.median_tps, 0), fmt(cell.median_p50_ms, 2),
-        fmt(cell.median_p99_ms, 2), str(cell.failed), str(cell.aborted), str(cell.errors),
-        fmt(vs_bouncer, 2), "n/a" if direct_na else fmt(vs_direct, 2),
+        sc.name, target, fmt(cell.median_tps, 0) + mark, fmt(cell.median_p50_ms, 2) + mark,
+        fmt(cell.median_p99_ms, 2) + mark, str(cell.failed), str(cell.aborted),
+        str(cell.errors), vs_bouncer_text, vs_direct_text,
     )  # fmt: skip
 
 
@@ -454,8 +466,9 @@ def table(scenarios: Sequence[Scenario], cells: Cells, targets: Sequence[str]) -
     rows = [table_row(sc, cells, t) for sc in scenarios for t in targets]
     notes = (
         "medians over rounds; failed = failed transactions, aborted = clients pgbench "
-        "aborted on an error (their unfinished work is not in tps), err runs = runs that "
-        "aborted clients or exited non-zero; ratios compare median tps"
+        "aborted on an error, err runs = runs that aborted clients or exited non-zero; "
+        "ratios compare median tps;\n* = figures from runs with failed transactions or "
+        "aborted clients: they count only the work that finished"
     )
     return render(header, rows) + "\n\n" + notes
 
