@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Memory cost of idle client connections: pgusher vs PgBouncer.
+"""Memory cost of idle client connections: pgusher (1 worker and auto) vs PgBouncer.
 
-    python bench/idle_memory.py [--clients 10000] [--targets pgusher,pgbouncer]
+    python bench/idle_memory.py [--clients 10000] [--targets pgusher,pgusher-auto,pgbouncer]
                                 [--batch 500] [--settle 2]
 
 A private PostgreSQL cluster is created (trust auth on loopback, as in
-bench/run.py).  For every target, one after the other, the pooler is started
-(transaction pooling, auth_type trust, default_pool_size 20, max_client_conn
-clients + 100), one warm-up client logs in and runs ``select 1`` (so the pool
-holds a server connection), and the pooler's RSS (VmRSS of its process) is
-sampled.  Then N clients log in (v3 StartupMessage, trust auth, read until
-ReadyForQuery) from this one process with asyncio, ``--batch`` logins in
-flight at a time, and all of them stay open and idle.  After ``--settle``
-seconds the RSS is sampled again; the difference divided by the number of
-clients that logged in is the cost of one idle client.  A table goes to
-stdout, all figures to bench/results/idle_memory.json.
+bench/run.py, which also runs this measurement as part of its one command).
+For every target, one after the other, the pooler is started (transaction
+pooling, auth_type trust, default_pool_size 20, max_client_conn clients + 100),
+one warm-up client logs in and runs ``select 1`` (so the pool holds a server
+connection), and the pooler's RSS is sampled: VmRSS of its process plus that of
+every process below it (found by scanning /proc for parent ids), so a pooler
+that forks worker processes is counted whole.  Then N clients log in (v3
+StartupMessage, trust auth, read until ReadyForQuery) from this one process
+with asyncio, ``--batch`` logins in flight at a time, and all of them stay
+open and idle.  After ``--settle`` seconds the RSS is sampled again; the
+difference divided by the number of clients that logged in is the cost of one
+idle client.  Summed RSS counts pages shared between forked processes once
+per process; both samples count them alike, so the difference is the memory
+the idle clients added.  A table goes to stdout, all figures to
+bench/results/idle_memory.json.
 """
 
 from __future__ import annotations
@@ -32,22 +37,22 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from run import (  # noqa: E402
+from targets import (
     DBNAME,
     POOLERS,
+    ROOT,
     USER,
     add_target_args,
+    parse_target_list,
     pooler_sections,
     start_target,
 )
 
-from support import (  # noqa: E402
+from support import (
     TRUST_HBA,
     PgCluster,
     PoolerProc,
@@ -103,7 +108,7 @@ def open_fds(pid: int) -> int | None:
 
 
 def sample(pid: int) -> dict[str, Any]:
-    """RSS of the pooler process (and of its children, if it has any)."""
+    """RSS of the pooler process and of the processes below it (its workers, if any)."""
     st = proc_status(pid)
     kids = descendants(pid)
     kids_rss = 0
@@ -117,7 +122,8 @@ def sample(pid: int) -> dict[str, Any]:
         "threads": st.get("Threads"),
         "children": len(kids),
         "children_rss_kb": kids_rss,
-        "open_fds": open_fds(pid),
+        "total_rss_kb": st.get("VmRSS", 0) + kids_rss,
+        "open_fds": sum(open_fds(p) or 0 for p in [pid, *kids]),
     }
 
 
@@ -229,36 +235,46 @@ async def close_clients(clients: Sequence[Client]) -> None:
 # --------------------------------------------------------------------------- one target
 
 
-async def measure(proc: PoolerProc, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class IdleOptions:
+    clients: int = 10000  # idle clients to open
+    batch: int = 500  # logins in flight at a time
+    settle: float = 2.0  # seconds before each RSS sample
+    timeout: float = 30.0  # seconds per login
+
+
+async def measure(proc: PoolerProc, opts: IdleOptions) -> dict[str, Any]:
     pid = proc.pid
     if pid is None:
         raise RuntimeError("pooler is not running")
-    warm = await Client.login(proc.host, proc.port, args.timeout)
+    warm = await Client.login(proc.host, proc.port, opts.timeout)
     await warm.query("select 1")
     warm.close()
-    await asyncio.sleep(args.settle)
+    await asyncio.sleep(opts.settle)
     before = sample(pid)
-    log(f"  before: RSS {before['rss_kb']} kB, {before['open_fds']} fds")
+    log(f"  before: RSS {before['total_rss_kb']} kB in {1 + before['children']} processes, "
+        f"{before['open_fds']} fds")  # fmt: skip
 
     started = time.monotonic()
     clients, errors = await open_clients(
-        proc.host, proc.port, args.clients, args.batch, args.timeout
+        proc.host, proc.port, opts.clients, opts.batch, opts.timeout
     )
     login_s = time.monotonic() - started
-    await asyncio.sleep(args.settle)
+    await asyncio.sleep(opts.settle)
     after = sample(pid)
     alive = proc.is_running()
-    log(f"  after:  RSS {after['rss_kb']} kB, {after['open_fds']} fds, "
-        f"{len(clients)} idle clients open")  # fmt: skip
+    log(f"  after:  RSS {after['total_rss_kb']} kB in {1 + after['children']} processes, "
+        f"{after['open_fds']} fds, {len(clients)} idle clients open")  # fmt: skip
     for msg, n in errors.items():
         log(f"  !! {n} logins failed: {msg}")
 
     await close_clients(clients)
     n = len(clients)
-    delta_kb = (after["rss_kb"] or 0) - (before["rss_kb"] or 0)
+    delta_kb = after["total_rss_kb"] - before["total_rss_kb"]
     return {
         "pid": pid,
-        "clients_requested": args.clients,
+        "processes": 1 + after["children"],
+        "clients_requested": opts.clients,
         "clients_open": n,
         "login_errors": errors,
         "login_seconds": round(login_s, 2),
@@ -268,6 +284,45 @@ async def measure(proc: PoolerProc, args: argparse.Namespace) -> dict[str, Any]:
         "bytes_per_client": round(delta_kb * 1024 / n) if n else None,
         "pooler_alive": alive,
     }
+
+
+def measure_target(
+    name: str, pg: PgCluster, opts: IdleOptions, commands: argparse.Namespace
+) -> dict[str, Any]:
+    """Start pooler ``name``, measure it and stop it; errors end up in the result."""
+    log(f"{name}: starting")
+    try:
+        proc = start_target(name, pg, commands, max_client_conn=opts.clients + 100)
+    except Exception as exc:
+        log(f"!! {name} did not start:\n{exc}")
+        return {"error": f"did not start: {exc}"}
+    try:
+        log(f"{name}: pid {proc.pid}, listening on {proc.host}:{proc.port}, "
+            f"{opts.clients} clients")  # fmt: skip
+        return asyncio.run(measure(proc, opts))
+    except Exception as exc:
+        log(f"!! {name} failed: {exc}\n{proc.log_text()[-3000:]}")
+        return {"error": str(exc)}
+    finally:
+        proc.stop(timeout=10)
+        proc.cleanup()
+
+
+def measure_targets(
+    names: Sequence[str], pg: PgCluster, opts: IdleOptions, commands: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """``measure_target`` for each name in turn, with a pause between them."""
+    results: dict[str, dict[str, Any]] = {}
+    for n, name in enumerate(names):
+        if n:
+            time.sleep(1)
+        results[name] = measure_target(name, pg, opts, commands)
+    return results
+
+
+def complete(results: dict[str, dict[str, Any]], opts: IdleOptions) -> bool:
+    """True when every target measured all the clients asked for."""
+    return all(r.get("clients_open", 0) >= opts.clients for r in results.values())
 
 
 # --------------------------------------------------------------------------- main
@@ -280,24 +335,58 @@ def raise_own_nofile() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
+def fitting_clients(requested: int) -> int:
+    """``requested``, or fewer when this process may not open that many sockets."""
+    soft, hard = raise_own_nofile()
+    # Each idle client is one socket here and one in the pooler, plus a few
+    # files of our own (event loop, logs); the pooler's own limit is raised
+    # by the harness when it is spawned (children inherit ours).
+    reserve = 64
+    if requested + reserve <= soft:
+        return requested
+    log(f"RLIMIT_NOFILE is {soft} (hard {hard}): at most {soft - reserve} clients "
+        f"fit in this process; using that instead of {requested}")  # fmt: skip
+    return soft - reserve
+
+
+def meta(opts: IdleOptions, pg: PgCluster, commands: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "client_nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+        "clients": opts.clients,
+        "batch": opts.batch,
+        "settle_s": opts.settle,
+        "pgusher_cmd": commands.pgusher_cmd,
+        "pgbouncer": commands.pgbouncer,
+        "pooler_config": pooler_sections(pg, max_client_conn=opts.clients + 100)["pgbouncer"],
+    }
+
+
 def fmt_kb(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:,.1f} MiB"
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    header = ("target", "clients", "RSS before", "RSS after", "delta", "bytes/idle client")
+    header = (
+        "target", "processes", "clients", "RSS before", "RSS after", "delta",
+        "bytes/idle client",
+    )  # fmt: skip
     rows = [header]
     for name, r in results.items():
         if "error" in r:
-            rows.append((name, "-", "-", "-", "-", f"error: {r['error'][:60]}"))
+            rows.append((name, "-", "-", "-", "-", "-", f"error: {r['error'][:60]}"))
             continue
         per = r["bytes_per_client"]
         rows.append(
             (
                 name,
+                str(r["processes"]),
                 f"{r['clients_open']:,}",
-                fmt_kb(r["before"]["rss_kb"]),
-                fmt_kb(r["after"]["rss_kb"]),
+                fmt_kb(r["before"]["total_rss_kb"]),
+                fmt_kb(r["after"]["total_rss_kb"]),
                 fmt_kb(r["rss_delta_kb"]),
                 "-" if per is None else f"{per:,}",
             )
@@ -305,7 +394,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        cols = [row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i]) for i in range(6)]
+        cols = [c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)]
         lines.append("  ".join(cols).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -322,10 +411,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_target_args(p)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "idle_memory.json")
     args = p.parse_args(argv)
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.targets) - set(POOLERS)
-    if unknown:
-        p.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    args.targets = parse_target_list(p, args.targets, POOLERS)
     if args.clients < 1:
         p.error("--clients must be at least 1")
     return args
@@ -334,69 +420,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    soft, hard = raise_own_nofile()
-    # Each idle client is one socket here and one in the pooler, plus a few
-    # files of our own (event loop, logs); the pooler's own limit is raised
-    # by the harness when it is spawned (children inherit ours).
-    reserve = 64
-    if args.clients + reserve > soft:
-        log(f"RLIMIT_NOFILE is {soft} (hard {hard}): at most {soft - reserve} clients "
-            f"fit in this process; using that instead of {args.clients}")  # fmt: skip
-        args.clients = soft - reserve
+    opts = IdleOptions(
+        clients=fitting_clients(args.clients),
+        batch=args.batch,
+        settle=args.settle,
+        timeout=args.timeout,
+    )
     if find_bindir() is None:
         log("PostgreSQL server binaries not found (install postgresql-15 or set PG_BINDIR)")
         return 2
 
     pg = PgCluster(hba=TRUST_HBA, settings={"max_connections": "100"})
-    results: dict[str, dict[str, Any]] = {}
-    status = 0
     try:
         log(f"starting PostgreSQL on port {pg.port} ({pg.basedir})")
         pg.start()
         pg.create_database(DBNAME)
-        for name in args.targets:
-            log(f"{name}: starting")
-            try:
-                proc = start_target(name, pg, args, args.clients + 100)
-            except Exception as exc:
-                log(f"!! {name} did not start:\n{exc}")
-                results[name] = {"error": f"did not start: {exc}"}
-                status = 2
-                continue
-            try:
-                log(f"{name}: pid {proc.pid}, listening on {proc.host}:{proc.port}, "
-                    f"{args.clients} clients")  # fmt: skip
-                results[name] = asyncio.run(measure(proc, args))
-                if results[name]["clients_open"] < args.clients:
-                    status = 2
-            except Exception as exc:
-                log(f"!! {name} failed: {exc}\n{proc.log_text()[-3000:]}")
-                results[name] = {"error": str(exc)}
-                status = 2
-            finally:
-                proc.stop(timeout=10)
-                proc.cleanup()
-            time.sleep(1)
-
+        results = measure_targets(args.targets, pg, opts, args)
         print()
         print(table(results))
-        meta = {
-            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "host": platform.node(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "client_nofile_limit": [soft, hard],
-            "clients": args.clients,
-            "batch": args.batch,
-            "settle_s": args.settle,
-            "pgusher_cmd": args.pgusher_cmd,
-            "pgbouncer": args.pgbouncer,
-            "pooler_config": pooler_sections(pg, args.clients + 100)["pgbouncer"],
-        }
+        result = {"meta": meta(opts, pg, args), "targets": results}
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"meta": meta, "targets": results}, indent=2) + "\n")
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
         log(f"\nresults written to {args.output}")
-        return status
+        return 0 if complete(results, opts) else 2
     finally:
         pg.destroy()
 
