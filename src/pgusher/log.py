@@ -13,9 +13,10 @@ import logging.handlers
 import os
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 LOGGER_NAME = "pgusher"
-log = logging.getLogger(LOGGER_NAME)
 
 _LEVEL_WORDS = {
     logging.DEBUG: "DEBUG",
@@ -30,24 +31,58 @@ _LEVEL_WORDS[NOISE] = "NOISE"
 
 
 class PgbouncerFormatter(logging.Formatter):
-    """One line per record, made once however many handlers (stderr, logfile) write it."""
-
-    _second = -1
-    _stamp = ""
-
     def format(self, record: logging.LogRecord) -> str:
-        line: str | None = record.__dict__.get("pgusher_line")
-        if line is not None:
-            return line
-        second = int(record.created)
-        if second != self._second:  # strftime once a second, not once a line
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-            self._second = second
-        millis = int(record.msecs)
-        word = _LEVEL_WORDS.get(record.levelno, record.levelname)
-        line = f"{self._stamp}.{millis:03d} UTC [{record.process}] {word} {record.getMessage()}"
-        record.pgusher_line = line
-        return line
+        return line_of(record.created, record.levelno, record.process, record.getMessage())
+
+
+_clock = [-1, ""]  # the second last formatted, and its text: strftime once a second
+
+
+def line_of(created: float, level: int, pid: int | None, text: str) -> str:
+    second = int(created)
+    if second != _clock[0]:
+        _clock[0] = second
+        _clock[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    millis = int((created - second) * 1000)
+    word = _LEVEL_WORDS.get(level) or logging.getLevelName(level)
+    return f"{_clock[1]}.{millis:03d} UTC [{pid}] {word} {text}"
+
+
+class PgusherLogger(logging.Logger):
+    """A logger whose lines go straight to their streams.
+
+    Every connection logs at least two lines (login attempt, closing), so the generic path
+    of the logging package (a record object, the caller's frame looked up, a lock and a
+    formatting pass per handler) would be a good share of a short connection's cost. Lines
+    for stderr and the logfile are formatted once and written directly; anything unusual
+    (syslog, exception info) takes the standard path.
+    """
+
+    streams: list[TextIO] = []
+    slow = False  # a handler other than the streams (syslog) is configured
+
+    def _log(self, level: int, msg: object, args: Any, exc_info: Any = None,
+             extra: Mapping[str, object] | None = None, stack_info: bool = False,
+             stacklevel: int = 1) -> None:
+        if self.slow or exc_info or extra or stack_info:
+            super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel)
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):  # a bad format: let logging report it, as it would
+            super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel)
+            return
+        line = line_of(time.time(), level, os.getpid(), text) + "\n"
+        for stream in self.streams:
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or full output must not take the pooler down
+
+
+log = PgusherLogger(LOGGER_NAME)
+logging.Logger.manager.loggerDict[LOGGER_NAME] = log  # so setLevel clears its cache too
 
 
 class SyslogFormatter(logging.Formatter):
@@ -70,14 +105,22 @@ def setup(*, verbose: int = 0, quiet: bool = False, logfile: str = "", syslog: b
         level = NOISE
     log.setLevel(level)
     fmt = PgbouncerFormatter()
+    for stream in PgusherLogger.streams:
+        if stream is not sys.stderr:
+            stream.close()
+    streams: list[TextIO] = []
     if not quiet:
+        streams.append(sys.stderr)
         err = logging.StreamHandler(sys.stderr)
         err.setFormatter(fmt)
         log.addHandler(err)
     if logfile:
-        fh = logging.FileHandler(logfile, encoding="utf-8")
+        fh = logging.FileHandler(logfile, encoding="utf-8", delay=True)
         fh.setFormatter(fmt)
         log.addHandler(fh)
+        streams.append(open(logfile, "a", encoding="utf-8"))  # noqa: SIM115 - kept open
+    PgusherLogger.streams = streams
+    PgusherLogger.slow = False
     if syslog:
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
         facility = logging.handlers.SysLogHandler.facility_names.get(
@@ -86,5 +129,6 @@ def setup(*, verbose: int = 0, quiet: bool = False, logfile: str = "", syslog: b
         sh.ident = f"{syslog_ident}[{os.getpid()}]: "
         sh.setFormatter(SyslogFormatter())
         log.addHandler(sh)
+        PgusherLogger.slow = True  # every line through the handlers, syslog's included
     if not log.handlers:
         log.addHandler(logging.NullHandler())
