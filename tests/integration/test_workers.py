@@ -294,3 +294,25 @@ def test_sigterm_and_shutdown_stop_every_worker(pooler: PoolerFactory) -> None:
     assert proc.wait_exit(15) == 0
     for kid in kids:
         assert not os.path.exists(f"/proc/{kid}")  # the supervisor reaped every worker
+
+
+def test_sighup_to_the_supervisor_reloads_every_worker(pooler: PoolerFactory) -> None:
+    proc, _ = start_workers(pooler, pool_size=4)
+    assert proc.pid is not None
+    kids = children(proc.pid)
+    with open(proc.ini_path) as fh:
+        text = fh.read()
+    with open(proc.ini_path, "w") as fh:
+        fh.write(text.replace("default_pool_size = 4", "default_pool_size = 7"))
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while True:
+        reloaded = {int(m) for m in re.findall(r"UTC \[(\d+)\] LOG got SIGHUP", proc.log_text())}
+        if set(kids) <= reloaded:
+            break
+        assert time.monotonic() < deadline, proc.log_text()[-2000:]
+        time.sleep(0.1)
+    for _ in range(4):  # whichever worker answers
+        with console(proc) as admin:
+            sizes = {r["name"]: r["pool_size"] for r in show(admin, "DATABASES")}
+            assert sizes["app"] == 7
