@@ -35,9 +35,9 @@ STATEMENT = "statement"
 class Pool:
     __slots__ = ("_retry_handle", "active", "app", "blocked", "check_delay", "connecting",
                  "db_name", "give_back", "idle", "known_statements", "last_login_error",
-                 "last_login_failed_at", "limit", "login_waiters", "mode", "name", "password",
-                 "paused", "reserve_active", "reset_always", "shared_slots", "target", "user",
-                 "waiting", "welcome_params")
+                 "last_login_failed_at", "limit", "login_waiters", "mode", "name", "others_want",
+                 "password", "paused", "reserve_active", "reset_always", "share_cap",
+                 "shared_slots", "target", "user", "waiting", "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -63,6 +63,8 @@ class Pool:
         self.shared_slots: tuple[int, int, int] | None = None
         self.blocked = False
         self.give_back = False
+        self.others_want = False  # another worker's clients wait for this pool's servers
+        self.share_cap = 0.0  # then hold no more than this many (see workers/balance.py)
         # PAUSE, KILL, SUSPEND or shutdown: queue clients, hand out no server, open none.
         self.paused = app.paused or target.name in app.paused_dbs
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -116,6 +118,9 @@ class Pool:
         shared = self.app.shared
         if shared is None:
             return True
+        if self.others_want and self.total >= self.share_cap:
+            self.blocked = True  # leave the next server to the worker that is short
+            return False
         app = self.app
         limits = [self.limit, app.effective_max_db_connections(self.target),
                   app.effective_max_user_connections(self.user)]
