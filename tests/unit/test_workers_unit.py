@@ -166,3 +166,10 @@ def test_merge_snapshot() -> None:
     assert merged["pools"][0]["maxwait_seconds"] == 2.0
     assert merged["applications"][0]["transactions"] == 40
     assert merged["averages"] == {"xact_count": 20, "xact_time": 300}
+
+
+def test_share_cap_is_stable_for_uneven_limits() -> None:
+    from pgusher.workers.balance import share_cap
+
+    assert share_cap(20, 2) == 10 and share_cap(21, 2) == 11 and share_cap(3, 2) == 2
+    assert share_cap(1, 2) == 0.5  # smaller than the workers: the server moves between them
