@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 
 import asyncpg
@@ -109,6 +111,68 @@ def test_psycopg_always_prepare_async(pg: PgCluster, pooler: PoolerFactory) -> N
         await asyncio.gather(*(worker(n) for n in range(10)))
 
     asyncio.run(main())
+
+
+def _msg(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+def _read_until_ready(sock: socket.socket) -> list[bytes]:
+    """The types of the messages up to and including ReadyForQuery."""
+    buf = b""
+    kinds: list[bytes] = []
+    while True:
+        while len(buf) >= 5 and len(buf) >= 1 + struct.unpack_from("!i", buf, 1)[0]:
+            end = 1 + struct.unpack_from("!i", buf, 1)[0]
+            kinds.append(buf[:1])
+            if buf[:1] == b"Z":
+                assert end == len(buf), "nothing may follow ReadyForQuery here"
+                return kinds
+            buf = buf[end:]
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {kinds}"
+        buf += chunk
+
+
+def _raw_login(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    body = struct.pack("!i", 196608) + b"user\0postgres\0database\0app\0\0"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    assert b"E" not in _read_until_ready(sock)
+    return sock
+
+
+@pytest.mark.parametrize("stray", [
+    _msg(b"H"),  # psycopg's pipeline sends Flush after Sync; it may come in its own chunk
+    _msg(b"c"),  # CopyDone left over from a COPY the server already ended with an error
+    _msg(b"d", b"1\n") + _msg(b"d", b"2\n") + _msg(b"c"),
+])
+def test_message_without_reply_after_release_links_no_server(
+        pg: PgCluster, pooler: PoolerFactory, stray: bytes) -> None:
+    """A client whose server went back to the pool sends messages the server never answers.
+
+    Nothing would ever end such a link, so the client must not take a server for them: with
+    one server, every other client would wait for it until query_wait_timeout.
+    """
+    proc = start(pooler, pool_size=1, query_wait_timeout=3)
+    a = _raw_login(proc.port)
+    other = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    try:
+        a.sendall(_msg(b"P", b"s1\0select 1\0\0\0") + _msg(b"B", b"\0s1\0\0\0\0\0\0\0")
+                  + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S"))
+        assert _read_until_ready(a) == [b"1", b"2", b"D", b"C", b"Z"]
+        # The server was released with that ReadyForQuery; the stray bytes come alone.
+        a.sendall(stray)
+        time.sleep(0.2)
+        for i in range(3):
+            assert other.execute("select %s::int", (i,)).fetchone() == (i,)
+        a.sendall(_msg(b"B", b"\0s1\0\0\0\0\0\0\0") + _msg(b"E", b"\0\0\0\0\0")
+                  + _msg(b"S"))
+        assert _read_until_ready(a) == [b"2", b"D", b"C", b"Z"]
+        assert other.execute("select 'still served'").fetchone() == ("still served",)
+    finally:
+        a.close()
+        other.close()
 
 
 @pytest.fixture(scope="module")

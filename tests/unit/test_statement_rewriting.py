@@ -105,3 +105,20 @@ def test_idle_client_answered_without_server() -> None:
     assert reply == PARSE_OK + m.ready_for_query(b"I") and b"p" in mine
     assert answer_without_server([parse(b"q", b"select 2"), SYNC], mine, known) is None
     assert b"q" not in mine
+
+
+def test_idle_client_messages_without_reply_need_no_server() -> None:
+    """Flush, or copy messages after the COPY ended, from a client with no server: no server
+    would answer them, so no ReadyForQuery would ever release one linked for them."""
+    flush = (ord("H"), m.message(b"H"))
+    copy_data = (ord("d"), m.message(b"d", b"1\n"))
+    copy_piece = (0, b"2\n")  # the rest of a CopyData cut by the chunk
+    copy_done = (ord("c"), m.message(b"c"))
+    copy_fail = (ord("f"), m.message(b"f", b"stop\0"))
+    mine: dict[bytes, Statement] = {}
+    assert answer_without_server([flush], mine, set()) == b""
+    assert answer_without_server([copy_piece, copy_data, copy_done], mine, set()) == b""
+    assert answer_without_server([copy_fail, flush], mine, set()) == b""
+    assert answer_without_server([flush, SYNC], mine, set()) == m.ready_for_query(b"I")
+    assert answer_without_server([flush, bind(b"p"), EXECUTE, SYNC], mine, set()) is None
+    assert not mine

@@ -57,8 +57,9 @@ _PAUSE_WAIT = 1
 _CLIENT_NUMBERS = itertools.count(1)
 _INT32_FROM = m.INT32.unpack_from
 
-# Message types that can start a batch the pooler may answer itself (Parse, Close, Sync).
-_SERVERLESS_FIRST = frozenset(b"PCS")
+# Message types that can start a batch the pooler may answer itself: Parse, Close, Sync, and
+# those no server answers (Flush, CopyData, CopyDone, CopyFail, 0 for a piece of CopyData).
+_SERVERLESS_FIRST = frozenset(b"PCSHdcf\0")
 # Bytes a waiting client may queue before its reading is paused.
 _PENDING_LIMIT = 256 * 1024
 _PAUSE_PEER = 2
@@ -304,7 +305,8 @@ class ClientConn(ClientLogin):
                 if reply is not None:
                     pending.clear()
                     self.outstanding -= stream.expect
-                    self.transport.write(reply)
+                    if reply:
+                        self.transport.write(reply)
                 else:
                     pool.request(self)
             elif len(pending) > 64 and sum(len(m) for _, m in pending) > _PENDING_LIMIT:

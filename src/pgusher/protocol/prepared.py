@@ -553,7 +553,9 @@ def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[by
     be answered by the pooler (an idle client in transaction mode has no open transaction).
     This matters: drivers that prepare synchronously (pgbench -M prepared) would otherwise
     block a thread waiting for a server while other clients on that thread hold every server.
-    Returns None, changing nothing, when any message needs a server.
+    Messages no server replies to (Flush, and copy messages outside COPY, which PostgreSQL
+    ignores) are dropped: a server linked for them alone would get no ReadyForQuery, the only
+    point where it is released. Returns None, changing nothing, when any message needs a server.
     """
     added: dict[bytes, Statement] = {}
     closed: list[bytes] = []
@@ -570,7 +572,7 @@ def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[by
             if msg[5:6] != b"S":
                 return None
             closed.append(msg[6:-1])
-        elif kind not in (83, 72):  # anything but Sync and Flush needs a server
+        elif kind != 83 and kind not in _NO_REPLY:  # anything else needs a server
             return None
     replies = []
     for kind, msg in messages:
