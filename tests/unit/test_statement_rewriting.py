@@ -10,6 +10,7 @@ from pgusher.protocol.prepared import (
     Translator,
     answer_without_server,
     statement_key,
+    untagged_syncs,
 )
 
 
@@ -105,3 +106,43 @@ def test_idle_client_answered_without_server() -> None:
     assert reply == PARSE_OK + m.ready_for_query(b"I") and b"p" in mine
     assert answer_without_server([parse(b"q", b"select 2"), SYNC], mine, known) is None
     assert b"q" not in mine
+
+
+def describe(kind: bytes, name: bytes = b"") -> tuple[int, bytes]:
+    return ord("D"), m.message(b"D", kind + name + b"\0")
+
+
+def test_unnamed_batch_goes_untagged() -> None:
+    batch = [parse(b"", b"select $1"), bind(b""), describe(b"P"), EXECUTE, SYNC]
+    assert untagged_syncs(batch) == 1
+    assert untagged_syncs(batch + batch) == 2
+    assert untagged_syncs([*batch[:-1], (ord("H"), m.message(b"H")), SYNC]) == 1
+    assert untagged_syncs([describe(b"S"), SYNC]) == 1  # the unnamed statement
+
+
+def test_batches_needing_tags_are_not_untagged() -> None:
+    assert untagged_syncs([parse(b"", b"select 1"), bind(b""), EXECUTE]) == 0  # no Sync yet
+    assert untagged_syncs([parse(b"s1", b"select 1"), SYNC]) == 0  # renamed
+    assert untagged_syncs([bind(b"s1"), EXECUTE, SYNC]) == 0
+    assert untagged_syncs([describe(b"S", b"s1"), SYNC]) == 0
+    assert untagged_syncs([parse(b"", b"set search_path = x"), bind(b""), EXECUTE, SYNC]) == 0
+    assert untagged_syncs([(ord("Q"), m.query("select 1")), SYNC]) == 0
+    assert untagged_syncs([(ord("C"), m.message(b"C", b"Ss1\0")), SYNC]) == 0
+    assert untagged_syncs([(ord("P"), m.message(b"P", b"")), SYNC]) == 0  # malformed
+
+
+def test_untagged_batch_replies_are_counted_on_the_fast_path() -> None:
+    link = LinkState(10)
+    batch = [parse(b"", b"select 1"), bind(b""), EXECUTE, SYNC]
+    link.untagged_z += untagged_syncs(batch)
+    stream = stream_for(link)
+    error = m.error_response("ERROR", "22012", "division by zero")
+    reply = PARSE_OK + BIND_OK + error + m.ready_for_query(b"I")
+    assert stream.feed(reply) == reply
+    assert stream.ready == 1 and link.untagged_z == 0 and not link.tags
+    # A tagged batch behind untagged work waits for that work's ReadyForQuery first.
+    link.untagged_z += untagged_syncs(batch)
+    Translator(link, {}).feed([parse(b"s1", b"select 1"), SYNC])
+    out = stream.feed(reply + PARSE_OK + m.ready_for_query(b"I"))
+    assert out == reply + PARSE_OK + m.ready_for_query(b"I")
+    assert stream.ready == 2 and not link.tags and list(link.statements)

@@ -133,6 +133,56 @@ def drops_all_statements(query: bytes) -> bool:
     return _DROPS_ALL.search(query) is not None
 
 
+# Parse texts already run through the session pre-filter: drivers repeat the same few.
+_TEXT_HITS: dict[bytes, bool] = {}
+_TEXT_HITS_LIMIT = 512
+_TEXT_HITS_MAX_LEN = 2048
+
+
+def _text_hit(query: bytes) -> bool:
+    hit = _TEXT_HITS.get(query)
+    if hit is None:
+        hit = might_affect_session(query)
+        if len(query) <= _TEXT_HITS_MAX_LEN:
+            if len(_TEXT_HITS) >= _TEXT_HITS_LIMIT:
+                _TEXT_HITS.clear()
+            _TEXT_HITS[query] = hit
+    return hit
+
+
+def untagged_syncs(messages: list[tuple[int, bytes]]) -> int:
+    """How many Syncs a batch holds if it can go to the server as it is, untagged; else 0.
+
+    Such a batch ends with a Sync and uses only the unnamed statement (a Parse whose text
+    cannot change the session, Bind and Describe of it), portals, Execute and Flush. The
+    Translator would not rewrite any of it, and every error it can cause ends at one of its
+    own Syncs, so its replies only need counting, like those of a plain simple query.
+    """
+    if messages[-1][0] != 83:
+        return 0
+    syncs = 0
+    try:
+        for kind, msg in messages:
+            if kind == 83:  # Sync
+                syncs += 1
+            elif kind == 69 or kind == 72:  # Execute, Flush
+                continue
+            elif kind == 80:  # Parse: the unnamed statement, with a text that changes nothing
+                if msg[5] != 0 or _text_hit(msg[6:msg.index(0, 6)]):
+                    return 0
+            elif kind == 66:  # Bind to the unnamed statement
+                if msg[msg.index(0, 5) + 1] != 0:
+                    return 0
+            elif kind == 68:  # Describe: a portal, or the unnamed statement
+                if msg[5] == 83 and len(msg) > 7:
+                    return 0
+            else:
+                return 0
+    except (IndexError, ValueError):
+        return 0  # malformed: the Translator deals with it as it always has
+    return syncs
+
+
 class LinkState:
     """What the pooler knows about one server connection's statements and pending replies."""
 
@@ -559,6 +609,8 @@ def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[by
     closed: list[bytes] = []
     for kind, msg in messages:
         if kind == 80:  # Parse
+            if msg[5:6] == b"\0":
+                return None  # the unnamed statement: the server must have it
             name, query, types = split_parse(msg[5:])
             if not name or name in statements or name in added:
                 return None
