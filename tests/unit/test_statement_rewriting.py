@@ -146,3 +146,15 @@ def test_untagged_batch_replies_are_counted_on_the_fast_path() -> None:
     out = stream.feed(reply + PARSE_OK + m.ready_for_query(b"I"))
     assert out == reply + PARSE_OK + m.ready_for_query(b"I")
     assert stream.ready == 2 and not link.tags and list(link.statements)
+
+
+def test_bind_and_describe_rewritten_exactly() -> None:
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    Translator(link, mine).feed([parse(b"s1", b"select $1"), SYNC])
+    key = statement_key(b"select $1", b"\0\0").encode()
+    rest = b"\0\x01\0\0\0\0\0\x03abc\0\x01\0\0"
+    bind_msg = (ord("B"), m.message(b"B", b"portal\0s1\0" + rest))
+    out = Translator(link, mine).feed([bind_msg, describe(b"S", b"s1"), EXECUTE, SYNC])
+    assert out == (m.message(b"B", b"portal\0" + key + b"\0" + rest)
+                   + m.message(b"D", b"S" + key + b"\0") + EXECUTE[1] + m.SYNC)

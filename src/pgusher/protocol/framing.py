@@ -13,11 +13,12 @@ counters and flags for the connection to act on after it has written.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 from ..errors import ProtocolError
 from .messages import TYPE_LEN, parse_error_fields, parse_parameter_status
-from .prepared import LinkState, ReplyTracker
+from .prepared import LinkState, ReplyTracker, Tag
 
 _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call
 
@@ -36,6 +37,8 @@ COPY_DATA = ord("d")
 _EXTENDED = frozenset(b"PBEDC")
 # Every type a client may send after login.
 _CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcfp")
+# Stands for the reply tags of a stream that tracks none; never filled.
+_NO_TAGS: deque[Tag] = deque()
 
 
 class ServerStream:
@@ -141,13 +144,16 @@ class ServerStream:
                 self._after_skip = b""
         link = self.link
         tracker = self.tracker
+        tags = link.tags if link is not None else _NO_TAGS
+        max_size = self.max_size
+        unpack = _TYPE_LEN_FROM
         while n - pos >= 5:
-            kind, length = _TYPE_LEN_FROM(data, pos)
-            if length < 4 or length > self.max_size:
+            kind, length = unpack(data, pos)
+            if length < 4 or length > max_size:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             dropping = self.swallow > 0
-            tagged = not dropping and link is not None and bool(link.tags)
+            tagged = not dropping and bool(tags)
             if kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged)):
                 if end > n:
                     break  # hold the whole message until its body is here
@@ -183,7 +189,7 @@ class ServerStream:
                 if pos > out_from:
                     pieces.append(data[out_from:pos])
                 out_from = end
-            elif tagged and tracker is not None:
+            elif tagged and tracker is not None and (kind == E_ERROR or kind in tags[0].watch):
                 body = data[pos + 5:end] if kind == E_ERROR else None
                 forward, extra = tracker.reply(kind, body)
                 if not forward and kind == Z_READY:
