@@ -86,13 +86,14 @@ class ServerStream:
         # Fast path, the usual case: nothing carried over and nothing to drop, so the loop
         # only walks headers, counts ReadyForQuery and reports ParameterStatus.
         n = len(data)
+        last = n - 5  # the last position a whole header can start at
         pos = 0
         ready = 0
         unpack = _TYPE_LEN_FROM
         max_size = self.max_size
-        while n - pos >= 5:
+        while pos <= last:
             kind, length = unpack(data, pos)
-            if length < 4 or length > max_size:
+            if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             if end > n:
@@ -262,33 +263,38 @@ class ClientStream:
             pos = self._skip
             self._skip = 0
         unpack = _TYPE_LEN_FROM
+        max_size = self.max_size
+        expect = 0
         while n - pos >= 5:
             kind, length = unpack(data, pos)
             if kind not in _CLIENT_TYPES:
                 raise ProtocolError(f"invalid client message type {chr(kind)!r}")
-            if length < 4 or length > self.max_size:
+            if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
             if end > n:
                 if kind == COPY_DATA:
                     out.append((0, data[pos:]))
                     self._skip = end - n
+                    self.expect = expect
                     return out
                 break
-            if kind in (Q_QUERY, F_FUNCTION):
-                self.expect += 1
-            elif kind == S_SYNC:
-                self.expect += 1
-                self.unsynced = False
-            elif kind in _EXTENDED:
+            if kind in _EXTENDED:
                 self.unsynced = True
+            elif kind == S_SYNC:
+                expect += 1
+                self.unsynced = False
+            elif kind in (Q_QUERY, F_FUNCTION):
+                expect += 1
             elif kind == X_TERMINATE:
                 self.terminated = True
+                self.expect = expect
                 return out
             out.append((kind, data[pos:end]))
             pos = end
         if pos < n:
             self._pending = data[pos:]
+        self.expect = expect
         return out
 
     def feed(self, data: bytes) -> bytes:
