@@ -19,8 +19,9 @@ server connection to another. The strategy:
 * After an error the server skips to the next Sync; the tags of the skipped messages are dropped
   and whatever they would have registered is undone.
 
-Plain simple queries sent while nothing is tagged are not tagged at all, so the simple-protocol
-path keeps the scanner's fast path.
+Plain simple queries, and extended-protocol batches on the unnamed statement that end with Sync,
+sent while nothing is tagged are not tagged at all: their replies are only counted, on the
+scanner's fast path.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .messages import error_response, message, query
 from .session import inspect_text, might_affect_session, sql_prepared
 
 # Tag kinds.
-T_SKIPZ = 0    # replies of untagged simple queries: skip until `count` ReadyForQuery
+T_SKIPZ = 0    # replies of untagged work: skip until `count` ReadyForQuery
 T_QUERY = 1    # Query / FunctionCall: ends with ReadyForQuery
 T_PARSE = 2    # client Parse: ParseComplete
 T_BIND = 3     # Bind: BindComplete
@@ -215,7 +216,7 @@ class LinkState:
         self.statements: OrderedDict[str, None] = OrderedDict()  # LRU, oldest first
         self.needs_close: set[str] = set()  # on the server but unusable (plan changed)
         self.tags: deque[Tag] = deque()
-        self.untagged_z = 0      # ReadyForQuery still due for untagged simple queries
+        self.untagged_z = 0      # ReadyForQuery still due for untagged work
         self.skipping = False    # the server is skipping messages until Sync
         self.lost_queries = 0    # queries the server skipped (their ReadyForQuery never comes)
         self.needs_reset = False  # prepared-statement state is uncertain: reset before reuse
