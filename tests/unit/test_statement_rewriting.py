@@ -99,15 +99,6 @@ def test_eviction_closes_the_oldest() -> None:
     assert out.count(b"C\0\0\0") == 1 and len(link.statements) == 2
 
 
-def test_idle_client_answered_without_server() -> None:
-    known = {statement_key(b"select 1", b"\0\0")}
-    mine: dict[bytes, Statement] = {}
-    reply = answer_without_server([parse(b"p", b"select 1"), SYNC], mine, known)
-    assert reply == PARSE_OK + m.ready_for_query(b"I") and b"p" in mine
-    assert answer_without_server([parse(b"q", b"select 2"), SYNC], mine, known) is None
-    assert b"q" not in mine
-
-
 def describe(kind: bytes, name: bytes = b"") -> tuple[int, bytes]:
     return ord("D"), m.message(b"D", kind + name + b"\0")
 
@@ -158,3 +149,12 @@ def test_bind_and_describe_rewritten_exactly() -> None:
     out = Translator(link, mine).feed([bind_msg, describe(b"S", b"s1"), EXECUTE, SYNC])
     assert out == (m.message(b"B", b"portal\0" + key + b"\0" + rest)
                    + m.message(b"D", b"S" + key + b"\0") + EXECUTE[1] + m.SYNC)
+
+
+def test_idle_client_answered_without_server() -> None:
+    known = {statement_key(b"select 1", b"\0\0")}
+    mine: dict[bytes, Statement] = {}
+    reply = answer_without_server([parse(b"p", b"select 1"), SYNC], mine, known)
+    assert reply == PARSE_OK + m.ready_for_query(b"I") and b"p" in mine
+    assert answer_without_server([parse(b"q", b"select 2"), SYNC], mine, known) is None
+    assert b"q" not in mine
