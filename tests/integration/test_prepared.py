@@ -69,6 +69,33 @@ def test_asyncpg_api_surface(pg: PgCluster, pooler: PoolerFactory) -> None:
     asyncio.run(main())
 
 
+def test_unnamed_statement_errors_leave_the_server_clean(pg: PgCluster,
+                                                         pooler: PoolerFactory) -> None:
+    """Extended protocol on the unnamed statement goes untagged: an error in it, alone, in a
+    transaction or in a pipeline, must still end at its Sync and give the one server back."""
+    proc = start(pooler, pool_size=1, query_wait_timeout=10)
+    a = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    b = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    try:
+        for round_ in range(3):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                a.execute("select 1 / %s::int", (0,))
+            assert b.execute("select %s::int + 1", (round_,)).fetchone() == (round_ + 1,)
+            with pytest.raises(psycopg.errors.DivisionByZero), a.transaction():
+                a.execute("select %s::int", (1,))
+                a.execute("select 1 / %s::int", (0,))
+            assert b.execute("select %s::text", ("b",)).fetchone() == ("b",)
+            with pytest.raises(psycopg.errors.DivisionByZero), a.pipeline():
+                a.execute("select %s::int", (1,))
+                a.execute("select 1 / %s::int", (0,))
+                a.execute("select %s::int", (2,))
+            assert a.execute("select %s::int * 2", (21,)).fetchone() == (42,)
+            assert b.execute("select %s::int * 3", (round_,)).fetchone() == (round_ * 3,)
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("pipeline", [False, True])
 def test_psycopg_always_prepare_sync(pg: PgCluster, pooler: PoolerFactory,
                                      pipeline: bool) -> None:

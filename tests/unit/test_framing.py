@@ -171,3 +171,40 @@ def test_client_max_packet_size() -> None:
     stream = ClientStream(max_size=100)
     with pytest.raises(ProtocolError):
         stream.feed(m.query("x" * 200))
+
+
+def feed_client_messages(stream: ClientStream,
+                         chunks: list[bytes]) -> tuple[list[tuple[int, bytes]], int]:
+    out: list[tuple[int, bytes]] = []
+    expect = 0
+    for chunk in chunks:
+        out += stream.feed_messages(chunk)
+        expect += stream.expect
+    return out, expect
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_client_messages_whole_and_counted(way: int) -> None:
+    data = m.query("select 1") + EXTENDED + EXTENDED[:-5] + m.message(b"H")
+    stream = ClientStream()
+    out, expect = feed_client_messages(stream, splits(data)[way])
+    assert b"".join(msg for _, msg in out) == data
+    assert [kind for kind, _ in out] == list(b"QPBESPBEH")
+    assert expect == 2 and stream.unsynced and stream.at_boundary
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_client_messages_stop_at_terminate(way: int) -> None:
+    data = EXTENDED + m.TERMINATE + b"garbage after terminate"
+    stream = ClientStream()
+    out, expect = feed_client_messages(stream, splits(data)[way])
+    assert b"".join(msg for _, msg in out) == EXTENDED and expect == 1 and stream.terminated
+
+
+def test_client_messages_copy_data_streams_in_pieces() -> None:
+    copy = m.message(b"d", b"1\t2\n" * 1000)
+    data = copy + m.message(b"c") + m.SYNC
+    stream = ClientStream()
+    out, expect = feed_client_messages(stream, [data[:7], data[7:3000], data[3000:]])
+    assert b"".join(msg for _, msg in out) == data and expect == 1
+    assert [kind for kind, _ in out] == [0, 0, 0, ord("c"), ord("S")]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from pgusher.protocol import session
 from pgusher.protocol.session import (
     DIRTY,
     RESET,
@@ -66,6 +69,39 @@ def test_prefilter_never_hides_an_effect() -> None:
         assert might_affect_session(sql), sql
     for sql in [b"select 1", b"UPDATE t SET a = 1 WHERE b = 2", b"insert into t values (1)"]:
         assert not might_affect_session(sql), sql
+
+
+@pytest.mark.parametrize("sql", [
+    b"select 1", b"select 1;", b"select 1; \0", b"select 1;;\n", b"  \t\vset x = 1",
+    b"\x0cSET x = 1", b"select 1; set x = 1", b"select 1;set x = 1;", b"select ';set x = 1'",
+    b"/* c */ set x = 1", b"-- c\nset x = 1", b"--\n", b"/**/", b"select temperature from t",
+    b"select set_config('a', 'b', false)", b"select pg_advisory_lock(1)", b"settle",
+    b"Create TEMP table t()", b"create table offset_t (x int)", b"create table secret (x int)",
+    b"declare c cursor for select 1", b"execute p", b"LOAD 'x'", b"abort", b"rollback;",
+    b"UPDATE t SET a = 1", b"select 1 -- set x\n", b"select 1; -- c\n", b"with x as (select 1)"
+    b" select * from x;\0", b"DEALLOCATE ALL", b"listen c", b"prepare p as select 1", b"",
+])
+def test_quick_answer_agrees_with_both_stages(sql: bytes) -> None:
+    low = sql.lower()
+    both = (session._PREFILTER.search(low) is not None
+            and session._PRECISE.search(low) is not None)
+    assert might_affect_session(sql) == both
+    assert might_affect_session(sql + b"\0") == (
+        session._PREFILTER.search(low + b"\0") is not None
+        and session._PRECISE.search(low + b"\0") is not None)
+
+
+def test_quick_answer_agrees_on_random_texts() -> None:
+    words = [b"set", b"SET", b"reset", b"select", b"temp", b"set_config(", b"pg_advisory_lock(",
+             b"create", b"declare", b"x", b"1", b";", b" ", b"\t", b"\n", b"\v", b"\f", b"\0",
+             b"/*", b"*/", b"--", b"'", b"$$", b"listen", b"abort", b"offset", b"rollback"]
+    rng = random.Random(15)
+    for _ in range(3000):
+        sql = b"".join(rng.choice(words) for _ in range(rng.randint(0, 8)))
+        low = sql.lower()
+        both = (session._PREFILTER.search(low) is not None
+                and session._PRECISE.search(low) is not None)
+        assert might_affect_session(sql) == both, sql
 
 
 def test_split_statements_ignores_quoted_semicolons() -> None:

@@ -10,6 +10,7 @@ from pgusher.protocol.prepared import (
     Translator,
     answer_without_server,
     statement_key,
+    untagged_syncs,
 )
 
 
@@ -96,6 +97,58 @@ def test_eviction_closes_the_oldest() -> None:
     out = Translator(link, mine).feed([parse(b"a", b"select 1"), parse(b"b", b"select 2"),
                                        parse(b"c", b"select 3"), SYNC])
     assert out.count(b"C\0\0\0") == 1 and len(link.statements) == 2
+
+
+def describe(kind: bytes, name: bytes = b"") -> tuple[int, bytes]:
+    return ord("D"), m.message(b"D", kind + name + b"\0")
+
+
+def test_unnamed_batch_goes_untagged() -> None:
+    batch = [parse(b"", b"select $1"), bind(b""), describe(b"P"), EXECUTE, SYNC]
+    assert untagged_syncs(batch) == 1
+    assert untagged_syncs(batch + batch) == 2
+    assert untagged_syncs([*batch[:-1], (ord("H"), m.message(b"H")), SYNC]) == 1
+    assert untagged_syncs([describe(b"S"), SYNC]) == 1  # the unnamed statement
+
+
+def test_batches_needing_tags_are_not_untagged() -> None:
+    assert untagged_syncs([parse(b"", b"select 1"), bind(b""), EXECUTE]) == 0  # no Sync yet
+    assert untagged_syncs([parse(b"s1", b"select 1"), SYNC]) == 0  # renamed
+    assert untagged_syncs([bind(b"s1"), EXECUTE, SYNC]) == 0
+    assert untagged_syncs([describe(b"S", b"s1"), SYNC]) == 0
+    assert untagged_syncs([parse(b"", b"set search_path = x"), bind(b""), EXECUTE, SYNC]) == 0
+    assert untagged_syncs([(ord("Q"), m.query("select 1")), SYNC]) == 0
+    assert untagged_syncs([(ord("C"), m.message(b"C", b"Ss1\0")), SYNC]) == 0
+    assert untagged_syncs([(ord("P"), m.message(b"P", b"")), SYNC]) == 0  # malformed
+
+
+def test_untagged_batch_replies_are_counted_on_the_fast_path() -> None:
+    link = LinkState(10)
+    batch = [parse(b"", b"select 1"), bind(b""), EXECUTE, SYNC]
+    link.untagged_z += untagged_syncs(batch)
+    stream = stream_for(link)
+    error = m.error_response("ERROR", "22012", "division by zero")
+    reply = PARSE_OK + BIND_OK + error + m.ready_for_query(b"I")
+    assert stream.feed(reply) == reply
+    assert stream.ready == 1 and link.untagged_z == 0 and not link.tags
+    # A tagged batch behind untagged work waits for that work's ReadyForQuery first.
+    link.untagged_z += untagged_syncs(batch)
+    Translator(link, {}).feed([parse(b"s1", b"select 1"), SYNC])
+    out = stream.feed(reply + PARSE_OK + m.ready_for_query(b"I"))
+    assert out == reply + PARSE_OK + m.ready_for_query(b"I")
+    assert stream.ready == 2 and not link.tags and list(link.statements)
+
+
+def test_bind_and_describe_rewritten_exactly() -> None:
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    Translator(link, mine).feed([parse(b"s1", b"select $1"), SYNC])
+    key = statement_key(b"select $1", b"\0\0").encode()
+    rest = b"\0\x01\0\0\0\0\0\x03abc\0\x01\0\0"
+    bind_msg = (ord("B"), m.message(b"B", b"portal\0s1\0" + rest))
+    out = Translator(link, mine).feed([bind_msg, describe(b"S", b"s1"), EXECUTE, SYNC])
+    assert out == (m.message(b"B", b"portal\0" + key + b"\0" + rest)
+                   + m.message(b"D", b"S" + key + b"\0") + EXECUTE[1] + m.SYNC)
 
 
 def test_idle_client_answered_without_server() -> None:

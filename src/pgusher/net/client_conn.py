@@ -28,7 +28,13 @@ from ..metrics.counters import UNCOUNTED
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
-from ..protocol.prepared import SqlStatement, Statement, Translator, answer_without_server
+from ..protocol.prepared import (
+    SqlStatement,
+    Statement,
+    Translator,
+    answer_without_server,
+    untagged_syncs,
+)
 from ..protocol.session import (
     DIRTY,
     RESET,
@@ -318,13 +324,23 @@ class ClientConn(ClientLogin):
                          prefix: bytes = b"") -> None:
         link = server.link
         assert link is not None and server.transport is not None
-        if len(msgs) == 1 and not link.tags and not link.skipping:
+        if msgs and not link.tags and not link.skipping:
             kind, msg = msgs[0]
-            if kind == 81 and not might_affect_session(msg[5:]):
-                # The simple-protocol common case: one plain query, nothing to rewrite or tag.
-                link.untagged_z += 1
-                server.transport.write(prefix + msg if prefix else msg)
-                return
+            if len(msgs) == 1 and kind == 81:
+                if not might_affect_session(msg[5:]):
+                    # The simple-protocol common case: one plain query, nothing to rewrite
+                    # or tag.
+                    link.untagged_z += 1
+                    server.transport.write(prefix + msg if prefix else msg)
+                    return
+            else:
+                syncs = untagged_syncs(msgs)
+                if syncs:
+                    # The extended protocol with the unnamed statement: nothing to rewrite.
+                    link.untagged_z += syncs
+                    data = b"".join([msg for _, msg in msgs])
+                    server.transport.write(prefix + data if prefix else data)
+                    return
         translator = Translator(link, self.statements, self.sql_statements, self.namespace)
         out = translator.feed(msgs)
         if translator.effects:

@@ -13,11 +13,12 @@ counters and flags for the connection to act on after it has written.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 from ..errors import ProtocolError
 from .messages import TYPE_LEN, parse_error_fields, parse_parameter_status
-from .prepared import LinkState, ReplyTracker
+from .prepared import LinkState, ReplyTracker, Tag
 
 _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call
 
@@ -36,6 +37,8 @@ COPY_DATA = ord("d")
 _EXTENDED = frozenset(b"PBEDC")
 # Every type a client may send after login.
 _CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcfp")
+# Stands for the reply tags of a stream that tracks none; never filled.
+_NO_TAGS: deque[Tag] = deque()
 
 
 class ServerStream:
@@ -83,13 +86,14 @@ class ServerStream:
         # Fast path, the usual case: nothing carried over and nothing to drop, so the loop
         # only walks headers, counts ReadyForQuery and reports ParameterStatus.
         n = len(data)
+        last = n - 5  # the last position a whole header can start at
         pos = 0
         ready = 0
         unpack = _TYPE_LEN_FROM
         max_size = self.max_size
-        while n - pos >= 5:
+        while pos <= last:
             kind, length = unpack(data, pos)
-            if length < 4 or length > max_size:
+            if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             if end > n:
@@ -141,13 +145,16 @@ class ServerStream:
                 self._after_skip = b""
         link = self.link
         tracker = self.tracker
+        tags = link.tags if link is not None else _NO_TAGS
+        max_size = self.max_size
+        unpack = _TYPE_LEN_FROM
         while n - pos >= 5:
-            kind, length = _TYPE_LEN_FROM(data, pos)
-            if length < 4 or length > self.max_size:
+            kind, length = unpack(data, pos)
+            if length < 4 or length > max_size:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             dropping = self.swallow > 0
-            tagged = not dropping and link is not None and bool(link.tags)
+            tagged = not dropping and bool(tags)
             if kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged)):
                 if end > n:
                     break  # hold the whole message until its body is here
@@ -183,7 +190,7 @@ class ServerStream:
                 if pos > out_from:
                     pieces.append(data[out_from:pos])
                 out_from = end
-            elif tagged and tracker is not None:
+            elif tagged and tracker is not None and (kind == E_ERROR or kind in tags[0].watch):
                 body = data[pos + 5:end] if kind == E_ERROR else None
                 forward, extra = tracker.reply(kind, body)
                 if not forward and kind == Z_READY:
@@ -256,33 +263,38 @@ class ClientStream:
             pos = self._skip
             self._skip = 0
         unpack = _TYPE_LEN_FROM
+        max_size = self.max_size
+        expect = 0
         while n - pos >= 5:
             kind, length = unpack(data, pos)
             if kind not in _CLIENT_TYPES:
                 raise ProtocolError(f"invalid client message type {chr(kind)!r}")
-            if length < 4 or length > self.max_size:
+            if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
             if end > n:
                 if kind == COPY_DATA:
                     out.append((0, data[pos:]))
                     self._skip = end - n
+                    self.expect = expect
                     return out
                 break
-            if kind in (Q_QUERY, F_FUNCTION):
-                self.expect += 1
-            elif kind == S_SYNC:
-                self.expect += 1
-                self.unsynced = False
-            elif kind in _EXTENDED:
+            if kind in _EXTENDED:
                 self.unsynced = True
+            elif kind == S_SYNC:
+                expect += 1
+                self.unsynced = False
+            elif kind in (Q_QUERY, F_FUNCTION):
+                expect += 1
             elif kind == X_TERMINATE:
                 self.terminated = True
+                self.expect = expect
                 return out
             out.append((kind, data[pos:end]))
             pos = end
         if pos < n:
             self._pending = data[pos:]
+        self.expect = expect
         return out
 
     def feed(self, data: bytes) -> bytes:

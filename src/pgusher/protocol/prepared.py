@@ -19,14 +19,16 @@ server connection to another. The strategy:
 * After an error the server skips to the next Sync; the tags of the skipped messages are dropped
   and whatever they would have registered is undone.
 
-Plain simple queries sent while nothing is tagged are not tagged at all, so the simple-protocol
-path keeps the scanner's fast path.
+Plain simple queries, and extended-protocol batches on the unnamed statement that end with Sync,
+sent while nothing is tagged are not tagged at all: their replies are only counted, on the
+scanner's fast path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
@@ -34,7 +36,7 @@ from .messages import error_response, message, query
 from .session import inspect_text, might_affect_session, sql_prepared
 
 # Tag kinds.
-T_SKIPZ = 0    # replies of untagged simple queries: skip until `count` ReadyForQuery
+T_SKIPZ = 0    # replies of untagged work: skip until `count` ReadyForQuery
 T_QUERY = 1    # Query / FunctionCall: ends with ReadyForQuery
 T_PARSE = 2    # client Parse: ParseComplete
 T_BIND = 3     # Bind: BindComplete
@@ -52,6 +54,10 @@ _TERMINAL: dict[int, bytes] = {
     T_QUERY: b"Z", T_PARSE: b"1", T_BIND: b"2", T_CLOSE: b"3", T_DESCRIBE: b"Tn",
     T_EXECUTE: b"CIs", T_SYNC: b"Z", T_INJ_PARSE: b"1", T_INJ_CLOSE: b"3",
 }
+# The replies the ReplyTracker must see while a tag of this kind is at the head, besides
+# ErrorResponse: its terminal replies, ReadyForQuery for skipped replies, everything for the
+# pooler's own query. Any other reply is forwarded untouched.
+_WATCHED: dict[int, bytes] = {**_TERMINAL, T_SKIPZ: b"Z", T_INJ_QUERY: bytes(range(256))}
 
 # How many accepted statement texts a pool remembers for answering clients without a server.
 KNOWN_LIMIT = 10000
@@ -59,6 +65,7 @@ KNOWN_LIMIT = 10000
 # Raw CopyData pieces (0), CopyData, CopyDone, CopyFail and Flush: nothing to tag.
 _NO_REPLY = frozenset((0, ord("d"), ord("c"), ord("f"), ord("H")))
 
+_HEADER = struct.Struct("!ci").pack  # type byte and length of a message
 PARSE_COMPLETE = message(b"1")
 _READY_IDLE = message(b"Z", b"I")
 CLOSE_COMPLETE = message(b"3")
@@ -70,11 +77,19 @@ _DROPS_ALL = re.compile(rb"\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b
 
 
 class Tag:
-    __slots__ = ("clears", "count", "data", "errored", "key", "kind", "name", "owner", "undo")
+    """The reply that ends one message sent to a server (see the module notes).
+
+    Tags of kind T_BIND, T_DESCRIBE, T_EXECUTE, T_SYNC and T_CLOSE never change once made, so
+    one object serves every message of its kind (per statement, when it has a key).
+    """
+
+    __slots__ = ("clears", "count", "data", "errored", "key", "kind", "name", "owner", "undo",
+                 "watch")
 
     def __init__(self, kind: int, key: str | None = None) -> None:
         self.kind = kind
         self.key = key
+        self.watch = _WATCHED.get(kind, b"")
         self.count = 0
         self.data = b""
         self.errored = False
@@ -102,12 +117,24 @@ def sql_server_name(namespace: str, name: str) -> str:
 class Statement:
     """A client's named statement: the pooler-owned name and the Parse body for servers."""
 
-    __slots__ = ("key", "parse_body", "query")
+    __slots__ = ("bind_tag", "describe", "describe_tag", "key", "parse_body", "query",
+                 "wire_name")
 
     def __init__(self, key: str, query: bytes, types: bytes) -> None:
         self.key = key
         self.query = query
-        self.parse_body = key.encode() + b"\0" + query + b"\0" + types
+        self.wire_name = key.encode() + b"\0"  # as Parse, Bind and Describe carry it
+        self.parse_body = self.wire_name + query + b"\0" + types
+        self.describe = message(b"D", b"S" + self.wire_name)
+        self.bind_tag = Tag(T_BIND, key)
+        self.describe_tag = Tag(T_DESCRIBE, key)
+
+
+_BIND_TAG = Tag(T_BIND)
+_DESCRIBE_TAG = Tag(T_DESCRIBE)
+_EXECUTE_TAG = Tag(T_EXECUTE)
+_SYNC_TAG = Tag(T_SYNC)
+_CLOSE_TAG = Tag(T_CLOSE)
 
 
 def statement_key(query: bytes, types: bytes) -> str:
@@ -122,15 +149,58 @@ def split_parse(body: bytes) -> tuple[bytes, bytes, bytes]:
     return body[:a], body[a + 1:b], body[b + 1:]
 
 
-def split_bind(body: bytes) -> tuple[bytes, bytes, bytes]:
-    """Bind body -> (portal, statement, rest)."""
-    a = body.index(b"\0")
-    b = body.index(b"\0", a + 1)
-    return body[:a], body[a + 1:b], body[b + 1:]
-
-
 def drops_all_statements(query: bytes) -> bool:
     return _DROPS_ALL.search(query) is not None
+
+
+# Parse texts already run through the session pre-filter: drivers repeat the same few.
+_TEXT_HITS: dict[bytes, bool] = {}
+_TEXT_HITS_LIMIT = 512
+_TEXT_HITS_MAX_LEN = 2048
+
+
+def _text_hit(query: bytes) -> bool:
+    hit = _TEXT_HITS.get(query)
+    if hit is None:
+        hit = might_affect_session(query)
+        if len(query) <= _TEXT_HITS_MAX_LEN:
+            if len(_TEXT_HITS) >= _TEXT_HITS_LIMIT:
+                _TEXT_HITS.clear()
+            _TEXT_HITS[query] = hit
+    return hit
+
+
+def untagged_syncs(messages: list[tuple[int, bytes]]) -> int:
+    """How many Syncs a batch holds if it can go to the server as it is, untagged; else 0.
+
+    Such a batch ends with a Sync and uses only the unnamed statement (a Parse whose text
+    cannot change the session, Bind and Describe of it), portals, Execute and Flush. The
+    Translator would not rewrite any of it, and every error it can cause ends at one of its
+    own Syncs, so its replies only need counting, like those of a plain simple query.
+    """
+    if messages[-1][0] != 83:
+        return 0
+    syncs = 0
+    try:
+        for kind, msg in messages:
+            if kind == 83:  # Sync
+                syncs += 1
+            elif kind == 69 or kind == 72:  # Execute, Flush
+                continue
+            elif kind == 80:  # Parse: the unnamed statement, with a text that changes nothing
+                if msg[5] != 0 or _text_hit(msg[6:msg.index(0, 6)]):
+                    return 0
+            elif kind == 66:  # Bind to the unnamed statement
+                if msg[msg.index(0, 5) + 1] != 0:
+                    return 0
+            elif kind == 68:  # Describe: a portal, or the unnamed statement
+                if msg[5] == 83 and len(msg) > 7:
+                    return 0
+            else:
+                return 0
+    except (IndexError, ValueError):
+        return 0  # malformed: the Translator deals with it as it always has
+    return syncs
 
 
 class LinkState:
@@ -146,7 +216,7 @@ class LinkState:
         self.statements: OrderedDict[str, None] = OrderedDict()  # LRU, oldest first
         self.needs_close: set[str] = set()  # on the server but unusable (plan changed)
         self.tags: deque[Tag] = deque()
-        self.untagged_z = 0      # ReadyForQuery still due for untagged simple queries
+        self.untagged_z = 0      # ReadyForQuery still due for untagged work
         self.skipping = False    # the server is skipping messages until Sync
         self.lost_queries = 0    # queries the server skipped (their ReadyForQuery never comes)
         self.needs_reset = False  # prepared-statement state is uncertain: reset before reuse
@@ -246,10 +316,10 @@ class Translator:
             elif kind == 67:  # 'C'
                 self._close(msg)
             elif kind == 69:  # 'E'
-                self._push(Tag(T_EXECUTE))
+                self._push(_EXECUTE_TAG)
                 out.append(msg)
             elif kind == 83:  # 'S'
-                self._push(Tag(T_SYNC))
+                self._push(_SYNC_TAG)
                 link.skipping = False
                 out.append(msg)
             else:
@@ -403,28 +473,33 @@ class Translator:
         return stmt
 
     def _bind(self, msg: bytes) -> None:
-        portal, name, rest = split_bind(msg[5:])
-        if not name or not self.link.limit:
-            self._push(Tag(T_BIND))
+        portal_end = msg.index(0, 5)
+        name_end = msg.index(0, portal_end + 1)
+        if name_end == portal_end + 1 or not self.link.limit:
+            self._push(_BIND_TAG)
             self.out.append(msg)
             return
+        name = msg[portal_end + 1:name_end]
         stmt = self._usable(name)
         if stmt is None:
             return
-        self._push(Tag(T_BIND, stmt.key))
-        self.out.append(message(b"B", portal + b"\0" + stmt.key.encode() + b"\0" + rest))
+        self._push(stmt.bind_tag)
+        # The same Bind with the pooler's name: header, portal, name, the rest as it came.
+        wire_name = stmt.wire_name
+        self.out += (_HEADER(b"B", len(msg) - 2 - len(name) + len(wire_name)),
+                     msg[5:portal_end + 1], wire_name, msg[name_end + 1:])
 
     def _describe(self, msg: bytes) -> None:
         what, name = msg[5:6], msg[6:-1]
         if what != b"S" or not name or not self.link.limit:
-            self._push(Tag(T_DESCRIBE))
+            self._push(_DESCRIBE_TAG)
             self.out.append(msg)
             return
         stmt = self._usable(name)
         if stmt is None:
             return
-        self._push(Tag(T_DESCRIBE, stmt.key))
-        self.out.append(message(b"D", b"S" + stmt.key.encode() + b"\0"))
+        self._push(stmt.describe_tag)
+        self.out.append(stmt.describe)
 
     def _close(self, msg: bytes) -> None:
         what, name = msg[5:6], msg[6:-1]
@@ -433,7 +508,7 @@ class Translator:
             self.statements.pop(name, None)
             self._synth(CLOSE_COMPLETE)
             return
-        self._push(Tag(T_CLOSE))
+        self._push(_CLOSE_TAG)
         self.out.append(msg)
 
 
@@ -477,8 +552,7 @@ class ReplyTracker:
                     tags.popleft()
                     return True, self._drain_synthetic()
             return True, b""
-        terminal = _TERMINAL.get(hk, b"")
-        if kind not in terminal:
+        if kind not in head.watch:  # its terminal replies, for the kinds left here
             return True, b""  # an intermediate reply (DataRow, ParameterDescription, ...)
         tags.popleft()
         if hk == T_QUERY and head.clears and not head.errored:
@@ -488,9 +562,8 @@ class ReplyTracker:
             if len(known) >= KNOWN_LIMIT:
                 known.clear()
             known.add(head.key)
-        if hk in (T_INJ_PARSE, T_INJ_CLOSE):
-            return False, self._drain_synthetic()
-        return True, self._drain_synthetic()
+        extra = self._drain_synthetic() if tags and tags[0].kind == T_SYNTH else b""
+        return hk not in (T_INJ_PARSE, T_INJ_CLOSE), extra
 
     def _drain_synthetic(self) -> bytes:
         tags = self.link.tags
@@ -561,6 +634,8 @@ def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[by
     closed: list[bytes] = []
     for kind, msg in messages:
         if kind == 80:  # Parse
+            if msg[5:6] == b"\0":
+                return None  # the unnamed statement: the server must have it
             name, query, types = split_parse(msg[5:])
             if not name or name in statements or name in added:
                 return None
