@@ -140,6 +140,37 @@ def test_psycopg_always_prepare_async(pg: PgCluster, pooler: PoolerFactory) -> N
     asyncio.run(main())
 
 
+def test_error_at_commit_keeps_statements_working(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """A deferred constraint fails at the commit a Sync (or COMMIT) performs: the error comes
+    while nothing else is pending, and the next batches must still find their statements."""
+    pg.sql("drop table if exists pdefer; "
+           "create table pdefer(x int unique deferrable initially deferred)")
+    proc = start(pooler, pool_size=1, query_wait_timeout=10)
+    a = psycopg.connect(proc.dsn("postgres"), autocommit=True, prepare_threshold=0)
+    b = psycopg.connect(proc.dsn("postgres"), autocommit=True, prepare_threshold=0)
+    insert = "insert into pdefer values (%s)"
+    try:
+        a.execute(insert, (1,))
+        for round_ in range(3):
+            # Autocommit: Bind, Execute, Sync; the implicit commit at Sync fails.
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                a.execute(insert, (1,))
+            a.execute(insert, (10 + round_,))
+            assert a.execute("select count(*) from pdefer where x > %s",
+                             (0,)).fetchone() == (2 + round_,)
+            assert b.execute("select %s::int * 2", (round_,)).fetchone() == (round_ * 2,)
+        # In a transaction block the failure comes at COMMIT.
+        with pytest.raises(psycopg.errors.UniqueViolation), a.transaction():
+            a.execute(insert, (1,))
+        a.execute(insert, (20,))
+        assert a.execute("select max(x) from pdefer where x > %s", (0,)).fetchone() == (20,)
+        assert b.execute("select count(*) from pdefer where x > %s", (0,)).fetchone() == (5,)
+    finally:
+        a.close()
+        b.close()
+    assert pg.sql("select string_agg(x::text, ',' order by x) from pdefer") == "1,10,11,12,20"
+
+
 def _msg(kind: bytes, body: bytes = b"") -> bytes:
     return kind + struct.pack("!i", len(body) + 4) + body
 

@@ -175,3 +175,57 @@ def test_idle_client_messages_without_reply_need_no_server() -> None:
     assert answer_without_server([flush, SYNC], mine, set()) == m.ready_for_query(b"I")
     assert answer_without_server([flush, bind(b"p"), EXECUTE, SYNC], mine, set()) is None
     assert not mine
+
+
+COMMIT_FAILED = m.error_response("ERROR", "23505", "duplicate key value violates unique constraint")
+
+
+def test_error_at_sync_skips_nothing() -> None:
+    """An error raised while the server runs a Sync (a deferred constraint checked at the
+    implicit commit) is followed by that Sync's own ReadyForQuery: nothing was skipped, and
+    the next batch must still be rewritten."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    key = statement_key(b"insert", b"\0\0").encode()
+    Translator(link, mine).feed([parse(b"s1", b"insert"), SYNC])
+    stream = stream_for(link)
+    stream.feed(PARSE_OK + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([bind(b"s1"), EXECUTE, SYNC])
+    reply = (BIND_OK + m.command_complete("INSERT 0 1") + COMMIT_FAILED
+             + m.ready_for_query(b"I"))
+    assert stream.feed(reply) == reply and stream.ready == 1
+    assert not link.tags and not link.skipping and b"s1" in mine
+    out = Translator(link, mine).feed([bind(b"s1"), EXECUTE, SYNC])
+    assert key in out and b"s1\0" not in out
+
+
+def test_error_at_sync_keeps_the_next_batch_tags() -> None:
+    """The same with the next batch already sent: its tags must all stay in place."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    Translator(link, mine).feed([parse(b"s1", b"insert"), bind(b"s1"), EXECUTE, SYNC])
+    out = Translator(link, mine).feed([parse(b"s2", b"select 2"), bind(b"s1"), EXECUTE, SYNC])
+    assert b"s1\0" not in out and b"s2\0" not in out
+    stream = stream_for(link)
+    first = (PARSE_OK + BIND_OK + m.command_complete("INSERT 0 1") + COMMIT_FAILED
+             + m.ready_for_query(b"I"))
+    second = PARSE_OK + BIND_OK + m.command_complete("INSERT 0 1") + m.ready_for_query(b"I")
+    assert stream.feed(first + second) == first + second and stream.ready == 2
+    assert not link.tags and not link.skipping and len(link.statements) == 2
+    assert b"s1" in mine and b"s2" in mine
+
+
+def test_error_in_simple_query_skips_nothing() -> None:
+    """A simple query's error (here at its COMMIT) ends with that query's ReadyForQuery."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    key = statement_key(b"insert", b"\0\0").encode()
+    Translator(link, mine).feed([parse(b"s1", b"insert"), SYNC])
+    out = Translator(link, mine).feed([(ord("Q"), m.query("commit"))])
+    assert out == m.query("commit") and len(link.tags) == 3  # tagged: tags are pending
+    stream = stream_for(link)
+    reply = (PARSE_OK + m.ready_for_query(b"I") + COMMIT_FAILED + m.ready_for_query(b"I"))
+    assert stream.feed(reply) == reply and stream.ready == 2
+    assert not link.tags and not link.skipping and b"s1" in mine
+    out = Translator(link, mine).feed([bind(b"s1"), EXECUTE, SYNC])
+    assert key in out and b"s1\0" not in out

@@ -17,7 +17,8 @@ server connection to another. The strategy:
   sending a Parse that cannot succeed and replacing its error with the right one, so the server's
   own state (an aborted transaction, skipping to Sync) is exactly what PostgreSQL would have.
 * After an error the server skips to the next Sync; the tags of the skipped messages are dropped
-  and whatever they would have registered is undone.
+  and whatever they would have registered is undone. An error raised by a Sync itself (the
+  implicit commit) or by a simple query skips nothing: that message's ReadyForQuery follows.
 
 Plain simple queries, and extended-protocol batches on the unnamed statement that end with Sync,
 sent while nothing is tagged are not tagged at all: their replies are only counted, on the
@@ -584,6 +585,10 @@ class ReplyTracker:
                 head.undo = None
             # A simple query's error does not skip anything; the pooler's own is not shown.
             return hk != T_INJ_QUERY, b""
+        if hk == T_SYNC:
+            # Raised by the Sync itself (a deferred constraint at the implicit commit): the
+            # Sync's ReadyForQuery follows and nothing is skipped. The tag is shared: no marks.
+            return True, b""
         tags.popleft()
         found = _SQLSTATE.search(body)
         code = found.group(1).decode() if found else ""
