@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
 from .net.client_auth import load_security
 from .net.client_conn import ClientConn
+from .net.sockopts import unix_socket_in_use
 from .pooling.pool import Pool
 from .workers import WorkerInfo
 from .workers import shared as shared_mod
@@ -515,16 +515,10 @@ class Application:
     @staticmethod
     def check_unix_path(path: str) -> None:
         """Remove a stale socket file; refuse one a live process still answers on."""
-        if not os.path.exists(path):
-            return
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)
-        else:
-            probe.close()
+        if unix_socket_in_use(path):
             raise ConfigError(f"unix socket {path} is in use by another process")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
     def _tick_clock(self) -> None:
         self.now = self.loop.time()

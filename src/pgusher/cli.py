@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import pwd
-import socket
 import sys
 
 from . import VERSION_STRING
@@ -97,17 +96,11 @@ def _check_unix_socket(settings: object) -> None:
     assert isinstance(settings, Settings)
     if not settings.unix_socket_dir:
         return
+    from .net.sockopts import unix_socket_in_use
+
     path = os.path.join(settings.unix_socket_dir, f".s.PGSQL.{settings.listen_port}")
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(path)
-    except OSError:
-        return  # stale socket file: the listener removes it
-    finally:
-        probe.close()
-    raise ConfigError(f"unix socket {path} is in use, cannot continue")
+    if unix_socket_in_use(path):  # a stale file is removed by the listener
+        raise ConfigError(f"unix socket {path} is in use, cannot continue")
 
 
 def _write_pidfile(path: str) -> None:

@@ -1,8 +1,10 @@
-"""TCP socket options from the tcp_* settings, applied to client and server sockets alike."""
+"""Socket helpers: the tcp_* settings applied to client and server sockets, and a probe of a
+unix socket file (is a live process listening on it?)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 from ..config import Settings
@@ -28,3 +30,17 @@ def tune_socket(transport: asyncio.BaseTransport, settings: Settings) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, settings.tcp_socket_buffer)
     except OSError:
         pass  # an option the platform lacks is not worth refusing a connection for
+
+
+def unix_socket_in_use(path: str) -> bool:
+    """Whether a live process answers on the unix socket file ``path``."""
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False  # a stale file: nobody listens
+    finally:
+        probe.close()
+    return True
