@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import secrets
 import socket
 import struct
 import time
@@ -165,7 +164,7 @@ class Console:
 
     def new_cancel_key(self, session: ConsoleSession) -> tuple[int, int]:
         while True:
-            key = (secrets.randbits(31), secrets.randbits(32) - (1 << 31))
+            key = self.app.new_cancel_key()  # names this worker and peer, as clients' keys do
             if key not in self.cancel_keys and key not in self.app.cancel_keys:
                 self.cancel_keys[key] = session
                 return key
