@@ -32,11 +32,13 @@ LARGEST = frozenset({
     "port", "max_connections", "max_client_connections", "max_user_connections",
     "max_user_client_connections", "paused", "disabled", "size", "max_wait_time", "peer_id"})
 
-# Averaged times and the counts they are averages over.
-WEIGHTS = {"avg_xact_time": "avg_xact_count", "avg_query_time": "avg_query_count",
-           "avg_wait_time": "avg_server_assignment_count",
-           "xact_time": "xact_count", "query_time": "query_count",
-           "wait_time": "server_assignment_count"}
+# Averaged times and the counts they are averages over: SHOW STATS and TOTALS name them
+# with an avg_ prefix, SHOW STATS_AVERAGES and the dashboard snapshot without.
+_TIME_COUNTS = {"xact_time": "xact_count", "query_time": "query_count",
+                "wait_time": "server_assignment_count"}
+PREFIXED_WEIGHTS = {f"avg_{k}": f"avg_{v}" for k, v in _TIME_COUNTS.items()}
+WEIGHTS = {"stats": PREFIXED_WEIGHTS, "totals": PREFIXED_WEIGHTS,
+           "stats_averages": _TIME_COUNTS}
 _NUMERIC = frozenset({c.INT4, c.INT8, c.NUMERIC})
 
 
@@ -75,8 +77,9 @@ def _fold(name: str, columns: list[tuple[str, int]], sets: list[list[Row]],
         for row in rows:
             groups.setdefault(tuple(row[:keys]), []).append(row)
     names = [col for col, _ in columns]
+    weights = WEIGHTS.get(name, {})
     if name == "totals":
-        return _fold_totals(groups)
+        return _fold_totals(groups, weights)
     out = []
     for group in groups.values():
         merged: Row = list(group[0])
@@ -86,8 +89,8 @@ def _fold(name: str, columns: list[tuple[str, int]], sets: list[list[Row]],
             values = [_number(row[i]) for row in group]
             if col in LARGEST:
                 merged[i] = _text(max(values))
-            elif col in WEIGHTS and WEIGHTS[col] in names and name != "stats_totals":
-                w = names.index(WEIGHTS[col])
+            elif col in weights and weights[col] in names:
+                w = names.index(weights[col])
                 merged[i] = _text(_weighted(values, [_number(row[w]) for row in group]))
             else:
                 merged[i] = _text(sum(values))
@@ -111,13 +114,14 @@ def _longest_wait(merged: Row, group: list[Row], names: list[str]) -> None:
     merged[s], merged[us] = str(longest // 1_000_000), str(longest % 1_000_000)
 
 
-def _fold_totals(groups: dict[tuple[str | None, ...], list[Row]]) -> list[Row]:
+def _fold_totals(groups: dict[tuple[str | None, ...], list[Row]],
+                 weights: dict[str, str]) -> list[Row]:
     """SHOW TOTALS: one (name, value) row per figure; averages weighted like SHOW STATS."""
     per_worker: dict[str, list[float]] = {str(k[0]): [_number(r[1]) for r in rows]
                                           for k, rows in groups.items()}
     out: list[Row] = []
     for key, values in per_worker.items():
-        weight = WEIGHTS.get(key)
+        weight = weights.get(key)
         if weight is not None and weight in per_worker:
             value = _weighted(values, per_worker[weight])
         else:
@@ -202,9 +206,10 @@ def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for snap in snapshots:
         for key, value in snap.get("averages", {}).items():
             per_worker.setdefault(key, []).append(value)
-    out["averages"] = {key: (_weighted(values, per_worker[WEIGHTS[key]])
-                             if key in WEIGHTS and WEIGHTS[key] in per_worker
-                             and len(per_worker[WEIGHTS[key]]) == len(values)
+    counts = _TIME_COUNTS
+    out["averages"] = {key: (_weighted(values, per_worker[counts[key]])
+                             if key in counts and counts[key] in per_worker
+                             and len(per_worker[counts[key]]) == len(values)
                              else sum(values))
                        for key, values in per_worker.items()}
     return out
