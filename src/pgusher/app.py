@@ -136,6 +136,7 @@ class Application:
         # Set in a worker process when ``workers`` > 1 (see workers/__init__.py).
         self.worker: WorkerInfo | None = None
         self.shared: SharedCounts | None = None
+        self._client_slots: dict[tuple[str, str], list[int]] = {}
         self.lookups = LookupService(self)
         self.metrics = Metrics(self)
         self.console = Console(self)
@@ -374,11 +375,16 @@ class Application:
         client.counted = True
 
     def _client_offsets(self, db_name: str, user: str) -> list[int]:
-        assert self.shared is not None
-        slot = self.shared.slot
-        return [slot(shared_mod.key_hash("clients")),
+        """The shared-table slots a client of (database, user) counts in (found once)."""
+        found = self._client_slots.get((db_name, user))
+        if found is None:
+            assert self.shared is not None
+            slot = self.shared.slot
+            found = self._client_slots[(db_name, user)] = [
+                slot(shared_mod.key_hash("clients")),
                 slot(shared_mod.key_hash("db clients", db_name)),
                 slot(shared_mod.key_hash("user clients", user))]
+        return found
 
     def _take_client_slots(self, client: ClientConn, db_name: str, db_limit: int,
                            user_limit: int) -> None:

@@ -41,7 +41,7 @@ async def start_http(app: Application, host: str, port: int) -> asyncio.Abstract
 
     # With several workers each binds the port (SO_REUSEPORT) and answers for all of them.
     server = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST,
-                                        reuse_port=app.worker is not None or None)
+                                        reuse_port=app.worker is not None)
     for sock in server.sockets:
         name = sock.getsockname()
         log.info("http endpoint listening on %s:%s", name[0], name[1])
