@@ -73,6 +73,26 @@ def logging_pids(proc: PoolerProc) -> set[int]:
     return {int(m) for m in re.findall(r"UTC \[(\d+)\] ", proc.log_text())}
 
 
+def run_clients(proc: PoolerProc, count: int, sql: str, repeat: int) -> list[BaseException]:
+    """``count`` clients at once, each running ``sql`` ``repeat`` times; what they raised."""
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
+                for _ in range(repeat):
+                    conn.execute(sql)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
 def test_workers_share_the_port_and_serve(pooler: PoolerFactory) -> None:
     proc, _ = start_workers(pooler)
     assert proc.pid is not None
@@ -97,23 +117,9 @@ def test_pool_size_holds_for_the_whole_pooler(pooler: PoolerFactory, pg: PgClust
             peak = max(peak, pooler_backends(pg, since))
             time.sleep(0.05)
 
-    errors: list[BaseException] = []
-
-    def client() -> None:
-        try:
-            with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
-                for _ in range(5):
-                    conn.execute("select pg_sleep(0.02)")
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
     sampler = threading.Thread(target=sample)
     sampler.start()
-    threads = [threading.Thread(target=client) for _ in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = run_clients(proc, 40, "select pg_sleep(0.02)", 5)
     stop.set()
     sampler.join()
     assert not errors, errors[:3]
@@ -125,21 +131,7 @@ def test_pool_size_one_serves_clients_of_every_worker(pooler: PoolerFactory,
     """One server for two workers: it moves to whichever worker has clients waiting."""
     since = pg_now(pg)
     proc, _ = start_workers(pooler, pool_size=1)
-    errors: list[BaseException] = []
-
-    def client() -> None:
-        try:
-            with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
-                for _ in range(3):
-                    conn.execute("select 1")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = run_clients(proc, 16, "select 1", 3)
     assert not errors, errors[:3]
     assert pooler_backends(pg, since) <= 1
 
