@@ -27,6 +27,8 @@ from ..log import log
 from ..metrics.counters import UNCOUNTED
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol import messages as m
+from ..protocol.capture import capture_query, parse_rows
+from ..protocol.capture import session_sets as capture_sets
 from ..protocol.framing import ClientStream
 from ..protocol.prepared import (
     SqlStatement,
@@ -37,6 +39,8 @@ from ..protocol.prepared import (
 )
 from ..protocol.session import (
     DIRTY,
+    DISCARD_ALL,
+    OPAQUE,
     RESET,
     RESET_ALL,
     ROLLBACK,
@@ -69,6 +73,8 @@ _SERVERLESS_FIRST = frozenset(b"PCSHdcf\0")
 # Bytes a waiting client may queue before its reading is paused.
 _PENDING_LIMIT = 256 * 1024
 _PAUSE_PEER = 2
+_CUSTOM_LIMIT = 64  # custom setting names read back per client
+_IDENTITY_SETS = ("session_authorization", "role")
 
 
 
@@ -94,12 +100,14 @@ class ClientConn(ClientLogin):
         "closed",
         "connected_at",
         "counted",
+        "custom_names",
         "db_name",
         "effects_failed",
         "effects_mark",
         "ident",
         "is_unix",
         "namespace",
+        "opaque",
         "outstanding",
         "params",
         "pending",
@@ -110,6 +118,7 @@ class ClientConn(ClientLogin):
         "server",
         "session_defaults",
         "session_sets",
+        "settling",
         "sql_statements",
         "startup_params",
         "state",
@@ -152,6 +161,12 @@ class ClientConn(ClientLogin):
         self.effects_mark = 0
         self.effects_failed = False
         self.saw_rollback = False
+        # The transaction ran code whose session effects cannot be read from its text: the
+        # server's session is read back before release (protocol/capture.py), meanwhile
+        # ``settling`` holds that server and the client's new messages wait.
+        self.opaque = False
+        self.settling: ServerConn | None = None
+        self.custom_names: set[str] = set()  # custom settings its texts named, to read back
         self.outstanding = 0
         self.waiting = False
         self.wait_started = 0.0
@@ -275,7 +290,7 @@ class ClientConn(ClientLogin):
                 and len(data) == 1 + _INT32_FROM(data, 1)[0]):
             # One whole simple query, the usual transaction-mode chunk: no message list.
             if server is None:
-                if not self.waiting and not self.pending_msgs:
+                if not self.waiting and not self.pending_msgs and self.settling is None:
                     self._expect(1)
                     self.pending_msgs.append((81, data))
                     assert self.pool is not None
@@ -303,18 +318,10 @@ class ClientConn(ClientLogin):
         elif msgs:
             pending = self.pending_msgs
             pending.extend(msgs)
-            if not self.waiting:
-                pool = self.pool
-                assert pool is not None
-                reply = (answer_without_server(pending, self.statements, pool.known_statements)
-                         if pending[0][0] in _SERVERLESS_FIRST else None)
-                if reply is not None:
-                    pending.clear()
-                    self.outstanding -= stream.expect
-                    if reply:
-                        self.transport.write(reply)
-                else:
-                    pool.request(self)
+            if self.settling is not None:
+                pass  # sent once the read-back of its last transaction is in
+            elif not self.waiting:
+                self._dispatch_pending()
             elif len(pending) > 64 and sum(len(m) for _, m in pending) > _PENDING_LIMIT:
                 self._pause(_PAUSE_WAIT)
         if stream.terminated:
@@ -362,6 +369,12 @@ class ClientConn(ClientLogin):
                 server.dirty_reason = effect[1]
             elif kind == ROLLBACK:
                 self.saw_rollback = True
+            elif kind == OPAQUE:
+                if not self.opaque:
+                    log.debug("%s ran %s: its session is read back", self.prefix(), effect[1])
+                self.opaque = True
+                if effect[2] and len(self.custom_names) < _CUSTOM_LIMIT:
+                    self.custom_names.update(effect[2].split(","))
             else:
                 if not self.pending_effects:
                     self.effects_mark = link.errors
@@ -383,6 +396,9 @@ class ClientConn(ClientLogin):
             if kind == SET:
                 mine[name] = value
                 theirs[name] = value
+                if name == "session_authorization":
+                    mine.pop("role", None)  # PostgreSQL resets the role with it
+                    theirs.pop("role", None)
             elif kind == RESET:
                 default = self.session_defaults.get(name)
                 if default is None:
@@ -390,7 +406,18 @@ class ClientConn(ClientLogin):
                 else:
                     mine[name] = default
                 theirs.pop(name, None)
+                if name == "session_authorization":
+                    mine.pop("role", None)
+                    theirs.pop("role", None)
             elif kind == RESET_ALL:
+                # RESET ALL leaves the role and the session authorization alone.
+                for sets in (mine, theirs):
+                    kept = {n: sets[n] for n in _IDENTITY_SETS if n in sets}
+                    sets.clear()
+                    sets.update(kept)
+                for n, v in self.session_defaults.items():
+                    mine.setdefault(n, v)
+            elif kind == DISCARD_ALL:
                 mine.clear()
                 mine.update(self.session_defaults)
                 theirs.clear()
@@ -447,7 +474,8 @@ class ClientConn(ClientLogin):
     def attach(self, server: ServerConn) -> None:
         self.server = server
         self.stats.assign_count += 1
-        if self.params == server.tracked and self.session_sets == server.session_sets:
+        if (self.params == server.tracked and self.session_sets == server.session_sets
+                and server.custom_owner is None):
             # The usual case, inlined: nothing to SET first.
             server.client = self
             server.state = SERVER_ACTIVE
@@ -529,7 +557,59 @@ class ClientConn(ClientLogin):
             self._resume(_PAUSE_PEER)
         if pool.reset_always:
             server.needs_reset = True
+        if self.opaque:
+            self._read_back(server)
+            return
         pool.release(server)
+
+    def _read_back(self, server: ServerConn) -> None:
+        """Ask the server what the session holds before it goes back to the pool."""
+        self.opaque = False
+        self.settling = server
+        server.run_capture(capture_query(self.custom_names), self._settled)
+
+    def _settled(self, server: ServerConn, ok: bool, rows: list[bytes]) -> None:
+        pool = server.pool
+        if self.settling is server:
+            self.settling = None
+        got = None
+        if ok:
+            try:
+                got = parse_rows(rows)
+            except ValueError:
+                got = None
+        if got is None:
+            server.close("session read-back failed")
+            pool.grow()
+        else:
+            login = server.initial_params.get("session_authorization", server.pool.user)
+            sets = capture_sets(got, login, self.app.tracked_params)
+            if not self.closed:
+                self.session_sets = sets
+            server.session_sets = dict(sets)
+            server.custom_owner = self
+            if got.hidden:
+                log.debug("%s left %s on %s", self.prefix(), got.hidden[0], server.ident)
+                server.dirty_reason = got.hidden[0]
+                server.needs_reset = True
+            pool.release(server)
+        if not self.closed and self.server is None and self.pending_msgs and not self.waiting:
+            self._dispatch_pending()
+
+    def _dispatch_pending(self) -> None:
+        """Messages queued while no server was linked: answer them or ask for a server."""
+        pool = self.pool
+        assert pool is not None
+        pending = self.pending_msgs
+        reply = (answer_without_server(pending, self.statements, pool.known_statements)
+                 if pending[0][0] in _SERVERLESS_FIRST else None)
+        if reply is not None:
+            self.outstanding -= sum(1 for kind, _ in pending if kind == 83)
+            pending.clear()
+            if reply:
+                self.transport.write(reply)
+        else:
+            pool.request(self)
 
     def refuses_transactions(self) -> bool:
         pool = self.pool
@@ -543,7 +623,7 @@ class ClientConn(ClientLogin):
         self.server = None
         server.detach()
         if self.outstanding <= ready and not self.stream.unsynced and server.stream.at_boundary:
-            server.run_internal("ROLLBACK", pool.after_reset)
+            server.run_internal("ROLLBACK", pool.after_rollback)
         else:
             server.close("transaction blocks not allowed in statement pooling mode")
         message = "transaction blocks not allowed in statement pooling mode"

@@ -37,12 +37,16 @@ ACTIVE = "active"
 CLOSED = "closed"
 
 InternalDone = Callable[["ServerConn", bool], None]
+CaptureDone = Callable[["ServerConn", bool, list[bytes]], None]
 
 # Reported by the server but not the client's to carry: fixed at start, or derived from the
 # role, which is carried by the statements that set it.
 UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_datetimes",
                                 "in_hot_standby", "is_superuser", "session_authorization"))
 _IDENTITY = frozenset(("is_superuser", "session_authorization"))
+_AUTH = "session_authorization"
+_IDENTITY_SETS = frozenset(("role", _AUTH))
+_RESET_ALL = m.query("RESET ALL")
 
 
 def sql_literal(value: str) -> str:
@@ -55,8 +59,9 @@ def sql_ident(name: str) -> str:
 
 
 class ServerConn(asyncio.Protocol):
-    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app", "client",
-                 "close_reason", "closed", "created", "dirty", "dirty_reason", "expires_at",
+    __slots__ = ("_capture_cb", "_internal_cb", "_login_buf", "_login_timer", "_scram", "addr",
+                 "app", "client", "close_reason", "closed", "created", "custom_owner", "dirty",
+                 "dirty_reason", "expires_at",
                  "ident", "identity_reported", "idle_since", "initial_params", "key", "link",
                  "local_addr", "needs_reset", "params", "paused_by_peer", "pid", "pool",
                  "session_sets", "state", "stream", "tracked", "transport")
@@ -78,6 +83,10 @@ class ServerConn(asyncio.Protocol):
         # must be reset before its next client, if it must.
         self.session_sets: dict[str, str] = {}
         self.dirty_reason = ""
+        # After a read-back, custom settings nobody named may remain: until a RESET ALL, only
+        # the client whose transaction it was may use the server without one.
+        self.custom_owner: object | None = None
+        self._capture_cb: CaptureDone | None = None
         self.identity_reported = False  # is_superuser/session_authorization changed since login
         self.initial_params: dict[str, str] = {}
         self.pid = 0
@@ -297,15 +306,33 @@ class ServerConn(asyncio.Protocol):
             link.needs_reset = False
         self.session_sets.clear()
         self.dirty_reason = ""
+        self.custom_owner = None
         self.identity_reported = False
 
     def run_internal(self, sql: str, done: InternalDone) -> None:
         """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""
+        self.run_internal_msg(m.query(sql), done)
+
+    def run_internal_msg(self, msg: bytes, done: InternalDone) -> None:
         assert self.transport is not None
         self._internal_cb = done
         self.stream.last_error = None
         self.stream.swallow += 1
-        self.transport.write(m.query(sql))
+        self.transport.write(msg)
+
+    def run_capture(self, msg: bytes, done: CaptureDone) -> None:
+        """Send the read-back query ``msg`` (see protocol/capture.py); ``done(server, ok,
+        rows)`` gets its DataRow bodies."""
+        self._capture_cb = done
+        self.stream.collect = []
+        self.run_internal_msg(msg, self._captured)
+
+    def _captured(self, server: ServerConn, ok: bool) -> None:
+        rows = self.stream.collect or []
+        self.stream.collect = None
+        done, self._capture_cb = self._capture_cb, None
+        if done is not None:
+            done(self, ok, rows)
 
     def run_check(self) -> None:
         self.run_internal(self.app.config.settings.server_check_query, self.pool.check_done)
@@ -331,6 +358,8 @@ class ServerConn(asyncio.Protocol):
         self.state = ACTIVE
         wanted = client.params
         queries: list[bytes] = []
+        if self.custom_owner is not None and self.custom_owner is not client:
+            self._reset_all(queries)
         if wanted != self.tracked:
             params = self.params
             queries.extend(m.query(f"SET {sql_ident(k)} = {sql_literal(v)}")
@@ -340,13 +369,29 @@ class ServerConn(asyncio.Protocol):
         if want != have:
             stale = sorted((n for n in have if n not in want), key=order_key)
             queries.extend(m.query(replay_sql(n, None)) for n in stale)
-            fresh = sorted((n for n in want if have.get(n) != want[n]), key=order_key)
+            # A change of session authorization resets the role: set it again after one.
+            auth_changed = have.get(_AUTH) != want.get(_AUTH)
+            fresh = sorted((n for n in want if have.get(n) != want[n]
+                            or (auth_changed and n == "role")), key=order_key)
             queries.extend(m.query(replay_sql(n, want[n])) for n in fresh)
             self.session_sets = dict(want)
         if not queries:
             return b""
         self.stream.swallow += len(queries)
         return b"".join(queries)
+
+    def _reset_all(self, queries: list[bytes]) -> None:
+        """RESET ALL first: it clears custom settings a read-back could not list. The role
+        and session authorization survive it; reported settings go back to login values."""
+        self.custom_owner = None
+        queries.append(_RESET_ALL)
+        self.session_sets = {n: v for n, v in self.session_sets.items() if n in _IDENTITY_SETS}
+        tracked = self.app.tracked_params
+        for name, value in self.initial_params.items():
+            canon = tracked.get(name.lower())
+            if canon is not None:
+                self.params[name] = value
+                self.tracked[canon] = value
 
     def identity_drifted(self) -> bool:
         """The server reports another identity than at login while no client set one."""

@@ -292,6 +292,10 @@ class Pool:
             server.statements_reset()
         self._back_from_internal(server, ok, "server reset query failed")
 
+    def after_rollback(self, server: ServerConn, ok: bool) -> None:
+        """A ROLLBACK of the pooler's own: it undoes the transaction, nothing before it."""
+        self._back_from_internal(server, ok, "server rollback failed")
+
     def check_done(self, server: ServerConn, ok: bool) -> None:
         self._back_from_internal(server, ok, "server check query failed")
 

@@ -26,6 +26,7 @@ _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one
 Z_READY = ord("Z")
 S_PARAM = ord("S")
 E_ERROR = ord("E")
+D_ROW = ord("D")
 
 Q_QUERY = ord("Q")
 F_FUNCTION = ord("F")
@@ -50,8 +51,8 @@ class ServerStream:
     the pooler's own queries); ``swallowed`` counts those completed in the last feed.
     """
 
-    __slots__ = ("_after_skip", "_drop", "held", "last_error", "link", "max_size", "on_param",
-                 "ready", "skip", "status", "swallow", "swallowed", "tracker")
+    __slots__ = ("_after_skip", "_drop", "collect", "held", "last_error", "link", "max_size",
+                 "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
                  max_size: int = 2147483647) -> None:
@@ -66,6 +67,8 @@ class ServerStream:
         self.on_param = on_param
         self.max_size = max_size
         self._after_skip = b""
+        # While a list: the DataRow bodies of swallowed replies (the pooler's own reads).
+        self.collect: list[bytes] | None = None
         # Prepared-statement tracking for this server (transaction and statement mode).
         self.link: LinkState | None = None
         self.tracker: ReplyTracker | None = None
@@ -155,7 +158,8 @@ class ServerStream:
             end = pos + 1 + length
             dropping = self.swallow > 0
             tagged = not dropping and bool(tags)
-            if kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged)):
+            if (kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged))
+                    or (kind == D_ROW and dropping and self.collect is not None)):
                 if end > n:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
@@ -170,6 +174,8 @@ class ServerStream:
                 elif kind == S_PARAM:
                     name, value = parse_parameter_status(data[pos + 5:end])
                     self.on_param(name, value, dropping)
+                elif kind == D_ROW:
+                    self.collect.append(data[pos + 5:end])  # type: ignore[union-attr]
                 elif dropping:
                     self.last_error = parse_error_fields(data[pos + 5:end])
             elif end > n:

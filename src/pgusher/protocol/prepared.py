@@ -34,7 +34,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from .messages import error_response, message, query
-from .session import inspect_text, might_affect_session, sql_prepared
+from .opaque import custom_names, opaque_reason
+from .session import OPAQUE, inspect_text, might_affect_session, sql_prepared
 
 # Tag kinds.
 T_SKIPZ = 0    # replies of untagged work: skip until `count` ReadyForQuery
@@ -103,27 +104,36 @@ class Tag:
 class SqlStatement:
     """A client's SQL-level PREPAREd statement: its name on servers and its definition."""
 
-    __slots__ = ("definition", "server_name")
+    __slots__ = ("definition", "opaque", "server_name")
 
     def __init__(self, server_name: str, definition: str) -> None:
         self.server_name = server_name
         self.definition = definition  # "[(types)] AS body"
+        # What EXECUTE runs: a body that may change the session unseen makes it opaque.
+        self.opaque = opaque_reason(definition.encode())
 
 
-def sql_server_name(namespace: str, name: str) -> str:
-    digest = hashlib.blake2b(name.encode(), digest_size=6).hexdigest()
+def sql_server_name(namespace: str, name: str, definition: str) -> str:
+    """The name on servers: a new definition under the same client name is a new statement,
+    so a server that still holds the old one can never run it for the new name."""
+    digest = hashlib.blake2b(f"{name}\0{definition}".encode(), digest_size=8).hexdigest()
     return f"pgusher_{namespace}_{digest}"
 
 
 class Statement:
     """A client's named statement: the pooler-owned name and the Parse body for servers."""
 
-    __slots__ = ("bind_tag", "describe", "describe_tag", "key", "parse_body", "query",
+    __slots__ = ("bind_tag", "describe", "describe_tag", "key", "opaque", "parse_body", "query",
                  "wire_name")
 
     def __init__(self, key: str, query: bytes, types: bytes) -> None:
         self.key = key
         self.query = query
+        # Set when executing it may change the session unseen: every Bind says so.
+        self.opaque: tuple[str, str, str] | None = None
+        reason = opaque_reason(query)
+        if reason:
+            self.opaque = (OPAQUE, reason, ",".join(custom_names(query)))
         self.wire_name = key.encode() + b"\0"  # as Parse, Bind and Describe carry it
         self.parse_body = self.wire_name + query + b"\0" + types
         self.describe = message(b"D", b"S" + self.wire_name)
@@ -395,7 +405,7 @@ class Translator:
             if name in sql:
                 self._sql_fail("42P05", f'prepared statement "{shown}" already exists')
                 return
-            stmt = SqlStatement(sql_server_name(self.namespace, name), rest)
+            stmt = SqlStatement(sql_server_name(self.namespace, name, rest), rest)
             if stmt.server_name in link.statements:
                 link.statements.pop(stmt.server_name)
                 self._inject_query(f"DEALLOCATE {stmt.server_name}")
@@ -419,6 +429,8 @@ class Translator:
             return
         self._sql_ensure(found)
         self._push(Tag(T_QUERY))
+        if verb == "execute" and found.opaque:
+            self.effects.append((OPAQUE, "EXECUTE", ""))
         if verb == "execute":
             self.out.append(query(f"EXECUTE {found.server_name}{rest}"))
         else:
@@ -477,6 +489,9 @@ class Translator:
         portal_end = msg.index(0, 5)
         name_end = msg.index(0, portal_end + 1)
         if name_end == portal_end + 1 or not self.link.limit:
+            if name_end != portal_end + 1:
+                # A named statement the pooler does not follow: its text is unknown here.
+                self.effects.append((OPAQUE, "prepared statement", ""))
             self._push(_BIND_TAG)
             self.out.append(msg)
             return
@@ -484,6 +499,8 @@ class Translator:
         stmt = self._usable(name)
         if stmt is None:
             return
+        if stmt.opaque is not None:
+            self.effects.append(stmt.opaque)
         self._push(stmt.bind_tag)
         # The same Bind with the pooler's name: header, portal, name, the rest as it came.
         wire_name = stmt.wire_name

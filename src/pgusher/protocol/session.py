@@ -5,8 +5,10 @@ other SET are invisible on the wire. In transaction mode a client's next transac
 another server connection, so the pooler reads the client's own statements to learn:
 
 * settings it can carry from server to server: ``SET [SESSION] name = value``, ``RESET name``,
-  ``RESET ALL``, ``set_config('name', 'value', false)``, ``SET ROLE``,
-  ``SET SESSION AUTHORIZATION`` (replayed with SET/RESET when the client moves);
+  ``RESET ALL``, ``SET ROLE``, ``SET SESSION AUTHORIZATION`` (replayed with SET/RESET when the
+  client moves);
+* texts whose effects cannot be read (``set_config``, DO, CALL, EXECUTE, functions; see
+  :mod:`.opaque`): the server's session is read back after their transaction;
 * state it cannot carry (temporary objects, session advisory locks, LISTEN, WITH HOLD
   cursors, SQL-level PREPARE, LOAD, ``SET ... FROM CURRENT``): the server connection must be
   reset before anyone else uses it;
@@ -20,12 +22,17 @@ from __future__ import annotations
 
 import re
 
+from .capture import RAW
+from .opaque import custom_names, opaque_reason
+
 # Effects, as (kind, name, value) tuples.
 SET = "set"            # name, SQL value text
 RESET = "reset"        # name
 RESET_ALL = "reset_all"
 DIRTY = "dirty"        # name = reason
 ROLLBACK = "rollback"
+DISCARD_ALL = "discard_all"  # RESET ALL plus the role and session authorization
+OPAQUE = "opaque"      # name = reason, value = custom setting names the text mentions
 
 # Matched against the lower-cased text: a leading character class lets the regex engine skip
 # quickly, several times faster than an IGNORECASE alternation. It finds set, reset, discard,
@@ -48,6 +55,10 @@ _TRAILING = b"; \t\n\r\f\v\0"  # after a last semicolon, nothing can start a sta
 
 def might_affect_session(query: bytes) -> bool:
     """Cheap test run on every query: False means :func:`inspect` would find nothing."""
+    return _keywords_hit(query) or bool(opaque_reason(query))
+
+
+def _keywords_hit(query: bytes) -> bool:
     low = query.lower()
     # Most queries are settled before either regex: the second stage cannot match a text
     # with none of its three words that count anywhere, no keyword or comment first and no
@@ -69,10 +80,6 @@ _SET = re.compile(
 _RESET = re.compile(
     r"reset\s+(?:(all)|(role)|(session\s+authorization)|(time\s+zone)|"
     r"((?:\"[^\"]+\"|[a-z_][\w$]*)(?:\.(?:\"[^\"]+\"|[a-z_][\w$]*))?))\s*$", re.I | re.S | re.A)
-_SET_CONFIG = re.compile(
-    r"set_config\s*\(\s*'((?:[^']|'')*)'\s*,\s*('(?:[^']|'')*'|null)\s*,\s*(true|false)\s*\)",
-    re.I | re.A)
-_SET_CONFIG_ANY = re.compile(r"set_config\s*\(", re.I)
 _TEMP = re.compile(r"create\s+(?:(?:global|local)\s+)?(?:temp|temporary)\s", re.I)
 _TEMP_INTO = re.compile(r"\binto\s+(?:temp|temporary)\s", re.I)
 _ADVISORY = re.compile(r"pg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.I)
@@ -156,7 +163,7 @@ def inspect_text(query: bytes) -> list[tuple[str, str, str]]:
         elif word in ("rollback", "abort"):
             effects.append((ROLLBACK, "", ""))
         elif word == "discard" and _DISCARD_ALL.match(stmt):
-            effects.append((RESET_ALL, "", ""))
+            effects.append((DISCARD_ALL, "", ""))
         elif word == "listen":
             effects.append((DIRTY, "LISTEN", ""))
         elif word == "prepare" and not re.match(r"prepare\s+transaction\b", stmt, re.I):
@@ -169,19 +176,10 @@ def inspect_text(query: bytes) -> list[tuple[str, str, str]]:
             effects.append((DIRTY, "session advisory lock", ""))
         if word == "declare" and _HOLD.search(bare):
             effects.append((DIRTY, "WITH HOLD cursor", ""))
-        if word != "set" and _SET_CONFIG_ANY.search(bare):
-            found = list(_SET_CONFIG.finditer(stmt))
-            if not found:
-                effects.append((DIRTY, "set_config with computed arguments", ""))
-            for m in found:
-                if m.group(3).lower() == "true":
-                    continue  # transaction-local
-                name = m.group(1).replace("''", "'").lower()
-                value = m.group(2)
-                if value.lower() == "null":
-                    effects.append((DIRTY, "set_config to NULL", ""))
-                else:
-                    effects.append((SET, _canon(name), value))
+    reason = opaque_reason(query)
+    if reason:
+        # set_config, DO, CALL, EXECUTE, functions: read back after the transaction.
+        effects.append((OPAQUE, reason, ",".join(custom_names(query))))
     return effects
 
 
@@ -194,9 +192,10 @@ def _canon(name: str) -> str:
 def _set_effect(stmt: str, effects: list[tuple[str, str, str]]) -> None:
     m = _SET.match(stmt)
     if m is None:
-        if re.match(r"set\s+(?:session\s+)?(?:transaction|constraints)\b", stmt, re.I):
+        if re.match(r"set\s+(?:local\s+)?(?:transaction|constraints)\b", stmt, re.I):
             return  # transaction-scoped
-        effects.append((DIRTY, "unrecognised SET", ""))
+        # SET SCHEMA, SET SESSION CHARACTERISTICS, SET NAMES...: read back afterwards.
+        effects.append((OPAQUE, "SET", ""))
         return
     if (m.group(1) or "").lower() == "local":
         return
@@ -209,13 +208,13 @@ def _set_effect(stmt: str, effects: list[tuple[str, str, str]]) -> None:
     elif m.group(8):
         effects.append((SET, _canon(m.group(8)), m.group(9).strip()))
     else:
-        effects.append((DIRTY, "SET ... FROM CURRENT", ""))
+        effects.append((OPAQUE, "SET ... FROM CURRENT", ""))
 
 
 def _reset_effect(stmt: str, effects: list[tuple[str, str, str]]) -> None:
     m = _RESET.match(stmt)
     if m is None:
-        effects.append((DIRTY, "unrecognised RESET", ""))
+        effects.append((OPAQUE, "RESET", ""))
     elif m.group(1):
         effects.append((RESET_ALL, "", ""))
     elif m.group(2):
@@ -230,6 +229,10 @@ def _reset_effect(stmt: str, effects: list[tuple[str, str, str]]) -> None:
 
 def replay_sql(name: str, value: str | None) -> str:
     """The statement that gives a server ``name = value`` (or its default when None)."""
+    if value is not None and value.startswith(RAW):
+        # The server's own text form, read back (protocol/capture.py): set_config reads it.
+        return (f"SELECT pg_catalog.set_config({_literal(name.strip(chr(34)))}, "
+                f"{_literal(value[1:])}, false)")
     if name == "role":
         return f"SET ROLE {value}" if value is not None else "RESET ROLE"
     if name == "session_authorization":
@@ -238,6 +241,10 @@ def replay_sql(name: str, value: str | None) -> str:
     ident = name if ('"' in name or _PLAIN_NAME.fullmatch(name)) \
         else '"' + name.replace('"', '""') + '"'
     return f"SET {ident} = {value}" if value is not None else f"RESET {ident}"
+
+
+def _literal(value: str) -> str:
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def order_key(name: str) -> int:
