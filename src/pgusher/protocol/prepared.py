@@ -124,11 +124,14 @@ class Statement:
     """A client's named statement: the pooler-owned name and the Parse body for servers."""
 
     __slots__ = ("bind_tag", "describe", "describe_tag", "key", "opaque", "parse_body", "query",
-                 "wire_name")
+                 "sql_execute", "types", "wire_name")
 
     def __init__(self, key: str, query: bytes, types: bytes) -> None:
         self.key = key
         self.query = query
+        self.types = types
+        # A text that is an SQL-level EXECUTE: (its SQL name, parameters), resolved at each use.
+        self.sql_execute: tuple[str, str] | None = None
         # Set when executing it may change the session unseen: every Bind says so.
         self.opaque: tuple[str, str, str] | None = None
         reason = opaque_reason(query)
@@ -372,9 +375,12 @@ class Translator:
         self._push(tag)
         self.out.append(query(sql))
 
-    def _sql_fail(self, sqlstate: str, text: str) -> None:
+    def _sql_fail(self, sqlstate: str, text: str, extended: bool) -> None:
         """Answer with an error raised by the server itself, so the transaction state is
         exactly what PostgreSQL would leave."""
+        if extended:
+            self._fail(sqlstate, text)  # a failing Parse: the server skips to Sync
+            return
         body = text.replace("'", "''")
         self._push(Tag(T_QUERY))
         self.out.append(query(f"DO $pgusher$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', "
@@ -396,14 +402,27 @@ class Translator:
         self._inject_query(f"PREPARE {stmt.server_name} {stmt.definition}",
                            lambda: link.statements.pop(stmt.server_name, None) and None)
 
-    def _sql_statement(self, verb: str, name: str, rest: str) -> None:
+    def _sql_send(self, text: str, extended: bool,
+                  undo: Callable[[], None] | None = None) -> None:
+        """The client's statement as the server must run it: a Query, or in the extended
+        protocol a Parse of the unnamed statement (its Bind and Execute follow as they came)."""
+        tag = Tag(T_PARSE if extended else T_QUERY)
+        tag.undo = undo
+        self._push(tag)
+        if extended:
+            self.out.append(message(b"P", b"\0" + text.encode() + b"\0\0\0"))
+        else:
+            self.out.append(query(text))
+
+    def _sql_statement(self, verb: str, name: str, rest: str, extended: bool = False) -> None:
         sql = self.sql
         assert sql is not None
         link = self.link
         shown = name.strip('"')
         if verb == "prepare":
             if name in sql:
-                self._sql_fail("42P05", f'prepared statement "{shown}" already exists')
+                self._sql_fail("42P05", f'prepared statement "{shown}" already exists',
+                               extended)
                 return
             stmt = SqlStatement(sql_server_name(self.namespace, name, rest), rest)
             if stmt.server_name in link.statements:
@@ -412,36 +431,50 @@ class Translator:
             self._sql_room()
             sql[name] = stmt
             link.statements[stmt.server_name] = None
-            tag = Tag(T_QUERY)
 
             def undo() -> None:
                 if sql.get(name) is stmt:
                     del sql[name]
                 link.statements.pop(stmt.server_name, None)
 
-            tag.undo = undo
-            self._push(tag)
-            self.out.append(query(f"PREPARE {stmt.server_name} {rest}"))
+            self._sql_send(f"PREPARE {stmt.server_name} {rest}", extended, undo)
             return
         found = sql.get(name)
         if found is None:
-            self._sql_fail("26000", f'prepared statement "{shown}" does not exist')
+            self._sql_fail("26000", f'prepared statement "{shown}" does not exist', extended)
             return
         self._sql_ensure(found)
-        self._push(Tag(T_QUERY))
-        if verb == "execute" and found.opaque:
-            self.effects.append((OPAQUE, "EXECUTE", ""))
         if verb == "execute":
-            self.out.append(query(f"EXECUTE {found.server_name}{rest}"))
+            if found.opaque:
+                self.effects.append((OPAQUE, "EXECUTE", ""))
+            self._sql_send(f"EXECUTE {found.server_name}{rest}", extended)
         else:
             del sql[name]
             link.statements.pop(found.server_name, None)
-            self.out.append(query(f"DEALLOCATE {found.server_name}"))
+            self._sql_send(f"DEALLOCATE {found.server_name}", extended)
 
     def _parse(self, msg: bytes) -> None:
         body = msg[5:]
         name, query, types = split_parse(body)
         hit = might_affect_session(query)
+        if hit and types in (b"", b"\0\0") and self.sql is not None and self.link.limit:
+            verb = sql_prepared(query)
+            if verb is not None and not name:
+                # PREPARE / EXECUTE / DEALLOCATE sent with the extended protocol (psycopg).
+                self._sql_statement(*verb, extended=True)
+                return
+            if verb is not None and verb[0] == "execute" and name:
+                # A protocol statement that EXECUTEs an SQL-level one: which server statement
+                # it runs is decided at each Bind, as PostgreSQL looks the name up then.
+                if name in self.statements:
+                    shown = name.decode("utf-8", "replace")
+                    self._fail("42P05", f'prepared statement "{shown}" already exists')
+                    return
+                stmt = Statement(statement_key(query, types), query, types)
+                stmt.sql_execute = (verb[1], verb[2])
+                self.statements[name] = stmt
+                self._synth(PARSE_COMPLETE)
+                return
         if hit:
             self.effects.extend(inspect_text(query))
         if not name or not self.link.limit:
@@ -482,8 +515,27 @@ class Translator:
             shown = name.decode("utf-8", "replace")
             self._fail("26000", f'prepared statement "{shown}" does not exist')
             return None
+        if stmt.sql_execute is not None:
+            return self._resolve_execute(stmt)
         self._ensure(stmt)
         return stmt
+
+    def _resolve_execute(self, stmt: Statement) -> Statement | None:
+        """The server statement that runs an SQL-level EXECUTE now: ``EXECUTE`` of the name
+        the current definition has on servers, prepared there first if missing."""
+        assert stmt.sql_execute is not None and self.sql is not None
+        sql_name, rest = stmt.sql_execute
+        found = self.sql.get(sql_name)
+        if found is None:
+            shown = sql_name.strip('"')
+            self._fail("26000", f'prepared statement "{shown}" does not exist')
+            return None
+        self._sql_ensure(found)
+        text = f"EXECUTE {found.server_name}{rest}".encode()
+        resolved = Statement(statement_key(text, stmt.types), text, stmt.types)
+        resolved.opaque = (OPAQUE, "EXECUTE", "") if found.opaque else None
+        self._ensure(resolved)
+        return resolved
 
     def _bind(self, msg: bytes) -> None:
         portal_end = msg.index(0, 5)
@@ -613,6 +665,9 @@ class ReplyTracker:
         if hk == T_FAIL:
             replacement = head.data
         elif hk in (T_INJ_PARSE, T_PARSE):
+            if head.undo is not None:
+                head.undo()
+                head.undo = None
             if head.key is not None:
                 link.statements.pop(head.key, None)
             if head.owner is not None:
@@ -626,6 +681,9 @@ class ReplyTracker:
         # The server now skips to the next Sync: undo what the skipped messages stood for.
         while tags and tags[0].kind != T_SYNC:
             skipped = tags.popleft()
+            if skipped.undo is not None:
+                skipped.undo()
+                skipped.undo = None
             if skipped.kind in (T_INJ_PARSE, T_PARSE) and skipped.key is not None:
                 link.statements.pop(skipped.key, None)
                 if skipped.owner is not None:
