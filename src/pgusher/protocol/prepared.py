@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from .messages import error_response, message, query
-from .opaque import custom_names, opaque_reason
+from .opaque import opaque_reason
 from .session import OPAQUE, inspect_text, might_affect_session, sql_prepared
 
 # Tag kinds.
@@ -123,20 +123,18 @@ def sql_server_name(namespace: str, name: str, definition: str) -> str:
 class Statement:
     """A client's named statement: the pooler-owned name and the Parse body for servers."""
 
-    __slots__ = ("bind_tag", "describe", "describe_tag", "key", "opaque", "parse_body", "query",
-                 "sql_execute", "types", "wire_name")
+    __slots__ = ("bind_tag", "describe", "describe_tag", "effects", "key", "parse_body", "query",
+                 "sql_verb", "types", "wire_name")
 
     def __init__(self, key: str, query: bytes, types: bytes) -> None:
         self.key = key
         self.query = query
         self.types = types
-        # A text that is an SQL-level EXECUTE: (its SQL name, parameters), resolved at each use.
-        self.sql_execute: tuple[str, str] | None = None
-        # Set when executing it may change the session unseen: every Bind says so.
-        self.opaque: tuple[str, str, str] | None = None
-        reason = opaque_reason(query)
-        if reason:
-            self.opaque = (OPAQUE, reason, ",".join(custom_names(query)))
+        # A text that is an SQL-level PREPARE, EXECUTE or DEALLOCATE: (verb, SQL name, rest),
+        # resolved at each use.
+        self.sql_verb: tuple[str, str, str] | None = None
+        # What executing it does to the session: every Bind of it says so again.
+        self.effects = inspect_text(query) if might_affect_session(query) else []
         self.wire_name = key.encode() + b"\0"  # as Parse, Bind and Describe carry it
         self.parse_body = self.wire_name + query + b"\0" + types
         self.describe = message(b"D", b"S" + self.wire_name)
@@ -415,6 +413,14 @@ class Translator:
             self.out.append(query(text))
 
     def _sql_statement(self, verb: str, name: str, rest: str, extended: bool = False) -> None:
+        resolved = self._sql_resolve(verb, name, rest, extended)
+        if resolved is not None:
+            self._sql_send(resolved[0], extended, resolved[1])
+
+    def _sql_resolve(self, verb: str, name: str, rest: str, extended: bool,
+                     ) -> tuple[str, Callable[[], None] | None] | None:
+        """The server's text for the client's PREPARE, EXECUTE or DEALLOCATE of ``name``,
+        and what to undo if it fails; None after answering with the error PostgreSQL gives."""
         sql = self.sql
         assert sql is not None
         link = self.link
@@ -423,7 +429,7 @@ class Translator:
             if name in sql:
                 self._sql_fail("42P05", f'prepared statement "{shown}" already exists',
                                extended)
-                return
+                return None
             stmt = SqlStatement(sql_server_name(self.namespace, name, rest), rest)
             if stmt.server_name in link.statements:
                 link.statements.pop(stmt.server_name)
@@ -437,21 +443,19 @@ class Translator:
                     del sql[name]
                 link.statements.pop(stmt.server_name, None)
 
-            self._sql_send(f"PREPARE {stmt.server_name} {rest}", extended, undo)
-            return
+            return f"PREPARE {stmt.server_name} {rest}", undo
         found = sql.get(name)
         if found is None:
             self._sql_fail("26000", f'prepared statement "{shown}" does not exist', extended)
-            return
+            return None
         self._sql_ensure(found)
         if verb == "execute":
             if found.opaque:
                 self.effects.append((OPAQUE, "EXECUTE", ""))
-            self._sql_send(f"EXECUTE {found.server_name}{rest}", extended)
-        else:
-            del sql[name]
-            link.statements.pop(found.server_name, None)
-            self._sql_send(f"DEALLOCATE {found.server_name}", extended)
+            return f"EXECUTE {found.server_name}{rest}", None
+        del sql[name]
+        link.statements.pop(found.server_name, None)
+        return f"DEALLOCATE {found.server_name}", None
 
     def _parse(self, msg: bytes) -> None:
         body = msg[5:]
@@ -463,21 +467,21 @@ class Translator:
                 # PREPARE / EXECUTE / DEALLOCATE sent with the extended protocol (psycopg).
                 self._sql_statement(*verb, extended=True)
                 return
-            if verb is not None and verb[0] == "execute" and name:
-                # A protocol statement that EXECUTEs an SQL-level one: which server statement
-                # it runs is decided at each Bind, as PostgreSQL looks the name up then.
+            if verb is not None:
+                # A protocol statement that is an SQL-level PREPARE, EXECUTE or DEALLOCATE:
+                # what it runs is decided at each Bind, as PostgreSQL looks the name up then.
                 if name in self.statements:
                     shown = name.decode("utf-8", "replace")
                     self._fail("42P05", f'prepared statement "{shown}" already exists')
                     return
                 stmt = Statement(statement_key(query, types), query, types)
-                stmt.sql_execute = (verb[1], verb[2])
+                stmt.sql_verb = verb
                 self.statements[name] = stmt
                 self._synth(PARSE_COMPLETE)
                 return
-        if hit:
-            self.effects.extend(inspect_text(query))
         if not name or not self.link.limit:
+            if hit:  # the unnamed statement runs in this batch; a named one at each Bind
+                self.effects.extend(inspect_text(query))
             tag = Tag(T_PARSE)
             tag.clears = hit and drops_all_statements(query)
             if tag.clears:
@@ -515,27 +519,25 @@ class Translator:
             shown = name.decode("utf-8", "replace")
             self._fail("26000", f'prepared statement "{shown}" does not exist')
             return None
-        if stmt.sql_execute is not None:
-            return self._resolve_execute(stmt)
+        if stmt.sql_verb is not None:
+            return self._resolve_sql(stmt)
         self._ensure(stmt)
         return stmt
 
-    def _resolve_execute(self, stmt: Statement) -> Statement | None:
-        """The server statement that runs an SQL-level EXECUTE now: ``EXECUTE`` of the name
-        the current definition has on servers, prepared there first if missing."""
-        assert stmt.sql_execute is not None and self.sql is not None
-        sql_name, rest = stmt.sql_execute
-        found = self.sql.get(sql_name)
-        if found is None:
-            shown = sql_name.strip('"')
-            self._fail("26000", f'prepared statement "{shown}" does not exist')
+    def _resolve_sql(self, stmt: Statement) -> Statement | None:
+        """The server statement an SQL-level PREPARE, EXECUTE or DEALLOCATE runs now (the
+        name the current definition has on servers), prepared there first if missing."""
+        assert stmt.sql_verb is not None
+        effects = len(self.effects)
+        resolved = self._sql_resolve(*stmt.sql_verb, extended=True)
+        if resolved is None:
             return None
-        self._sql_ensure(found)
-        text = f"EXECUTE {found.server_name}{rest}".encode()
-        resolved = Statement(statement_key(text, stmt.types), text, stmt.types)
-        resolved.opaque = (OPAQUE, "EXECUTE", "") if found.opaque else None
-        self._ensure(resolved)
-        return resolved
+        text = resolved[0].encode()
+        server_stmt = Statement(statement_key(text, stmt.types), text, stmt.types)
+        server_stmt.effects = self.effects[effects:]  # only what _sql_resolve found
+        del self.effects[effects:]
+        self._ensure(server_stmt)
+        return server_stmt
 
     def _bind(self, msg: bytes) -> None:
         portal_end = msg.index(0, 5)
@@ -551,8 +553,8 @@ class Translator:
         stmt = self._usable(name)
         if stmt is None:
             return
-        if stmt.opaque is not None:
-            self.effects.append(stmt.opaque)
+        if stmt.effects:
+            self.effects.extend(stmt.effects)
         self._push(stmt.bind_tag)
         # The same Bind with the pooler's name: header, portal, name, the rest as it came.
         wire_name = stmt.wire_name
