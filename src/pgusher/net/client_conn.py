@@ -271,7 +271,7 @@ class ClientConn(ClientLogin):
         """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
         stream = self.stream
         server = self.server
-        if (data[0] == 81 and stream.at_boundary and len(data) <= stream.max_size
+        if (data[0] == 81 and stream.at_boundary and 5 <= len(data) <= stream.max_size
                 and len(data) == 1 + _INT32_FROM(data, 1)[0]):
             # One whole simple query, the usual transaction-mode chunk: no message list.
             if server is None:
