@@ -12,11 +12,11 @@ import pytest
 from poolcase import start
 
 from support import PgCluster, PoolerFactory
-from support.wire import RawConn, message, query
+from support.wire import EOF, RawConn, message, query
 
 MODES = ["transaction", "statement", "session"]
 
-SELECT_ONE = [("T",), ("D",), ("C",), ("Z", "I")]
+SELECT_ONE = [("T",), ("D", "1"), ("C",), ("Z", "I")]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -27,14 +27,14 @@ def test_messages_in_one_byte_writes(pg: PgCluster, pooler: PoolerFactory, mode:
         conn.login()
         conn.send_in_pieces(query("select 1"))
         assert conn.read_until_ready() == SELECT_ONE
-        extended = (message(b"P", b"\0select 2\0\0\0") + message(b"B", b"\0\0\0\0\0\0\0\0")
+        extended = (message(b"P", b"\0select 1\0\0\0") + message(b"B", b"\0\0\0\0\0\0\0\0")
                     + message(b"E", b"\0\0\0\0\0") + message(b"S"))
         conn.send_in_pieces(extended)
-        assert conn.read_until_ready() == [("1",), ("2",), ("D",), ("C",), ("Z", "I")]
-        named = (message(b"P", b"s1\0select 3\0\0\0") + message(b"B", b"\0s1\0\0\0\0\0\0\0")
+        assert conn.read_until_ready() == [("1",), ("2",), *SELECT_ONE[1:]]
+        named = (message(b"P", b"s1\0select 1\0\0\0") + message(b"B", b"\0s1\0\0\0\0\0\0\0")
                  + message(b"E", b"\0\0\0\0\0") + message(b"S"))
         conn.send_in_pieces(named)
-        assert conn.read_until_ready() == [("1",), ("2",), ("D",), ("C",), ("Z", "I")]
+        assert conn.read_until_ready() == [("1",), ("2",), *SELECT_ONE[1:]]
         # A header cut once (the first byte alone, as in a slow network), and a whole query
         # followed by the start of the next.
         q = query("select 1")
@@ -45,4 +45,84 @@ def test_messages_in_one_byte_writes(pg: PgCluster, pooler: PoolerFactory, mode:
         time.sleep(0.05)
         conn.send(q[2:])
         assert conn.read_until_ready() + conn.read_until_ready() == SELECT_ONE * 2
+    assert "Traceback" not in proc.log_text()
+
+
+def backend_pid(conn: RawConn) -> str:
+    conn.send(query("select pg_backend_pid()"))
+    replies = conn.read_until_ready()
+    assert replies[-1] == ("Z", "I"), replies
+    return replies[1][1]
+
+
+STRAYS = {
+    # A PasswordMessage outside an authentication exchange, right behind a query.
+    "password after query": query("select pg_sleep(0.2)") + message(b"p", b"junk\0"),
+    "password alone": message(b"p", b"junk\0"),
+    "unknown type": message(b"y", b"junk\0"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stray", list(STRAYS))
+def test_message_not_allowed_after_login_never_reaches_a_server(
+        pg: PgCluster, pooler: PoolerFactory, mode: str, stray: str) -> None:
+    """The pooler refuses it as PostgreSQL would (FATAL 08P01) and ends only the sender.
+
+    PostgreSQL dies on such a message: a server that got it would fail whichever client
+    it went to next.
+    """
+    proc = start(pooler, mode, pool_size=1)
+    with RawConn.tcp(proc.port) as a, RawConn.tcp(proc.port) as b:
+        a.login()
+        pid = backend_pid(a)
+        b.login()
+        a.send(STRAYS[stray])
+        kind = STRAYS[stray][-10]
+        assert a.read_to_eof()[-2:] == [
+            ("E", "FATAL", "08P01", f"invalid frontend message type {kind}"), EOF]
+        # The one server is still the same, and serves the next client.
+        assert backend_pid(b) == pid
+        assert backend_pid(b) == pid
+    assert "server conn crashed" not in proc.log_text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_message_cut_short_by_a_leaving_client_is_not_passed_on(
+        pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    """A client leaves halfway through a message whose start went to its server.
+
+    The server is waiting for the rest of that message: it must not go to another client,
+    whose bytes it would read as that rest.
+    """
+    proc = start(pooler, mode, pool_size=1)
+    partial = b"d" + (100).to_bytes(4, "big") + b"x" * 10  # CopyData outside COPY, cut
+    with RawConn.tcp(proc.port) as a, RawConn.tcp(proc.port, timeout=5) as b:
+        a.login()
+        b.login()
+        a.send(query("select 1") + partial)
+        assert a.read_until_ready() == SELECT_ONE
+        b.send(query("select 1"))
+        time.sleep(0.2)
+        a.close()
+        assert b.read_until_ready() == SELECT_ONE
+        assert backend_pid(b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stray_copy_data_in_pieces_is_ignored_like_postgres(
+        pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    """CopyData outside COPY: PostgreSQL ignores it, however it is cut, and so must the
+    pooler, whether or not the client has a server when each piece comes."""
+    proc = start(pooler, mode, pool_size=1)
+    stray = b"d" + (100).to_bytes(4, "big") + b"x" * 96
+    with RawConn.tcp(proc.port) as conn:
+        conn.login()
+        conn.send(stray[:20])
+        time.sleep(0.1)
+        conn.send(stray[20:60])
+        time.sleep(0.1)
+        conn.send(stray[60:] + query("select 1"))
+        assert conn.read_until_ready() == SELECT_ONE
+        assert backend_pid(conn)
     assert "Traceback" not in proc.log_text()

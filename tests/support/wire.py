@@ -1,8 +1,8 @@
 """A raw protocol-3 client for tests that send what no driver would.
 
-Replies are summed up as tuples: the type letter alone for most messages, and
-``(type, severity, sqlstate, message)`` for ErrorResponse and NoticeResponse, so a test can
-compare what the pooler answers with what PostgreSQL itself answers to the same bytes.
+Replies are summed up as tuples: the type letter alone for most messages, the values for
+DataRow, and ``(type, severity, sqlstate, message)`` for ErrorResponse and NoticeResponse, so a
+test can compare what the pooler answers with what PostgreSQL itself answers to the same bytes.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ def _summary(kind: bytes, body: bytes) -> Reply:
         return (kind.decode(), fields.get("S", ""), fields.get("C", ""), fields.get("M", ""))
     if kind == b"Z":
         return ("Z", body.decode())
+    if kind == b"D":  # DataRow: its values as text, NULL as None
+        values: list[str] = []
+        pos = 2
+        for _ in range(struct.unpack_from("!h", body)[0]):
+            size = struct.unpack_from("!i", body, pos)[0]
+            pos += 4
+            values.append("NULL" if size < 0 else body[pos:pos + size].decode())
+            pos += max(size, 0)
+        return ("D", *values)
     return (kind.decode(),)
 
 

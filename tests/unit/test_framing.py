@@ -161,10 +161,30 @@ def test_client_copy_data_streams() -> None:
     assert out == data and expect == 0
 
 
-@pytest.mark.parametrize("bad", [b"?\x00\x00\x00\x04", b"Q\x00\x00\x00\x01"])
+@pytest.mark.parametrize("bad", [
+    b"?\x00\x00\x00\x04",
+    b"Q\x00\x00\x00\x01",
+    b"p\x00\x00\x00\x09junk\x00",  # PasswordMessage: only during authentication
+])
 def test_client_malformed_is_protocol_error(bad: bytes) -> None:
     with pytest.raises(ProtocolError):
         ClientStream().feed(bad)
+    with pytest.raises(ProtocolError):
+        ClientStream().feed_messages(m.query("select 1") + bad)
+
+
+def test_client_mid_message_only_while_a_message_is_partly_let_through() -> None:
+    copy = m.message(b"d", b"x" * 100)
+    stream = ClientStream()
+    stream.feed(copy[:3])  # a header is held back, nothing let through
+    assert not stream.mid_message and not stream.at_boundary
+    stream.feed(copy[3:50])
+    assert stream.mid_message
+    stream.feed(copy[50:])
+    assert not stream.mid_message and stream.at_boundary
+    stream = ClientStream()
+    assert stream.feed_messages(copy[:50]) == [(0, copy[:50])] and stream.mid_message
+    assert stream.feed_messages(copy[50:]) == [(0, copy[50:])] and not stream.mid_message
 
 
 def test_client_max_packet_size() -> None:

@@ -289,6 +289,7 @@ class ClientConn(ClientLogin):
                     link.untagged_z += 1
                     server.transport.write(data)  # type: ignore[union-attr]
                     return
+        continuing = stream.mid_message
         try:
             msgs = stream.feed_messages(data)
         except ProtocolError as exc:
@@ -297,6 +298,8 @@ class ClientConn(ClientLogin):
         if stream.expect:
             self._expect(stream.expect)
         server = self.server
+        if continuing and msgs and server is None and not self.pending_msgs and not self.waiting:
+            del msgs[0]  # the rest of a CopyData whose start was dropped: no server wanted it
         if server is not None:
             if msgs:
                 self._send_translated(server, msgs)
@@ -508,7 +511,7 @@ class ClientConn(ClientLogin):
             self.xact_start = self.busy_since
         if status != 73 or pool.mode == SESSION:
             return
-        if server is None or self.stream.unsynced:
+        if server is None or self.stream.unsynced or self.stream.mid_message:
             return
         sstream = server.stream
         if sstream.held or sstream.skip:
@@ -542,7 +545,8 @@ class ClientConn(ClientLogin):
         assert server is not None and pool is not None
         self.server = None
         server.detach()
-        if self.outstanding <= ready and not self.stream.unsynced and server.stream.at_boundary:
+        if (self.outstanding <= ready and not self.stream.unsynced
+                and not self.stream.mid_message and server.stream.at_boundary):
             server.run_internal("ROLLBACK", pool.after_reset)
         else:
             server.close("transaction blocks not allowed in statement pooling mode")
@@ -618,6 +622,7 @@ class ClientConn(ClientLogin):
             self.server = None
             server.detach()
             clean = (self.outstanding == 0 and not self.stream.unsynced
+                     and not self.stream.mid_message
                      and server.stream.status == 73 and server.stream.at_boundary
                      and server.stream.swallow == 0
                      and (server.link is None or not server.link.tags))
