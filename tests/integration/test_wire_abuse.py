@@ -12,7 +12,7 @@ import pytest
 from poolcase import start
 
 from support import PgCluster, PoolerFactory
-from support.wire import EOF, RawConn, message, query
+from support.wire import EOF, SYNC, RawConn, message, query
 
 MODES = ["transaction", "statement", "session"]
 
@@ -125,4 +125,77 @@ def test_stray_copy_data_in_pieces_is_ignored_like_postgres(
         conn.send(stray[60:] + query("select 1"))
         assert conn.read_until_ready() == SELECT_ONE
         assert backend_pid(conn)
+    assert "Traceback" not in proc.log_text()
+
+
+def _parse(name: bytes, sql: bytes) -> bytes:
+    return message(b"P", name + b"\0" + sql + b"\0\0\0")
+
+
+def _bind_execute(name: bytes) -> bytes:
+    return (message(b"B", b"\0" + name + b"\0\0\0\0\0\0\0") + message(b"E", b"\0\0\0\0\0")
+            + message(b"S"))
+
+
+# Bodies the pooler reads (names, strings) cut or padded; PostgreSQL answers each with an
+# ERROR 08P01 and skips to the next Sync, keeping the connection.
+MALFORMED = {
+    "parse, no NUL after the query": message(b"P", b"s1\0select 1") + SYNC,
+    "parse, no NUL after the name": message(b"P", b"s1") + SYNC,
+    "parse unnamed, no NUL after the query": message(b"P", b"\0select 1") + SYNC,
+    "parse, types cut": message(b"P", b"s1\0select $1\0\0\x01\0") + SYNC,
+    "bind, no NUL after the portal": message(b"B", b"p1") + SYNC,
+    "bind, portal only": message(b"B", b"\0") + SYNC,
+    "bind, statement name cut": _parse(b"s1", b"select 1") + message(b"B", b"\0s1") + SYNC,
+    "describe, no NUL": message(b"D", b"Ss1") + SYNC,
+    "describe, bytes after the name": message(b"D", b"Ss1\0x") + SYNC,
+    "describe, empty": message(b"D") + SYNC,
+    "close, no NUL": message(b"C", b"Ss1") + SYNC,
+    "close, bytes after the name": message(b"C", b"Ss1\0x") + SYNC,
+    "execute, no NUL": message(b"E", b"p1") + SYNC,
+    "query, no NUL": message(b"Q", b"select 1"),
+    "query, bytes after the text": message(b"Q", b"select 1\0x\0"),
+    "sql prepare, no NUL": message(b"Q", b"prepare s2 as select 1"),
+    "in a pipeline": (_parse(b"s1", b"select 1") + message(b"B", b"\0s1") + _bind_execute(b"s1")
+                      + query("select 1")),
+    "in a transaction": (query("begin") + message(b"P", b"s1\0select 1") + SYNC
+                         + query("select 1") + query("rollback")),
+}
+# Then the statement names must be free and everything work as before.
+AFTER = _parse(b"s1", b"select 1") + _bind_execute(b"s1") + query("rollback")
+
+
+def _ready_count(data: bytes) -> int:
+    """How many ReadyForQuery the messages in ``data`` get (one per Query and Sync)."""
+    count = pos = 0
+    while pos < len(data):
+        count += data[pos:pos + 1] in (b"Q", b"S")
+        pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+    return count
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_malformed_bodies_are_answered_as_postgres_answers_them(
+        pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    proc = start(pooler, mode)
+    direct_socket = f"{pg.socket_dir}/.s.PGSQL.{pg.port}"
+    differences = {}
+    for case, data in MALFORMED.items():
+        if mode == "statement" and b"begin" in data:
+            continue  # no transaction blocks
+        seen = []
+        for conn in (RawConn.unix(direct_socket), RawConn.tcp(proc.port)):
+            with conn:
+                conn.login()
+                conn.send(data)
+                replies = []
+                for _ in range(_ready_count(data)):
+                    replies += conn.read_until_ready()
+                conn.send(AFTER)
+                replies += conn.read_until_ready() + conn.read_until_ready()
+                seen.append(replies)
+        if seen[0] != seen[1]:
+            differences[case] = seen
+    assert not differences, "\n".join(f"{case}:\n  postgres {direct}\n  pooler   {pooled}"
+                                       for case, (direct, pooled) in differences.items())
     assert "Traceback" not in proc.log_text()
