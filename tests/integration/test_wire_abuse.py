@@ -7,12 +7,13 @@ matters; the pooler keeps serving everyone else either way.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from poolcase import start
 
 from support import PgCluster, PoolerFactory
-from support.wire import EOF, SYNC, RawConn, message, query
+from support.wire import EOF, SYNC, RawConn, message, query, startup_packet
 
 MODES = ["transaction", "statement", "session"]
 
@@ -199,3 +200,21 @@ def test_malformed_bodies_are_answered_as_postgres_answers_them(
     assert not differences, "\n".join(f"{case}:\n  postgres {direct}\n  pooler   {pooled}"
                                        for case, (direct, pooled) in differences.items())
     assert "Traceback" not in proc.log_text()
+
+
+def test_closing_line_is_logged_before_the_fatal_goes_out(pg: PgCluster,
+                                                          pooler: PoolerFactory) -> None:
+    """A log check made as soon as the client sees its FATAL finds the reason."""
+    proc = start(pooler)
+    for round_ in range(15):
+        with RawConn.tcp(proc.port) as conn:
+            conn.login()
+            conn.send(message(b"p", b"junk\0"))
+            assert conn.read_message()[0] == "E"
+            closing = "closing because: invalid frontend message type 112"
+            assert Path(proc.log_path).read_text().count(closing) == round_ + 1
+        with RawConn.tcp(proc.port) as conn:
+            conn.send(startup_packet(database="nosuchdb"))
+            assert conn.read_message()[0] == "E"
+            closing = "closing because: no such database"
+            assert Path(proc.log_path).read_text().count(closing) == round_ + 1

@@ -597,10 +597,12 @@ class ClientConn(ClientLogin):
         severity = exc.severity if exc.severity in ("FATAL", "PANIC") else "FATAL"
         if self.app.config.settings.log_pooler_errors and not isinstance(exc, AuthError):
             log.warning("%s pooler error: %s", self.prefix(), exc.message)
-        self.transport.write(m.error_response(severity, exc.sqlstate, exc.message))
-        self.close(log_as or exc.message)
+        self.close(log_as or exc.message,
+                   farewell=m.error_response(severity, exc.sqlstate, exc.message))
 
-    def close(self, reason: str, quiet: bool = False) -> None:
+    def close(self, reason: str, quiet: bool = False, farewell: bytes = b"") -> None:
+        """End the connection; ``farewell`` (an ErrorResponse) goes out after the closing
+        line is logged, so whoever sees the error finds the reason in the log."""
         if self.closed:
             return
         self.closed = True
@@ -610,6 +612,8 @@ class ClientConn(ClientLogin):
         if app.config.settings.log_disconnections and not quiet:
             age = app.loop.time() - self.connected_at
             log.info("%s closing because: %s (age=%ds)", self.prefix(), reason, age)
+        if farewell:
+            self.transport.write(farewell)
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
