@@ -14,6 +14,7 @@ from poolcase import USERLIST, start
 from pgusher.auth.md5 import md5_password_hash
 from pgusher.auth.scram import format_scram_secret, make_scram_secret
 from support import PgCluster, PoolerFactory, run_psql
+from support.wire import TERMINATE, RawConn, query, startup_packet
 
 
 def forced_user_db(pg: PgCluster) -> dict[str, str]:
@@ -165,7 +166,6 @@ def raw_startup(port: int, payload: bytes) -> bytes:
 
 @pytest.mark.parametrize("payload,expected", [
     (struct.pack("!ii", 8, 0x00020000), b"unsupported frontend protocol 2.0"),
-    (struct.pack("!i", 3) + b"xyz", b"invalid length of startup packet"),
     (struct.pack("!ii", 12, 196608) + b"us\0x", b"invalid startup packet layout"),
     (struct.pack("!ii", 9, 196608) + b"\0", b"no username supplied"),
 ])
@@ -179,6 +179,49 @@ def test_malformed_startup_gets_clear_fatal(pg: PgCluster, pooler: PoolerFactory
         assert conn.execute("select 1").fetchone() == (1,)
 
 
+@pytest.mark.parametrize("payload", [
+    b"X\0\0\0\4",  # Terminate before any startup packet
+    b"Q\0\0\0\15select 1\0",
+    struct.pack("!i", 3) + b"xyz",
+    struct.pack("!i", 7) + b"\0\0\0",
+    struct.pack("!i", 20000),
+], ids=["terminate", "query", "length 3", "length 7", "length 20000"])
+def test_startup_packet_of_invalid_length_is_closed_without_a_reply(
+        pg: PgCluster, pooler: PoolerFactory, payload: bytes) -> None:
+    """PostgreSQL only logs "invalid length of startup packet" and closes (a client that
+    connects and leaves at once, or something that is not a PostgreSQL client)."""
+    direct = socket.socket(socket.AF_UNIX)
+    direct.settimeout(5)
+    direct.connect(f"{pg.socket_dir}/.s.PGSQL.{pg.port}")
+    with direct:
+        direct.sendall(payload)
+        assert direct.recv(4096) == b""
+    proc = start(pooler)
+    assert raw_startup(proc.port, payload) == b""
+    assert "invalid length of startup packet" in proc.log_text()
+    with psycopg.connect(proc.dsn("postgres")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("auth_type,user,what", [("scram-sha-256", "postgres", "SASL"),
+                                                  ("md5", "md5_user", "password")])
+@pytest.mark.parametrize("instead", [TERMINATE, query("select 1")], ids=["terminate", "query"])
+def test_other_message_instead_of_password_is_answered_as_postgres_does(
+        pg: PgCluster, pooler: PoolerFactory, auth_type: str, user: str, what: str,
+        instead: bytes) -> None:
+    proc = start(pooler, auth_type=auth_type)
+    seen = []
+    for port in (pg.port, proc.port):
+        with RawConn.tcp(port) as conn:
+            conn.send(startup_packet(user))
+            assert conn.read_message()[0] == "R"
+            conn.send(instead)
+            seen.append(conn.read_to_eof())
+    assert seen[0] == seen[1] == [
+        ("E", "FATAL", "08P01", f"expected {what} response, got message type {instead[0]}"),
+        ("EOF",)]
+
+
 def test_garbage_after_login_is_a_protocol_error(pg: PgCluster, pooler: PoolerFactory) -> None:
     proc = start(pooler)
     with psycopg.connect(proc.dsn("postgres")) as conn:
@@ -189,7 +232,7 @@ def test_garbage_after_login_is_a_protocol_error(pg: PgCluster, pooler: PoolerFa
             sock.detach()
         with pytest.raises(psycopg.OperationalError):
             conn.execute("select 1")
-    assert "invalid client message type" in proc.log_text()
+    assert "invalid frontend message type 63" in proc.log_text()
     with psycopg.connect(proc.dsn("postgres")) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
 

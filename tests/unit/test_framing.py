@@ -161,10 +161,30 @@ def test_client_copy_data_streams() -> None:
     assert out == data and expect == 0
 
 
-@pytest.mark.parametrize("bad", [b"?\x00\x00\x00\x04", b"Q\x00\x00\x00\x01"])
+@pytest.mark.parametrize("bad", [
+    b"?\x00\x00\x00\x04",
+    b"Q\x00\x00\x00\x01",
+    b"p\x00\x00\x00\x09junk\x00",  # PasswordMessage: only during authentication
+])
 def test_client_malformed_is_protocol_error(bad: bytes) -> None:
     with pytest.raises(ProtocolError):
         ClientStream().feed(bad)
+    with pytest.raises(ProtocolError):
+        ClientStream().feed_messages(m.query("select 1") + bad)
+
+
+def test_client_mid_message_only_while_a_message_is_partly_let_through() -> None:
+    copy = m.message(b"d", b"x" * 100)
+    stream = ClientStream()
+    stream.feed(copy[:3])  # a header is held back, nothing let through
+    assert not stream.mid_message and not stream.at_boundary
+    stream.feed(copy[3:50])
+    assert stream.mid_message
+    stream.feed(copy[50:])
+    assert not stream.mid_message and stream.at_boundary
+    stream = ClientStream()
+    assert stream.feed_messages(copy[:50]) == [(0, copy[:50])] and stream.mid_message
+    assert stream.feed_messages(copy[50:]) == [(0, copy[50:])] and not stream.mid_message
 
 
 def test_client_max_packet_size() -> None:
@@ -208,3 +228,52 @@ def test_client_messages_copy_data_streams_in_pieces() -> None:
     out, expect = feed_client_messages(stream, [data[:7], data[7:3000], data[3000:]])
     assert b"".join(msg for _, msg in out) == data and expect == 1
     assert [kind for kind, _ in out] == [0, 0, 0, ord("c"), ord("S")]
+
+
+CLIENT_MIX = (m.query("select 1") + EXTENDED + m.message(b"d", b"row\n") + m.message(b"c")
+              + m.message(b"H") + m.query(""))
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_client_mix_whole_byte_by_byte_and_in_threes(way: int) -> None:
+    stream = ClientStream()
+    out, expect = feed_client(stream, splits(CLIENT_MIX)[way])
+    assert out == CLIENT_MIX and expect == 3 and stream.at_boundary
+    stream = ClientStream()
+    msgs, expect = feed_client_messages(stream, splits(CLIENT_MIX)[way])
+    assert b"".join(msg for _, msg in msgs) == CLIENT_MIX and expect == 3
+    assert stream.at_boundary
+
+
+@pytest.mark.parametrize("cut", range(1, 5))
+def test_client_header_cut_anywhere(cut: int) -> None:
+    """A header split over two reads (the first byte alone, as on a slow network)."""
+    q = m.query("select 1")
+    stream = ClientStream()
+    assert stream.feed(q[:cut]) == b"" and stream.expect == 0 and not stream.at_boundary
+    assert stream.feed(q[cut:]) == q and stream.expect == 1 and stream.at_boundary
+    stream = ClientStream()
+    assert stream.feed_messages(q[:cut]) == [] and stream.expect == 0
+    assert stream.feed_messages(q[cut:]) == [(ord("Q"), q)] and stream.expect == 1
+    assert stream.at_boundary
+
+
+@pytest.mark.parametrize("tail", range(1, 14))
+def test_client_trailing_bytes_are_held_until_whole(tail: int) -> None:
+    """Whole messages go at once; a following message's first bytes wait for the rest."""
+    q = m.query("select 1")
+    stream = ClientStream()
+    first = stream.feed(EXTENDED + q[:tail])
+    if tail < 5:  # a header is held until whole
+        assert first == EXTENDED and stream.expect == 1
+        assert stream.feed(q[tail:]) == q and stream.expect == 1
+    else:  # a body streams
+        assert first == EXTENDED + q[:tail] and stream.expect == 2
+        assert stream.feed(q[tail:]) == q[tail:] and stream.expect == 0
+    assert stream.at_boundary
+    stream = ClientStream()
+    msgs = stream.feed_messages(EXTENDED + q[:tail])
+    assert b"".join(msg for _, msg in msgs) == EXTENDED and stream.expect == 1
+    assert not stream.at_boundary
+    assert stream.feed_messages(q[tail:]) == [(ord("Q"), q)] and stream.expect == 1
+    assert stream.at_boundary

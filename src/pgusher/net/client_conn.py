@@ -286,7 +286,7 @@ class ClientConn(ClientLogin):
         """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
         stream = self.stream
         server = self.server
-        if (data[0] == 81 and stream.at_boundary and len(data) <= stream.max_size
+        if (data[0] == 81 and stream.at_boundary and 5 <= len(data) <= stream.max_size
                 and len(data) == 1 + _INT32_FROM(data, 1)[0]):
             # One whole simple query, the usual transaction-mode chunk: no message list.
             if server is None:
@@ -304,6 +304,7 @@ class ClientConn(ClientLogin):
                     link.untagged_z += 1
                     server.transport.write(data)  # type: ignore[union-attr]
                     return
+        continuing = stream.mid_message
         try:
             msgs = stream.feed_messages(data)
         except ProtocolError as exc:
@@ -312,6 +313,8 @@ class ClientConn(ClientLogin):
         if stream.expect:
             self._expect(stream.expect)
         server = self.server
+        if continuing and msgs and server is None and not self.pending_msgs and not self.waiting:
+            del msgs[0]  # the rest of a CopyData whose start was dropped: no server wanted it
         if server is not None:
             if msgs:
                 self._send_translated(server, msgs)
@@ -536,7 +539,7 @@ class ClientConn(ClientLogin):
             self.xact_start = self.busy_since
         if status != 73 or pool.mode == SESSION:
             return
-        if server is None or self.stream.unsynced:
+        if server is None or self.stream.unsynced or self.stream.mid_message:
             return
         sstream = server.stream
         if sstream.held or sstream.skip:
@@ -622,7 +625,8 @@ class ClientConn(ClientLogin):
         assert server is not None and pool is not None
         self.server = None
         server.detach()
-        if self.outstanding <= ready and not self.stream.unsynced and server.stream.at_boundary:
+        if (self.outstanding <= ready and not self.stream.unsynced
+                and not self.stream.mid_message and server.stream.at_boundary):
             server.run_internal("ROLLBACK", pool.after_rollback)
         else:
             server.close("transaction blocks not allowed in statement pooling mode")
@@ -673,10 +677,12 @@ class ClientConn(ClientLogin):
         severity = exc.severity if exc.severity in ("FATAL", "PANIC") else "FATAL"
         if self.app.config.settings.log_pooler_errors and not isinstance(exc, AuthError):
             log.warning("%s pooler error: %s", self.prefix(), exc.message)
-        self.transport.write(m.error_response(severity, exc.sqlstate, exc.message))
-        self.close(log_as or exc.message)
+        self.close(log_as or exc.message,
+                   farewell=m.error_response(severity, exc.sqlstate, exc.message))
 
-    def close(self, reason: str, quiet: bool = False) -> None:
+    def close(self, reason: str, quiet: bool = False, farewell: bytes = b"") -> None:
+        """End the connection; ``farewell`` (an ErrorResponse) goes out after the closing
+        line is logged, so whoever sees the error finds the reason in the log."""
         if self.closed:
             return
         self.closed = True
@@ -686,6 +692,8 @@ class ClientConn(ClientLogin):
         if app.config.settings.log_disconnections and not quiet:
             age = app.loop.time() - self.connected_at
             log.info("%s closing because: %s (age=%ds)", self.prefix(), reason, age)
+        if farewell:
+            self.transport.write(farewell)
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
@@ -698,6 +706,7 @@ class ClientConn(ClientLogin):
             self.server = None
             server.detach()
             clean = (self.outstanding == 0 and not self.stream.unsynced
+                     and not self.stream.mid_message
                      and server.stream.status == 73 and server.stream.at_boundary
                      and server.stream.swallow == 0
                      and (server.link is None or not server.link.tags))

@@ -95,7 +95,10 @@ class ClientLogin(asyncio.Protocol):
         while len(buf) >= 4 and self.state == STARTUP:
             length = m.INT32.unpack_from(buf, 0)[0]
             if length < 8 or length > m.MAX_STARTUP_PACKET:
-                raise ProtocolError("invalid length of startup packet")
+                # PostgreSQL only logs this and closes: such a peer is no client to answer
+                # (one that left before starting up, or not a PostgreSQL client at all).
+                self.close("invalid length of startup packet")
+                return
             if len(buf) < length:
                 break
             packet = buf[4:length]
@@ -258,8 +261,8 @@ class ClientLogin(asyncio.Protocol):
             kind = buf[0]
             length = m.INT32.unpack_from(buf, 1)[0]
             if kind != ord("p"):
-                raise ProtocolError(f"expected password response, got message type "
-                                    f"{chr(kind)!r}")
+                what = "SASL" if self._auth_step.startswith("scram") else "password"
+                raise ProtocolError(f"expected {what} response, got message type {kind}")
             if length < 4 or length > 65536:
                 raise ProtocolError("invalid password packet length")
             if len(buf) < length + 1:

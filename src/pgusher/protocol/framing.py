@@ -36,8 +36,10 @@ COPY_DATA = ord("d")
 
 # Extended-protocol messages that open work which only a Sync closes.
 _EXTENDED = frozenset(b"PBEDC")
-# Every type a client may send after login.
-_CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcfp")
+# Every type a client may send after login. PasswordMessage ('p') belongs to authentication
+# only, which the login phase reads: after it, PostgreSQL ends the connection on one, so a
+# server that got one would fail the next client it went to.
+_CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcf")
 # Stands for the reply tags of a stream that tracks none; never filled.
 _NO_TAGS: deque[Tag] = deque()
 
@@ -245,6 +247,12 @@ class ClientStream:
     def at_boundary(self) -> bool:
         return not self._pending and not self._skip
 
+    @property
+    def mid_message(self) -> bool:
+        """The start of a message has been let through and its rest has not: the server
+        that got it reads the client's next bytes as that rest."""
+        return self._skip > 0
+
     def feed_messages(self, data: bytes) -> list[tuple[int, bytes]]:
         """Like :meth:`feed`, but split into whole messages for rewriting.
 
@@ -274,7 +282,7 @@ class ClientStream:
         while n - pos >= 5:
             kind, length = unpack(data, pos)
             if kind not in _CLIENT_TYPES:
-                raise ProtocolError(f"invalid client message type {chr(kind)!r}")
+                raise ProtocolError(f"invalid frontend message type {kind}")
             if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
@@ -322,7 +330,7 @@ class ClientStream:
         while n - pos >= 5:
             kind, length = unpack(data, pos)
             if kind not in _CLIENT_TYPES:
-                raise ProtocolError(f"invalid client message type {chr(kind)!r}")
+                raise ProtocolError(f"invalid frontend message type {kind}")
             if length < 4 or length > self.max_size:
                 raise ProtocolError(f"invalid client message length {length}")
             if kind in (Q_QUERY, F_FUNCTION):

@@ -33,6 +33,7 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from ..errors import ProtocolError
 from .messages import error_response, message, query
 from .opaque import opaque_reason
 from .session import OPAQUE, inspect_text, might_affect_session, sql_prepared
@@ -154,11 +155,41 @@ def statement_key(query: bytes, types: bytes) -> str:
     return "pgusher_" + digest
 
 
+# PostgreSQL's words (pqformat.c) for a body it cannot read.
+INVALID_STRING = "invalid string in message"
+
+
 def split_parse(body: bytes) -> tuple[bytes, bytes, bytes]:
-    """Parse body -> (name, query, parameter type section)."""
-    a = body.index(b"\0")
-    b = body.index(b"\0", a + 1)
+    """Parse body -> (name, query, parameter type section).
+
+    ProtocolError when either string lacks its NUL, where PostgreSQL fails the same way.
+    """
+    a = body.find(0)
+    b = body.find(0, a + 1) if a >= 0 else -1
+    if b < 0:
+        raise ProtocolError(INVALID_STRING)
     return body[:a], body[a + 1:b], body[b + 1:]
+
+
+def split_target(msg: bytes) -> tuple[bytes, bytes]:
+    """Describe or Close message -> (what: b"S" or b"P", name).
+
+    ProtocolError for a body PostgreSQL cannot read either: empty, a name without its NUL,
+    or bytes after it.
+    """
+    if len(msg) < 6:
+        raise ProtocolError("no data left in message")
+    end = msg.find(0, 6)
+    if end < 0:
+        raise ProtocolError(INVALID_STRING)
+    if end != len(msg) - 1:
+        raise ProtocolError("invalid message format")
+    return msg[5:6], msg[6:end]
+
+
+def _well_formed_text(text: bytes) -> bool:
+    """A Query body is one string: its only NUL is the last byte."""
+    return text.find(0) == len(text) - 1
 
 
 def drops_all_statements(query: bytes) -> bool:
@@ -319,14 +350,11 @@ class Translator:
                 continue
             if kind in (81, 70):  # 'Q' / 'F'
                 self._query(kind, msg)
-            elif kind == 80:  # 'P'
-                self._parse(msg)
-            elif kind == 66:  # 'B'
-                self._bind(msg)
-            elif kind == 68:  # 'D'
-                self._describe(msg)
-            elif kind == 67:  # 'C'
-                self._close(msg)
+            elif kind in _READ_BODIES:
+                try:
+                    _READ_BODIES[kind](self, msg)
+                except ProtocolError:
+                    self._as_is(kind, msg)
             elif kind == 69:  # 'E'
                 self._push(_EXECUTE_TAG)
                 out.append(msg)
@@ -340,10 +368,18 @@ class Translator:
         out.clear()
         return data
 
+    def _as_is(self, kind: int, msg: bytes) -> None:
+        """A body the pooler cannot read goes as it came. The server cannot read it either:
+        it raises PostgreSQL's own error (08P01) and skips to the next Sync, as it would for
+        a client of its own. Nothing was registered for it, so nothing is undone."""
+        self._push(Tag(T_PARSE) if kind == 80 else _PLAIN_TAGS[kind])
+        self.out.append(msg)
+
     def _query(self, kind: int, msg: bytes) -> None:
         link = self.link
         text = msg[5:]
-        hit = kind == 81 and might_affect_session(text)
+        # A malformed text is not read: the server fails it as it is.
+        hit = kind == 81 and might_affect_session(text) and _well_formed_text(text)
         if hit and self.sql is not None and link.limit:
             verb = sql_prepared(text)
             if verb is not None:
@@ -540,8 +576,10 @@ class Translator:
         return server_stmt
 
     def _bind(self, msg: bytes) -> None:
-        portal_end = msg.index(0, 5)
-        name_end = msg.index(0, portal_end + 1)
+        portal_end = msg.find(0, 5)
+        name_end = msg.find(0, portal_end + 1) if portal_end >= 0 else -1
+        if name_end < 0:
+            raise ProtocolError(INVALID_STRING)
         if name_end == portal_end + 1 or not self.link.limit:
             if name_end != portal_end + 1:
                 # A named statement the pooler does not follow: its text is unknown here.
@@ -562,7 +600,7 @@ class Translator:
                      msg[5:portal_end + 1], wire_name, msg[name_end + 1:])
 
     def _describe(self, msg: bytes) -> None:
-        what, name = msg[5:6], msg[6:-1]
+        what, name = split_target(msg)
         if what != b"S" or not name or not self.link.limit:
             self._push(_DESCRIBE_TAG)
             self.out.append(msg)
@@ -574,7 +612,7 @@ class Translator:
         self.out.append(stmt.describe)
 
     def _close(self, msg: bytes) -> None:
-        what, name = msg[5:6], msg[6:-1]
+        what, name = split_target(msg)
         if what == b"S" and name and self.link.limit:
             # The server-side statement is shared; only the client's name goes away.
             self.statements.pop(name, None)
@@ -583,6 +621,13 @@ class Translator:
         self._push(_CLOSE_TAG)
         self.out.append(msg)
 
+
+# The messages whose bodies the Translator reads; what tags one that goes as it came.
+_READ_BODIES: dict[int, Callable[[Translator, bytes], None]] = {
+    80: Translator._parse, 66: Translator._bind, 68: Translator._describe,
+    67: Translator._close,
+}
+_PLAIN_TAGS = {66: _BIND_TAG, 68: _DESCRIBE_TAG, 67: _CLOSE_TAG}
 
 _ERROR = ord("E")
 _SQLSTATE = re.compile(rb"C([0-9A-Z]{5})\0")
@@ -718,7 +763,10 @@ def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[by
         if kind == 80:  # Parse
             if msg[5:6] == b"\0":
                 return None  # the unnamed statement: the server must have it
-            name, query, types = split_parse(msg[5:])
+            try:
+                name, query, types = split_parse(msg[5:])
+            except ProtocolError:
+                return None  # the server answers what it cannot read either
             if not name or name in statements or name in added:
                 return None
             stmt = Statement(statement_key(query, types), query, types)
@@ -726,9 +774,13 @@ def answer_without_server(messages: list[tuple[int, bytes]], statements: dict[by
                 return None
             added[name] = stmt
         elif kind == 67:  # Close
-            if msg[5:6] != b"S":
+            try:
+                what, name = split_target(msg)
+            except ProtocolError:
                 return None
-            closed.append(msg[6:-1])
+            if what != b"S":
+                return None
+            closed.append(name)
         elif kind != 83 and kind not in _NO_REPLY:  # anything else needs a server
             return None
     replies = []

@@ -1,0 +1,220 @@
+"""Clients that send what no driver would: odd chunking, stray or malformed messages.
+
+Each case is checked against what PostgreSQL itself does with the same bytes where that
+matters; the pooler keeps serving everyone else either way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from poolcase import start
+
+from support import PgCluster, PoolerFactory
+from support.wire import EOF, SYNC, RawConn, message, query, startup_packet
+
+MODES = ["transaction", "statement", "session"]
+
+SELECT_ONE = [("T",), ("D", "1"), ("C",), ("Z", "I")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_messages_in_one_byte_writes(pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    """Every header and body cut apart by the network still makes whole messages."""
+    proc = start(pooler, mode)
+    with RawConn.tcp(proc.port) as conn:
+        conn.login()
+        conn.send_in_pieces(query("select 1"))
+        assert conn.read_until_ready() == SELECT_ONE
+        extended = (message(b"P", b"\0select 1\0\0\0") + message(b"B", b"\0\0\0\0\0\0\0\0")
+                    + message(b"E", b"\0\0\0\0\0") + message(b"S"))
+        conn.send_in_pieces(extended)
+        assert conn.read_until_ready() == [("1",), ("2",), *SELECT_ONE[1:]]
+        named = (message(b"P", b"s1\0select 1\0\0\0") + message(b"B", b"\0s1\0\0\0\0\0\0\0")
+                 + message(b"E", b"\0\0\0\0\0") + message(b"S"))
+        conn.send_in_pieces(named)
+        assert conn.read_until_ready() == [("1",), ("2",), *SELECT_ONE[1:]]
+        # A header cut once (the first byte alone, as in a slow network), and a whole query
+        # followed by the start of the next.
+        q = query("select 1")
+        for cut in (1, 3, 5):
+            conn.send_in_pieces(q, size=cut, pause=0.05)
+            assert conn.read_until_ready() == SELECT_ONE
+        conn.send(q + q[:2])
+        time.sleep(0.05)
+        conn.send(q[2:])
+        assert conn.read_until_ready() + conn.read_until_ready() == SELECT_ONE * 2
+    assert "Traceback" not in proc.log_text()
+
+
+def backend_pid(conn: RawConn) -> str:
+    conn.send(query("select pg_backend_pid()"))
+    replies = conn.read_until_ready()
+    assert replies[-1] == ("Z", "I"), replies
+    return replies[1][1]
+
+
+STRAYS = {
+    # A PasswordMessage outside an authentication exchange, right behind a query.
+    "password after query": query("select pg_sleep(0.2)") + message(b"p", b"junk\0"),
+    "password alone": message(b"p", b"junk\0"),
+    "unknown type": message(b"y", b"junk\0"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stray", list(STRAYS))
+def test_message_not_allowed_after_login_never_reaches_a_server(
+        pg: PgCluster, pooler: PoolerFactory, mode: str, stray: str) -> None:
+    """The pooler refuses it as PostgreSQL would (FATAL 08P01) and ends only the sender.
+
+    PostgreSQL dies on such a message: a server that got it would fail whichever client
+    it went to next.
+    """
+    proc = start(pooler, mode, pool_size=1)
+    with RawConn.tcp(proc.port) as a, RawConn.tcp(proc.port) as b:
+        a.login()
+        pid = backend_pid(a)
+        b.login()
+        a.send(STRAYS[stray])
+        kind = STRAYS[stray][-10]
+        assert a.read_to_eof()[-2:] == [
+            ("E", "FATAL", "08P01", f"invalid frontend message type {kind}"), EOF]
+        # The one server is still the same, and serves the next client.
+        assert backend_pid(b) == pid
+        assert backend_pid(b) == pid
+    assert "server conn crashed" not in proc.log_text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_message_cut_short_by_a_leaving_client_is_not_passed_on(
+        pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    """A client leaves halfway through a message whose start went to its server.
+
+    The server is waiting for the rest of that message: it must not go to another client,
+    whose bytes it would read as that rest.
+    """
+    proc = start(pooler, mode, pool_size=1)
+    partial = b"d" + (100).to_bytes(4, "big") + b"x" * 10  # CopyData outside COPY, cut
+    with RawConn.tcp(proc.port) as a, RawConn.tcp(proc.port, timeout=5) as b:
+        a.login()
+        b.login()
+        a.send(query("select 1") + partial)
+        assert a.read_until_ready() == SELECT_ONE
+        b.send(query("select 1"))
+        time.sleep(0.2)
+        a.close()
+        assert b.read_until_ready() == SELECT_ONE
+        assert backend_pid(b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stray_copy_data_in_pieces_is_ignored_like_postgres(
+        pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    """CopyData outside COPY: PostgreSQL ignores it, however it is cut, and so must the
+    pooler, whether or not the client has a server when each piece comes."""
+    proc = start(pooler, mode, pool_size=1)
+    stray = b"d" + (100).to_bytes(4, "big") + b"x" * 96
+    with RawConn.tcp(proc.port) as conn:
+        conn.login()
+        conn.send(stray[:20])
+        time.sleep(0.1)
+        conn.send(stray[20:60])
+        time.sleep(0.1)
+        conn.send(stray[60:] + query("select 1"))
+        assert conn.read_until_ready() == SELECT_ONE
+        assert backend_pid(conn)
+    assert "Traceback" not in proc.log_text()
+
+
+def _parse(name: bytes, sql: bytes) -> bytes:
+    return message(b"P", name + b"\0" + sql + b"\0\0\0")
+
+
+def _bind_execute(name: bytes) -> bytes:
+    return (message(b"B", b"\0" + name + b"\0\0\0\0\0\0\0") + message(b"E", b"\0\0\0\0\0")
+            + message(b"S"))
+
+
+# Bodies the pooler reads (names, strings) cut or padded; PostgreSQL answers each with an
+# ERROR 08P01 and skips to the next Sync, keeping the connection.
+MALFORMED = {
+    "parse, no NUL after the query": message(b"P", b"s1\0select 1") + SYNC,
+    "parse, no NUL after the name": message(b"P", b"s1") + SYNC,
+    "parse unnamed, no NUL after the query": message(b"P", b"\0select 1") + SYNC,
+    "parse, types cut": message(b"P", b"s1\0select $1\0\0\x01\0") + SYNC,
+    "bind, no NUL after the portal": message(b"B", b"p1") + SYNC,
+    "bind, portal only": message(b"B", b"\0") + SYNC,
+    "bind, statement name cut": _parse(b"s1", b"select 1") + message(b"B", b"\0s1") + SYNC,
+    "describe, no NUL": message(b"D", b"Ss1") + SYNC,
+    "describe, bytes after the name": message(b"D", b"Ss1\0x") + SYNC,
+    "describe, empty": message(b"D") + SYNC,
+    "close, no NUL": message(b"C", b"Ss1") + SYNC,
+    "close, bytes after the name": message(b"C", b"Ss1\0x") + SYNC,
+    "execute, no NUL": message(b"E", b"p1") + SYNC,
+    "query, no NUL": message(b"Q", b"select 1"),
+    "query, bytes after the text": message(b"Q", b"select 1\0x\0"),
+    "sql prepare, no NUL": message(b"Q", b"prepare s2 as select 1"),
+    "in a pipeline": (_parse(b"s1", b"select 1") + message(b"B", b"\0s1") + _bind_execute(b"s1")
+                      + query("select 1")),
+    "in a transaction": (query("begin") + message(b"P", b"s1\0select 1") + SYNC
+                         + query("select 1") + query("rollback")),
+}
+# Then the statement names must be free and everything work as before.
+AFTER = _parse(b"s1", b"select 1") + _bind_execute(b"s1") + query("rollback")
+
+
+def _ready_count(data: bytes) -> int:
+    """How many ReadyForQuery the messages in ``data`` get (one per Query and Sync)."""
+    count = pos = 0
+    while pos < len(data):
+        count += data[pos:pos + 1] in (b"Q", b"S")
+        pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+    return count
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_malformed_bodies_are_answered_as_postgres_answers_them(
+        pg: PgCluster, pooler: PoolerFactory, mode: str) -> None:
+    proc = start(pooler, mode)
+    direct_socket = f"{pg.socket_dir}/.s.PGSQL.{pg.port}"
+    differences = {}
+    for case, data in MALFORMED.items():
+        if mode == "statement" and b"begin" in data:
+            continue  # no transaction blocks
+        seen = []
+        for conn in (RawConn.unix(direct_socket), RawConn.tcp(proc.port)):
+            with conn:
+                conn.login()
+                conn.send(data)
+                replies = []
+                for _ in range(_ready_count(data)):
+                    replies += conn.read_until_ready()
+                conn.send(AFTER)
+                replies += conn.read_until_ready() + conn.read_until_ready()
+                seen.append(replies)
+        if seen[0] != seen[1]:
+            differences[case] = seen
+    assert not differences, "\n".join(f"{case}:\n  postgres {direct}\n  pooler   {pooled}"
+                                       for case, (direct, pooled) in differences.items())
+    assert "Traceback" not in proc.log_text()
+
+
+def test_closing_line_is_logged_before_the_fatal_goes_out(pg: PgCluster,
+                                                          pooler: PoolerFactory) -> None:
+    """A log check made as soon as the client sees its FATAL finds the reason."""
+    proc = start(pooler)
+    for round_ in range(15):
+        with RawConn.tcp(proc.port) as conn:
+            conn.login()
+            conn.send(message(b"p", b"junk\0"))
+            assert conn.read_message()[0] == "E"
+            closing = "closing because: invalid frontend message type 112"
+            assert Path(proc.log_path).read_text().count(closing) == round_ + 1
+        with RawConn.tcp(proc.port) as conn:
+            conn.send(startup_packet(database="nosuchdb"))
+            assert conn.read_message()[0] == "E"
+            closing = "closing because: no such database"
+            assert Path(proc.log_path).read_text().count(closing) == round_ + 1
