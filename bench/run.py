@@ -49,6 +49,7 @@ import latency
 from targets import (
     ALL_TARGETS,
     DBNAME,
+    DEFAULT_TARGETS,
     DEFAULT_POOL_SIZE,
     DIRECT,
     PGBOUNCER,
@@ -118,6 +119,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         "TPC-B-like default script, 50 clients",
         ("-c", "50", "-j", "2"),
         sampling_rate=0.5,
+    ),
+    Scenario(
+        "tenant-c50",
+        "per-request tenant setting (set_config, then a select), 50 clients: every "
+        "transaction is followed by pgusher's read-back of the session",
+        ("-f", str(Path(__file__).resolve().parent / "tenant.sql"), "-c", "50", "-j", "2"),
     ),
     Scenario(
         "connect-select-c10",
@@ -519,7 +526,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=15, help="seconds per pgbench run")
     p.add_argument("--quick", action="store_true", help="1 round of 5 s, short warm-up")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS))
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
     p.add_argument("--scenarios", default=None, help="comma-separated names, or 'all'")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")

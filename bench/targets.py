@@ -7,7 +7,10 @@ targets differ only in the program behind the port:
 - ``direct``: PostgreSQL itself, no pooler;
 - ``pgusher``: pgusher with ``workers = 1`` in its ``[pgusher]`` section;
 - ``pgusher-auto``: pgusher with ``workers = auto`` (one worker per core);
-- ``pgbouncer``: PgBouncer (Debian's package by default).
+- ``pgbouncer``: PgBouncer (Debian's package by default);
+- ``pgusher-base``: pgusher (``workers = 1``) from another source tree given with
+  ``--base-src`` (a checkout of an older commit): the same run measures before and after.
+  It is not among the default targets.
 
 Each pooler gets a fresh work directory from tests/support's ``start_pooler``, which also
 runs PgBouncer as the ``postgres`` user when we are root.
@@ -31,9 +34,11 @@ DIRECT = "direct"
 PGUSHER = "pgusher"
 PGUSHER_AUTO = "pgusher-auto"
 PGBOUNCER = "pgbouncer"
-ALL_TARGETS = (DIRECT, PGUSHER, PGUSHER_AUTO, PGBOUNCER)
-POOLERS = (PGUSHER, PGUSHER_AUTO, PGBOUNCER)
-PGUSHER_WORKERS = {PGUSHER: "1", PGUSHER_AUTO: "auto"}
+PGUSHER_BASE = "pgusher-base"
+DEFAULT_TARGETS = (DIRECT, PGUSHER, PGUSHER_AUTO, PGBOUNCER)
+ALL_TARGETS = (*DEFAULT_TARGETS, PGUSHER_BASE)
+POOLERS = (PGUSHER, PGUSHER_AUTO, PGBOUNCER, PGUSHER_BASE)
+PGUSHER_WORKERS = {PGUSHER: "1", PGUSHER_AUTO: "auto", PGUSHER_BASE: "1"}
 
 DBNAME = "app"
 USER = "postgres"
@@ -72,6 +77,13 @@ def target_sections(
 
 
 def target_command(name: str, args: argparse.Namespace) -> list[str]:
+    if name == PGUSHER_BASE:
+        if not args.base_src:
+            raise ValueError("pgusher-base needs --base-src (the src/ of another checkout)")
+        # Its src/ goes first on sys.path, ahead of the PYTHONPATH the starter sets.
+        boot = (f"import runpy, sys; sys.path.insert(0, {str(args.base_src)!r}); "
+                "runpy.run_module('pgusher', run_name='__main__', alter_sys=True)")
+        return [sys.executable, "-c", boot]
     if name in PGUSHER_WORKERS:
         return shlex.split(args.pgusher_cmd)
     if name == PGBOUNCER:
@@ -99,6 +111,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
         help="command starting pgusher (the ini path is appended)",
     )
     p.add_argument("--pgbouncer", default="/usr/sbin/pgbouncer")
+    p.add_argument("--base-src", default="",
+                   help="src/ of another pgusher checkout, for the pgusher-base target")
 
 
 def parse_target_list(

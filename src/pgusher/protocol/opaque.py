@@ -92,9 +92,13 @@ _CACHE_LIMIT = 4096
 _CACHE_MAX_LEN = 4096
 
 
-def opaque_reason(query: bytes) -> str:
-    """Why this Query or Parse text may change the session unseen; "" when it cannot."""
-    low = query.lower()
+def opaque_reason(query: bytes, low: bytes | None = None) -> str:
+    """Why this Query or Parse text may change the session unseen; "" when it cannot.
+
+    ``low`` is ``query.lower()`` when the caller has it.
+    """
+    if low is None:
+        low = query.lower()
     if (low.find(b"(") < 0 and low.find(b"do") < 0 and low.find(b"call") < 0
             and low.find(b"exec") < 0):
         return ""

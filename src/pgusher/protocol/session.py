@@ -55,11 +55,11 @@ _TRAILING = b"; \t\n\r\f\v\0"  # after a last semicolon, nothing can start a sta
 
 def might_affect_session(query: bytes) -> bool:
     """Cheap test run on every query: False means :func:`inspect` would find nothing."""
-    return _keywords_hit(query) or bool(opaque_reason(query))
-
-
-def _keywords_hit(query: bytes) -> bool:
     low = query.lower()
+    return _keywords_hit(low) or bool(opaque_reason(query, low))
+
+
+def _keywords_hit(low: bytes) -> bool:
     # Most queries are settled before either regex: the second stage cannot match a text
     # with none of its three words that count anywhere, no keyword or comment first and no
     # semicolon but trailing ones. find(), because ``in`` on bytes first tries the needle
