@@ -49,8 +49,8 @@ import latency
 from targets import (
     ALL_TARGETS,
     DBNAME,
-    DEFAULT_TARGETS,
     DEFAULT_POOL_SIZE,
+    DEFAULT_TARGETS,
     DIRECT,
     PGBOUNCER,
     PGUSHER_WORKERS,
