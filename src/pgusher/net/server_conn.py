@@ -22,6 +22,7 @@ from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
 from ..protocol.session import order_key, replay_sql
+from . import cancel as cancel_mod
 from .client_auth import scram_login
 from .sockopts import tune_socket
 from .tls import connect_server
@@ -29,6 +30,7 @@ from .tls import connect_server
 if TYPE_CHECKING:
     from ..net.client_conn import ClientConn
     from ..pooling.pool import Pool
+    from .cancel import Attempt
 
 CONNECTING = "connecting"
 LOGIN = "login"
@@ -55,11 +57,12 @@ def sql_ident(name: str) -> str:
 
 
 class ServerConn(asyncio.Protocol):
-    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app", "client",
-                 "close_reason", "closed", "created", "dirty", "dirty_reason", "expires_at",
-                 "ident", "identity_reported", "idle_since", "initial_params", "key", "link",
-                 "local_addr", "needs_reset", "params", "paused_by_peer", "pid", "pool",
-                 "session_sets", "state", "stream", "tracked", "transport")
+    __slots__ = ("_internal_cb", "_login_buf", "_login_timer", "_scram", "addr", "app",
+                 "cancel_hold", "cancels", "client", "close_reason", "closed", "created",
+                 "dirty", "dirty_reason", "expires_at", "ident", "identity_reported",
+                 "idle_since", "initial_params", "key", "link", "local_addr", "needs_reset",
+                 "params", "paused_by_peer", "pid", "pool", "session_sets", "state", "stream",
+                 "tracked", "transport")
 
     def __init__(self, pool: Pool, addr: str) -> None:
         self.pool = pool
@@ -82,6 +85,10 @@ class ServerConn(asyncio.Protocol):
         self.initial_params: dict[str, str] = {}
         self.pid = 0
         self.key = 0
+        # Cancel requests on their way to this server's postmaster (net/cancel.py), and
+        # whether one already sent keeps the server out of the pool.
+        self.cancels: list[Attempt] = []
+        self.cancel_hold = False
         now = self.app.loop.time()
         self.created = now
         self.idle_since = now
@@ -260,6 +267,8 @@ class ServerConn(asyncio.Protocol):
                 client.stats.bytes_out += len(out)
             if stream.ready:
                 client.on_server_ready(stream.ready, stream.status)
+                if self.cancels:
+                    cancel_mod.settle(self)  # a cancel still connecting for work now done
         if stream.swallowed and stream.swallow == 0 and self._internal_cb is not None:
             done, self._internal_cb = self._internal_cb, None
             ok = stream.last_error is None and stream.status == 73  # 'I'
@@ -406,6 +415,8 @@ class ServerConn(asyncio.Protocol):
             if was in (IDLE, ACTIVE):
                 self.transport.write(m.TERMINATE)
             self.transport.close()
+        if self.cancels:
+            cancel_mod.settle(self)
         self._forget(was)
 
     def _forget(self, was: str) -> None:
