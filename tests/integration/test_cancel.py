@@ -14,9 +14,7 @@ connections wait for a SYN retransmission).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import struct
 import threading
 import time
 from collections.abc import Awaitable, Iterator
@@ -26,84 +24,17 @@ import psycopg
 import pytest
 from poolcase import start
 
-from support import PgCluster, PoolerFactory, PoolerProc
-
-CANCEL_CODE = 80877102
-
-
-# ---------------------------------------------------------------------- raw protocol
-
-
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        data += chunk
-    return data
-
-
-def read_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    kind, length = struct.unpack("!ci", _exactly(sock, 5))
-    return kind, _exactly(sock, length - 4)
+from support import PgCluster, PoolerFactory, PoolerProc, wire
+from support.proxy import PgProxy
+from support.wire import query_result, send_query, wait_closed
 
 
 def login(proc: PoolerProc) -> tuple[socket.socket, tuple[int, int]]:
-    """A raw protocol connection through the pooler, and the cancel key it was given."""
-    sock = socket.create_connection((proc.host, proc.port), timeout=30)
-    body = struct.pack("!i", 196608) + b"user\0postgres\0database\0app\0\0"
-    sock.sendall(struct.pack("!i", len(body) + 4) + body)
-    key = (0, 0)
-    while True:
-        kind, payload = read_message(sock)
-        if kind == b"K":
-            key = struct.unpack("!ii", payload)
-        elif kind == b"E":
-            raise AssertionError(payload)
-        elif kind == b"Z":
-            return sock, key
-
-
-def send_query(sock: socket.socket, sql: str) -> None:
-    q = sql.encode() + b"\0"
-    sock.sendall(b"Q" + struct.pack("!i", len(q) + 4) + q)
-
-
-def query_result(sock: socket.socket) -> tuple[list[list[bytes | None]], str | None]:
-    """Rows and the SQLSTATE of an error (None without one), up to ReadyForQuery."""
-    rows: list[list[bytes | None]] = []
-    sqlstate = None
-    while True:
-        kind, payload = read_message(sock)
-        if kind == b"D":
-            count = struct.unpack_from("!h", payload)[0]
-            pos, row = 2, []
-            for _ in range(count):
-                size = struct.unpack_from("!i", payload, pos)[0]
-                pos += 4
-                row.append(None if size < 0 else payload[pos:pos + size])
-                pos += max(size, 0)
-            rows.append(row)
-        elif kind == b"E":
-            fields = dict((f[:1], f[1:]) for f in payload.split(b"\0") if f)
-            sqlstate = fields[b"C"].decode()
-        elif kind == b"Z":
-            return rows, sqlstate
+    return wire.login(proc.host, proc.port)
 
 
 def open_cancel(proc: PoolerProc, key: tuple[int, int]) -> socket.socket:
-    sock = socket.create_connection((proc.host, proc.port), timeout=30)
-    sock.sendall(struct.pack("!iiii", 16, CANCEL_CODE, *key))
-    return sock
-
-
-def wait_closed(sock: socket.socket) -> float:
-    """Block until the peer closes; the time.time() it did."""
-    with sock:
-        while sock.recv(64):
-            pass
-    return time.time()
+    return wire.open_cancel(proc.host, proc.port, key)
 
 
 class Closed:
@@ -123,121 +54,16 @@ class Closed:
         return self.at
 
 
-# ---------------------------------------------------------------------- the proxy
-
-
-class CancelProxy:
-    """TCP proxy to PostgreSQL: ordinary connections are piped; a CancelRequest is held for
-    ``cancel_delay`` seconds before it goes on, and the times are recorded."""
-
-    def __init__(self, host: str, port: int, cancel_delay: float = 0.0) -> None:
-        self.target = (host, port)
-        self.cancel_delay = cancel_delay
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        # A backlog of 0: one connection left unaccepted fills the queue (block_accepts).
-        self.listener.listen(0)
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.received: list[float] = []  # a cancel request arrived
-        self.delivered: list[float] = []  # PostgreSQL closed the cancel connection
-        self.silent = 0  # connections that closed without sending anything
-        self._accepting = threading.Event()
-        self._accepting.set()
-        self._stop = False
-        self._blocker: socket.socket | None = None
-        self._blocker_addr: object = None
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept_loop, daemon=True).start()
-
-    def close(self) -> None:
-        self._stop = True
-        self._accepting.set()
-        for sock in [self.listener, *self._socks]:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def block_accepts(self) -> None:
-        """New connections do not complete: their SYN is dropped until unblock_accepts."""
-        self._accepting.clear()
-        time.sleep(0.2)  # let an accept() in progress time out
-        self._blocker = socket.create_connection(("127.0.0.1", self.port))
-        self._blocker_addr = self._blocker.getsockname()
-
-    def unblock_accepts(self) -> None:
-        self._accepting.set()
-        if self._blocker is not None:
-            self._blocker.close()
-
-    def _accept_loop(self) -> None:
-        while not self._stop:
-            self._accepting.wait()
-            if not self._accepting.is_set() or self._stop:
-                continue
-            try:
-                conn, addr = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            if addr == self._blocker_addr:
-                conn.close()
-                continue
-            self._socks.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            head = conn.recv(8)
-            if not head:
-                self.silent += 1
-                return
-            while len(head) < 8:
-                more = conn.recv(8 - len(head))
-                if not more:
-                    return
-                head += more
-            length, code = struct.unpack("!ii", head)
-            upstream = socket.create_connection(self.target)
-            self._socks.append(upstream)
-            if length == 16 and code == CANCEL_CODE:
-                rest = _exactly(conn, 8)
-                self.received.append(time.time())
-                time.sleep(self.cancel_delay)
-                upstream.sendall(head + rest)
-                self.delivered.append(wait_closed(upstream))
-                return
-            upstream.sendall(head)
-            threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True).start()
-            self._pipe(conn, upstream)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                conn.close()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-
 @pytest.fixture
-def proxy(pg: PgCluster) -> Iterator[CancelProxy]:
-    found = CancelProxy("127.0.0.1", pg.port)
+def proxy(pg: PgCluster) -> Iterator[PgProxy]:
+    found = PgProxy("127.0.0.1", pg.port)
     try:
         yield found
     finally:
         found.close()
 
 
-def through(pooler: PoolerFactory, proxy: CancelProxy, mode: str, **settings: object) -> PoolerProc:
+def through(pooler: PoolerFactory, proxy: PgProxy, mode: str, **settings: object) -> PoolerProc:
     return start(pooler, mode, pool_size=1,
                  databases={"app": f"host=127.0.0.1 port={proxy.port} dbname=app"}, **settings)
 
@@ -291,7 +117,7 @@ def test_asyncpg_timeout_never_cancels_a_later_query(pooler: PoolerFactory, mode
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_cancel_connection_closes_after_the_postmaster_has_it(
-        pooler: PoolerFactory, proxy: CancelProxy, mode: str) -> None:
+        pooler: PoolerFactory, proxy: PgProxy, mode: str) -> None:
     """A slow postmaster: the client's cancel connection stays open until the server's cancel
     connection was closed by PostgreSQL, and the query is cancelled."""
     proxy.cancel_delay = 0.6
@@ -337,7 +163,7 @@ def test_cancel_after_the_query_finished_cancels_nothing(pooler: PoolerFactory,
 
 
 def test_cancel_still_connecting_when_the_query_ends_is_dropped(
-        pooler: PoolerFactory, proxy: CancelProxy) -> None:
+        pooler: PoolerFactory, proxy: PgProxy) -> None:
     """The cancel's connection to the postmaster is still being opened when the query ends and
     the server goes to another client: the cancel is dropped, the server is handed on at once,
     and nothing is sent when the connection opens at last, while the other client's query
@@ -374,7 +200,7 @@ def test_cancel_still_connecting_when_the_query_ends_is_dropped(
         assert proxy.silent >= 1 and proxy.received == []
 
 
-def test_server_waits_for_a_cancel_in_flight(pooler: PoolerFactory, proxy: CancelProxy) -> None:
+def test_server_waits_for_a_cancel_in_flight(pooler: PoolerFactory, proxy: PgProxy) -> None:
     """The cancel is written but the postmaster has not done with it when the query ends: the
     server goes to the next client only after PostgreSQL closed the cancel connection."""
     proxy.cancel_delay = 1.0
