@@ -256,6 +256,9 @@ class ServerConn(asyncio.Protocol):
             self.close(f"bad packet from server: {exc.message}")
             return
         client = self.client
+        if stream.fatal is not None:
+            self._session_ended(client, out)
+            return
         if client is not None:
             if stream.ready and stream.status != 73 and client.refuses_transactions():
                 # Statement mode: the client opened a transaction. It gets the error in place
@@ -276,6 +279,20 @@ class ServerConn(asyncio.Protocol):
                 log.warning("%s internal query failed: %s", self.ident,
                             stream.last_error.get("M", ""))
             done(self, ok)
+
+    def _session_ended(self, client: ClientConn | None, out: bytes) -> None:
+        """The backend sent a FATAL (pg_terminate_backend, a shutdown, a timeout of its own):
+        its session is over. Its socket closes only once it has cleaned up (temporary tables,
+        an aborted transaction), which can take seconds; meanwhile a linked client would sit
+        on a dead session, and an idle server could go to the next client. So the server is
+        dropped now, and its client, which gets the server's own error and nothing after it,
+        is disconnected, as a direct connection is."""
+        fatal = self.stream.fatal or {}
+        if client is not None and out:
+            client.transport.write(out)
+            client.stats.bytes_out += len(out)
+        said = f"{fatal.get('V', fatal.get('S', 'FATAL'))} {fatal.get('C', '')}"
+        self.close(f"server ended the session: {said} {fatal.get('M', '')}", relayed=True)
 
     def _on_param(self, name: str, value: str, swallowed: bool) -> None:
         self.params[name] = value
@@ -402,7 +419,8 @@ class ServerConn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, relayed: bool = False) -> None:
+        """``relayed``: the client already has the server's own error for this."""
         if self.closed:
             return
         self.closed = True
@@ -417,9 +435,9 @@ class ServerConn(asyncio.Protocol):
             self.transport.close()
         if self.cancels:
             cancel_mod.settle(self)
-        self._forget(was)
+        self._forget(was, reason if relayed else "")
 
-    def _forget(self, was: str) -> None:
+    def _forget(self, was: str, relayed: str = "") -> None:
         client = self.client
         self.client = None
         if was in (CONNECTING, LOGIN):
@@ -428,7 +446,7 @@ class ServerConn(asyncio.Protocol):
         else:
             self.pool.server_gone(self)
         if client is not None:
-            client.server_lost()
+            client.server_lost(relayed)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._login_timer is not None:
