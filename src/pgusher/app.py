@@ -433,27 +433,32 @@ class Application:
         worker = self.worker.number if self.worker is not None else 0
         return cancel_mod.make_key(self.config.settings.peer_id, worker)
 
-    def forward_cancel(self, pid: int, key: int, *, internal: bool = False) -> None:
-        """A CancelRequest: pass it to the peer or worker it names, or act on it here."""
+    def forward_cancel(self, pid: int, key: int, done: Callable[[], None], *,
+                       internal: bool = False) -> None:
+        """A CancelRequest: pass it to the peer or worker it names, or act on it here.
+
+        ``done`` closes the connection the request came on: it runs only once the request has
+        reached the server's postmaster or was dropped (see net/cancel.py).
+        """
         if not internal:
             route = cancel_mod.route(self, pid, key)
             if route is not None:
-                self.loop.create_task(cancel_mod.forward(self, route, pid, key))
+                cancel_mod.forward(self, route, done)
                 return
         if self.config.settings.peer_id:
             key |= cancel_mod.TTL_MASK  # as issued: forwarding peers count the hops down
         client = self.cancel_keys.get((pid, key))
         if client is None:
-            if self.console.cancel(pid, key):
-                return
-            log.debug("cancel request for unknown key, ignored")
+            if not self.console.cancel(pid, key):
+                log.debug("cancel request for unknown key, ignored")
+            done()
             return
         server = client.server
         if server is None or client.outstanding == 0 or server.transport is None:
             log.debug("%s cancel request while nothing runs, ignored", client.prefix())
+            done()
             return
-        log.info("%s cancel request forwarded to server", client.prefix())
-        self.loop.create_task(send_cancel(self, server))
+        send_cancel(self, client, server, done)
 
     # ------------------------------------------------------------------ running
 

@@ -200,3 +200,4 @@ def test_hidden_temp_table_and_lock_reset_the_server(pair) -> None:  # type: ign
     assert one(b, "select count(*) from pg_locks where locktype = 'advisory' "
                   "and pid = pg_backend_pid()") == 0
     assert one(b, "select to_regclass('pg_temp.hs_t') is null") is True
+

@@ -103,6 +103,41 @@ def test_server_param_status_reported_when_not_swallowed() -> None:
     assert params.seen == [("DateStyle", "ISO, DMY", False)]
 
 
+TERMINATED = m.error_response("FATAL", "57P01", "terminating connection due to administrator "
+                              "command")
+
+
+@pytest.mark.parametrize("way", range(3))
+@pytest.mark.parametrize("swallow", [0, 1])
+def test_server_fatal_is_noticed_and_forwarded(way: int, swallow: int) -> None:
+    """A FATAL ends the server's session, whether it follows a reply, interrupts the pooler's
+    own query, or comes alone; with trailing bytes after it too."""
+    data = SELECT_REPLY + m.data_row(["2"]) + TERMINATED + b"\0\0"
+    stream = ServerStream(ParamLog())
+    if swallow:
+        data = m.command_complete("SET") + m.ready_for_query(b"I") + data
+    stream.swallow = swallow
+    out, ready, _ = feed_server(stream, splits(data)[way])
+    assert stream.fatal is not None and stream.fatal["C"] == "57P01"
+    assert out == SELECT_REPLY + m.data_row(["2"]) + TERMINATED and ready == 1
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_server_error_that_is_not_fatal(way: int) -> None:
+    data = m.error_response("ERROR", "22012", "division by zero") + m.ready_for_query(b"I")
+    # Only the untranslated severity counts: 'S' may be FATAL in some language.
+    translated = m.message(b"E", b"SFATAL\0VERROR\0C42P01\0Mx\0\0") + m.ready_for_query(b"I")
+    stream = ServerStream(ParamLog())
+    out, ready, _ = feed_server(stream, splits(data + translated)[way])
+    assert out == data + translated and ready == 2 and stream.fatal is None
+
+
+def test_server_fatal_of_an_old_server_without_v_field() -> None:
+    stream = ServerStream(ParamLog())
+    stream.feed(m.message(b"E", b"SPANIC\0C58000\0Mx\0\0"))
+    assert stream.fatal is not None
+
+
 def test_server_bad_length_is_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         ServerStream(ParamLog()).feed(b"D\x00\x00\x00\x02xx")

@@ -633,9 +633,13 @@ class ClientConn(ClientLogin):
         message = "transaction blocks not allowed in statement pooling mode"
         self.fatal(ClientFatal(message), log_as=message)
 
-    def server_lost(self) -> None:
+    def server_lost(self, relayed: str = "") -> None:
+        """The linked server is gone; ``relayed`` says why when the client already has the
+        server's own error (a FATAL), which is then all it gets."""
         self.server = None
-        if not self.closed:
+        if relayed:
+            self.close(relayed)
+        elif not self.closed:
             self.fatal(ClientFatal("server conn crashed?", sqlstate="08006"),
                        log_as="server conn crashed?")
 

@@ -37,6 +37,7 @@ AUTH = "auth"
 AUTH_FAILED = "auth_failed"
 LOGIN_WAIT = "login_wait"
 READY = "ready"
+CANCEL = "cancel"  # a CancelRequest: the connection stays open until it is delivered
 CLOSED = "closed"
 
 
@@ -121,9 +122,13 @@ class ClientLogin(asyncio.Protocol):
             if len(packet) != 12:
                 raise ProtocolError("invalid cancel request")
             pid, key = struct.unpack_from("!ii", packet, 4)
-            self.app.client_is_cancel(self.conn)
-            self.app.forward_cancel(pid, key, internal=self.internal)
-            self.close("cancel request", quiet=True)
+            conn = self.conn
+            self.app.client_is_cancel(conn)
+            self.state = CANCEL
+            # Closed only once the server has the request (or it was dropped), as PostgreSQL
+            # closes a cancel connection only after signalling the backend.
+            self.app.forward_cancel(pid, key, lambda: conn.close("cancel request", quiet=True),
+                                    internal=self.internal)
             return
         major, minor = code >> 16, code & 0xFFFF
         if major != 3:

@@ -22,6 +22,7 @@ from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
 from ..protocol.session import order_key, replay_sql
+from . import cancel as cancel_mod
 from .client_auth import scram_login
 from .sockopts import tune_socket
 from .tls import connect_server
@@ -29,6 +30,7 @@ from .tls import connect_server
 if TYPE_CHECKING:
     from ..net.client_conn import ClientConn
     from ..pooling.pool import Pool
+    from .cancel import Attempt
 
 CONNECTING = "connecting"
 LOGIN = "login"
@@ -60,11 +62,11 @@ def sql_ident(name: str) -> str:
 
 class ServerConn(asyncio.Protocol):
     __slots__ = ("_capture_cb", "_internal_cb", "_login_buf", "_login_timer", "_scram", "addr",
-                 "app", "client", "close_reason", "closed", "created", "custom_owner", "dirty",
-                 "dirty_reason", "expires_at",
-                 "ident", "identity_reported", "idle_since", "initial_params", "key", "link",
-                 "local_addr", "needs_reset", "params", "paused_by_peer", "pid", "pool",
-                 "session_sets", "state", "stream", "tracked", "transport")
+                 "app", "cancel_hold", "cancels", "client", "close_reason", "closed", "created",
+                 "custom_owner", "dirty", "dirty_reason", "expires_at", "ident",
+                 "identity_reported", "idle_since", "initial_params", "key", "link", "local_addr",
+                 "needs_reset", "params", "paused_by_peer", "pid", "pool", "session_sets",
+                 "state", "stream", "tracked", "transport")
 
     def __init__(self, pool: Pool, addr: str) -> None:
         self.pool = pool
@@ -91,6 +93,10 @@ class ServerConn(asyncio.Protocol):
         self.initial_params: dict[str, str] = {}
         self.pid = 0
         self.key = 0
+        # Cancel requests on their way to this server's postmaster (net/cancel.py), and
+        # whether one already sent keeps the server out of the pool.
+        self.cancels: list[Attempt] = []
+        self.cancel_hold = False
         now = self.app.loop.time()
         self.created = now
         self.idle_since = now
@@ -258,6 +264,9 @@ class ServerConn(asyncio.Protocol):
             self.close(f"bad packet from server: {exc.message}")
             return
         client = self.client
+        if stream.fatal is not None:
+            self._session_ended(client, out)
+            return
         if client is not None:
             if stream.ready and stream.status != 73 and client.refuses_transactions():
                 # Statement mode: the client opened a transaction. It gets the error in place
@@ -269,6 +278,8 @@ class ServerConn(asyncio.Protocol):
                 client.stats.bytes_out += len(out)
             if stream.ready:
                 client.on_server_ready(stream.ready, stream.status)
+                if self.cancels:
+                    cancel_mod.settle(self)  # a cancel still connecting for work now done
         if stream.swallowed and stream.swallow == 0 and self._internal_cb is not None:
             done, self._internal_cb = self._internal_cb, None
             ok = stream.last_error is None and stream.status == 73  # 'I'
@@ -276,6 +287,20 @@ class ServerConn(asyncio.Protocol):
                 log.warning("%s internal query failed: %s", self.ident,
                             stream.last_error.get("M", ""))
             done(self, ok)
+
+    def _session_ended(self, client: ClientConn | None, out: bytes) -> None:
+        """The backend sent a FATAL (pg_terminate_backend, a shutdown, a timeout of its own):
+        its session is over. Its socket closes only once it has cleaned up (temporary tables,
+        an aborted transaction), which can take seconds; meanwhile a linked client would sit
+        on a dead session, and an idle server could go to the next client. So the server is
+        dropped now, and its client, which gets the server's own error and nothing after it,
+        is disconnected, as a direct connection is."""
+        fatal = self.stream.fatal or {}
+        if client is not None and out:
+            client.transport.write(out)
+            client.stats.bytes_out += len(out)
+        said = f"{fatal.get('V', fatal.get('S', 'FATAL'))} {fatal.get('C', '')}"
+        self.close(f"server ended the session: {said} {fatal.get('M', '')}", relayed=True)
 
     def _on_param(self, name: str, value: str, swallowed: bool) -> None:
         self.params[name] = value
@@ -438,7 +463,8 @@ class ServerConn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, relayed: bool = False) -> None:
+        """``relayed``: the client already has the server's own error for this."""
         if self.closed:
             return
         self.closed = True
@@ -451,9 +477,11 @@ class ServerConn(asyncio.Protocol):
             if was in (IDLE, ACTIVE):
                 self.transport.write(m.TERMINATE)
             self.transport.close()
-        self._forget(was)
+        if self.cancels:
+            cancel_mod.settle(self)
+        self._forget(was, reason if relayed else "")
 
-    def _forget(self, was: str) -> None:
+    def _forget(self, was: str, relayed: str = "") -> None:
         client = self.client
         self.client = None
         if was in (CONNECTING, LOGIN):
@@ -462,7 +490,10 @@ class ServerConn(asyncio.Protocol):
         else:
             self.pool.server_gone(self)
         if client is not None:
-            client.server_lost()
+            client.server_lost(relayed)
+        done, self._capture_cb = self._capture_cb, None
+        if done is not None:
+            done(self, False, [])  # a read-back cut short: its client must not wait for it
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._login_timer is not None:

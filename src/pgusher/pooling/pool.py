@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal, ServerError
+from ..net.cancel import holds as cancel_holds
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
@@ -271,6 +272,12 @@ class Pool:
         self.active.discard(server)
         if server.closed:
             return
+        if server.cancels and cancel_holds(server):
+            # A cancel request for its last client's query is with the postmaster: no one
+            # else gets the server (nor its reset query, which the cancel could hit) until
+            # the postmaster is done; net/cancel.py releases it then.
+            self.active.add(server)
+            return
         # Two attribute tests per release; should_close() words the reason.
         if (server.dirty or server.expires_at <= self.app.now) and server.should_close():
             server.close(server.close_reason)
@@ -310,6 +317,9 @@ class Pool:
 
     def give(self, server: ServerConn) -> None:
         """Hand a clean, unlinked server to the first waiter, or put it on the idle stack."""
+        if server.cancels and cancel_holds(server):
+            self.active.add(server)  # as in release: after a ROLLBACK of the pooler's own
+            return
         if self.give_back:
             # Another worker's clients wait and this one holds more than its share.
             self.give_back = False

@@ -3,8 +3,9 @@
 Strategy: walk the 5-byte headers (type byte + int32 length) of each chunk with a precompiled
 ``struct`` and skip bodies by count, so a chunk is forwarded as the same ``bytes`` object in the
 common case. Only three things are held back across chunks: a header split over two chunks, a
-message whose body the pooler must read (ready-for-query, ParameterStatus, and errors inside a
-swallowed reply) until it is whole, and nothing else. Large DataRow or CopyData bodies stream
+message whose body the pooler must read (ready-for-query, ParameterStatus, and errors: a FATAL
+ends the session, and errors inside a swallowed reply are kept) until it is whole, and nothing
+else. Large DataRow or CopyData bodies stream
 through by skip count and are never held.
 
 Neither scanner touches a socket: they take bytes and return the bytes to forward, leaving
@@ -34,6 +35,15 @@ S_SYNC = ord("S")
 X_TERMINATE = ord("X")
 COPY_DATA = ord("d")
 
+# Severities after which PostgreSQL ends the session.
+_FATAL = frozenset(("FATAL", "PANIC"))
+
+
+def _session_ending(fields: dict[str, str]) -> bool:
+    # 'V' (PostgreSQL 9.6 and later) is never translated; 'S' is, and is the fallback.
+    return fields.get("V", fields.get("S")) in _FATAL
+
+
 # Extended-protocol messages that open work which only a Sync closes.
 _EXTENDED = frozenset(b"PBEDC")
 # Every type a client may send after login. PasswordMessage ('p') belongs to authentication
@@ -50,10 +60,12 @@ class ServerStream:
     After :meth:`feed`, ``ready`` counts the ReadyForQuery messages that belong to the client
     and ``status`` holds the last status byte seen. While ``swallow`` is positive, everything up to
     and including that many ReadyForQuery messages is dropped instead of forwarded (replies to
-    the pooler's own queries); ``swallowed`` counts those completed in the last feed.
+    the pooler's own queries); ``swallowed`` counts those completed in the last feed. ``fatal``
+    holds the fields of a FATAL or PANIC error once one is seen: the server's session is over.
     """
 
-    __slots__ = ("_after_skip", "_drop", "collect", "held", "last_error", "link", "max_size",
+    __slots__ = ("_after_skip", "_drop", "collect", "fatal", "held", "last_error", "link",
+                 "max_size",
                  "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
@@ -66,6 +78,7 @@ class ServerStream:
         self.ready = 0
         self.status = ord("I")
         self.last_error: dict[str, str] | None = None
+        self.fatal: dict[str, str] | None = None
         self.on_param = on_param
         self.max_size = max_size
         self._after_skip = b""
@@ -102,7 +115,7 @@ class ServerStream:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             if end > n:
-                if kind in (Z_READY, S_PARAM):
+                if kind in (Z_READY, S_PARAM, E_ERROR):
                     break  # held until whole
                 self.skip = end - n
                 pos = n
@@ -113,6 +126,10 @@ class ServerStream:
             elif kind == S_PARAM:
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.on_param(name, value, False)
+            elif kind == E_ERROR:
+                fields = parse_error_fields(data[pos + 5:end])
+                if _session_ending(fields):
+                    self.fatal = fields
             pos = end
         self.ready = ready
         self.swallowed = 0
@@ -160,7 +177,7 @@ class ServerStream:
             end = pos + 1 + length
             dropping = self.swallow > 0
             tagged = not dropping and bool(tags)
-            if (kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged))
+            if (kind in (Z_READY, S_PARAM, E_ERROR)
                     or (kind == D_ROW and dropping and self.collect is not None)):
                 if end > n:
                     break  # hold the whole message until its body is here
@@ -178,8 +195,12 @@ class ServerStream:
                     self.on_param(name, value, dropping)
                 elif kind == D_ROW:
                     self.collect.append(data[pos + 5:end])  # type: ignore[union-attr]
-                elif dropping:
-                    self.last_error = parse_error_fields(data[pos + 5:end])
+                else:
+                    fields = parse_error_fields(data[pos + 5:end])
+                    if dropping:
+                        self.last_error = fields
+                    if _session_ending(fields):
+                        self.fatal = fields
             elif end > n:
                 # A body we do not read, cut by the chunk: stream what is here, skip the rest.
                 self.skip = end - n
