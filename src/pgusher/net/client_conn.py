@@ -25,28 +25,12 @@ from ..auth.scram import ScramServer
 from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
 from ..metrics.counters import UNCOUNTED
-from ..pooling.pool import SESSION, STATEMENT
+from ..pooling.pool import SESSION
 from ..protocol import messages as m
-from ..protocol.capture import capture_query, parse_rows
-from ..protocol.capture import session_sets as capture_sets
 from ..protocol.framing import ClientStream
-from ..protocol.prepared import (
-    SqlStatement,
-    Statement,
-    Translator,
-    answer_without_server,
-    untagged_syncs,
-)
-from ..protocol.session import (
-    DIRTY,
-    DISCARD_ALL,
-    OPAQUE,
-    RESET,
-    RESET_ALL,
-    ROLLBACK,
-    SET,
-    might_affect_session,
-)
+from ..protocol.prepared import SqlStatement, Statement
+from ..protocol.session import might_affect_session
+from .client_link import PAUSE_PEER, PAUSE_WAIT, ClientLink
 from .client_login import AUTH as AUTH
 from .client_login import AUTH_FAILED as AUTH_FAILED
 from .client_login import CLOSED as CLOSED
@@ -55,7 +39,6 @@ from .client_login import READY as READY
 from .client_login import STARTUP as STARTUP
 from .client_login import TLS_HANDSHAKE as TLS_HANDSHAKE
 from .client_login import ClientLogin
-from .server_conn import ACTIVE as SERVER_ACTIVE
 from .sockopts import tune_socket
 
 if TYPE_CHECKING:
@@ -63,25 +46,18 @@ if TYPE_CHECKING:
     from ..net.server_conn import ServerConn
     from ..pooling.pool import Pool
 
-_PAUSE_WAIT = 1
 _CLIENT_NUMBERS = itertools.count(1)
 _INT32_FROM = m.INT32.unpack_from
 
-# Message types that can start a batch the pooler may answer itself: Parse, Close, Sync, and
-# those no server answers (Flush, CopyData, CopyDone, CopyFail, 0 for a piece of CopyData).
-_SERVERLESS_FIRST = frozenset(b"PCSHdcf\0")
 # Bytes a waiting client may queue before its reading is paused.
 _PENDING_LIMIT = 256 * 1024
-_PAUSE_PEER = 2
-_CUSTOM_LIMIT = 64  # custom setting names read back per client
-_IDENTITY_SETS = ("session_authorization", "role")
 
 
 
 # The welcome repeats the same few parameter values for every login: encode each once.
 _parameter_status = functools.lru_cache(maxsize=4096)(m.parameter_status)
 
-class ClientConn(ClientLogin):
+class ClientConn(ClientLink, ClientLogin):
     __slots__ = (
         "_auth_step",
         "_buf",
@@ -259,7 +235,7 @@ class ClientConn(ClientLogin):
                 elif len(pending) > 1 and sum(map(len, pending)) > _PENDING_LIMIT:
                     # Only a client that keeps sending while it waits is paused: pausing every
                     # waiter would cost two epoll_ctl calls per waited transaction.
-                    self._pause(_PAUSE_WAIT)
+                    self._pause(PAUSE_WAIT)
             if stream.terminated:
                 self.close("client close request")
             return
@@ -326,104 +302,9 @@ class ClientConn(ClientLogin):
             elif not self.waiting:
                 self._dispatch_pending()
             elif len(pending) > 64 and sum(len(m) for _, m in pending) > _PENDING_LIMIT:
-                self._pause(_PAUSE_WAIT)
+                self._pause(PAUSE_WAIT)
         if stream.terminated:
             self.close("client close request")
-
-    def _send_translated(self, server: ServerConn, msgs: list[tuple[int, bytes]],
-                         prefix: bytes = b"") -> None:
-        link = server.link
-        assert link is not None and server.transport is not None
-        if msgs and not link.tags and not link.skipping:
-            kind, msg = msgs[0]
-            if len(msgs) == 1 and kind == 81:
-                if not might_affect_session(msg[5:]):
-                    # The simple-protocol common case: one plain query, nothing to rewrite
-                    # or tag.
-                    link.untagged_z += 1
-                    server.transport.write(prefix + msg if prefix else msg)
-                    return
-            else:
-                syncs = untagged_syncs(msgs)
-                if syncs:
-                    # The extended protocol with the unnamed statement: nothing to rewrite.
-                    link.untagged_z += syncs
-                    data = b"".join([msg for _, msg in msgs])
-                    server.transport.write(prefix + data if prefix else data)
-                    return
-        translator = Translator(link, self.statements, self.sql_statements, self.namespace)
-        out = translator.feed(msgs)
-        if translator.effects:
-            self._note_effects(server, translator.effects)
-        if translator.direct:
-            self.transport.write(translator.direct)
-        if prefix or out:
-            server.transport.write(prefix + out)
-
-    def _note_effects(self, server: ServerConn, effects: list[tuple[str, str, str]]) -> None:
-        link = server.link
-        assert link is not None
-        for effect in effects:
-            kind = effect[0]
-            if kind == DIRTY:
-                # State that cannot follow the client: the server is reset before reuse.
-                if not server.dirty_reason:
-                    log.debug("%s left %s on %s", self.prefix(), effect[1], server.ident)
-                server.dirty_reason = effect[1]
-            elif kind == ROLLBACK:
-                self.saw_rollback = True
-            elif kind == OPAQUE:
-                if not self.opaque:
-                    log.debug("%s ran %s: its session is read back", self.prefix(), effect[1])
-                self.opaque = True
-                if effect[2] and len(self.custom_names) < _CUSTOM_LIMIT:
-                    self.custom_names.update(effect[2].split(","))
-            else:
-                if not self.pending_effects:
-                    self.effects_mark = link.errors
-                self.pending_effects.append(effect)
-
-    def _settle_effects(self, server: ServerConn | None, committed: bool) -> None:
-        """A transaction ended: keep its SET/RESET effects, or forget them if it failed."""
-        effects, self.pending_effects = self.pending_effects, []
-        self.effects_failed = False
-        self.saw_rollback = False
-        if not committed or not effects:
-            return
-        mine = self.session_sets
-        theirs = server.session_sets if server is not None else {}
-        tracked = self.app.tracked_params
-        for kind, name, value in effects:
-            if name in tracked:
-                continue  # reported by the server with ParameterStatus: already followed
-            if kind == SET:
-                mine[name] = value
-                theirs[name] = value
-                if name == "session_authorization":
-                    mine.pop("role", None)  # PostgreSQL resets the role with it
-                    theirs.pop("role", None)
-            elif kind == RESET:
-                default = self.session_defaults.get(name)
-                if default is None:
-                    mine.pop(name, None)
-                else:
-                    mine[name] = default
-                theirs.pop(name, None)
-                if name == "session_authorization":
-                    mine.pop("role", None)
-                    theirs.pop("role", None)
-            elif kind == RESET_ALL:
-                # RESET ALL leaves the role and the session authorization alone.
-                for sets in (mine, theirs):
-                    kept = {n: sets[n] for n in _IDENTITY_SETS if n in sets}
-                    sets.clear()
-                    sets.update(kept)
-                for n, v in self.session_defaults.items():
-                    mine.setdefault(n, v)
-            elif kind == DISCARD_ALL:
-                mine.clear()
-                mine.update(self.session_defaults)
-                theirs.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
@@ -472,176 +353,7 @@ class ClientConn(ClientLogin):
             if waited > stats.wait_max:
                 stats.wait_max = waited
             if self._paused:
-                self._resume(_PAUSE_WAIT)
-
-    def attach(self, server: ServerConn) -> None:
-        self.server = server
-        self.stats.assign_count += 1
-        if (self.params == server.tracked and self.session_sets == server.session_sets
-                and server.custom_owner is None):
-            # The usual case, inlined: nothing to SET first.
-            server.client = self
-            server.state = SERVER_ACTIVE
-            prefix = b""
-        else:
-            prefix = server.attach(self)
-        if self.translating:
-            if server.link is None:
-                server.start_tracking()
-            msgs, self.pending_msgs = self.pending_msgs, []
-            self._send_translated(server, msgs, prefix)
-            return
-        if self.pending:
-            data = prefix + b"".join(self.pending)
-            self.pending.clear()
-        else:
-            data = prefix
-        if data:
-            assert server.transport is not None
-            server.transport.write(data)
-
-    def on_server_ready(self, count: int, status: int) -> None:
-        """ReadyForQuery came back from the linked server (``count`` of them in one chunk)."""
-        server = self.server
-        if server is not None and server.link is not None and server.link.lost_queries:
-            # Queries the server skipped after an error: their ReadyForQuery never comes.
-            count += server.link.lost_queries
-            server.link.lost_queries = 0
-        outstanding = self.outstanding - count
-        if outstanding < 0:
-            outstanding = 0
-        self.outstanding = outstanding
-        if self.pending_effects or self.saw_rollback:
-            if status == 69:  # 'E': the transaction failed; its SETs will be undone
-                self.effects_failed = True
-            elif status == 73 and not outstanding:
-                link = server.link if server is not None else None
-                failed = (self.effects_failed or self.saw_rollback
-                          or (link is not None and link.errors != self.effects_mark))
-                self._settle_effects(server, not failed)
-        pool = self.pool
-        assert pool is not None
-        stats = self.stats
-        stats.query_count += count
-        if outstanding:
-            return
-        now = self.app.now
-        self.state_since = now
-        done = monotonic()
-        stats.query_time += done - self.busy_since
-        if status == 73:  # 'I'
-            stats.xact_count += 1
-            stats.xact_time += done - (self.xact_start or self.busy_since)
-            self.xact_start = 0.0
-            self.xact_since = 0.0
-        elif not self.xact_since:
-            self.xact_since = now
-            self.xact_start = self.busy_since
-        if status != 73 or pool.mode == SESSION:
-            return
-        if server is None or self.stream.unsynced or self.stream.mid_message:
-            return
-        sstream = server.stream
-        if sstream.held or sstream.skip:
-            return  # the server is mid-message: keep it until the next boundary
-        link = server.link
-        if link is not None:
-            if link.tags:
-                return
-            if link.needs_reset:
-                server.needs_reset = True
-        if server.dirty_reason or (server.identity_reported and server.identity_drifted()):
-            server.needs_reset = True
-        self.server = None
-        server.client = None
-        if server.paused_by_peer:
-            server.detach()
-        if self._paused & _PAUSE_PEER:
-            self._resume(_PAUSE_PEER)
-        if pool.reset_always:
-            server.needs_reset = True
-        if self.opaque:
-            self._read_back(server)
-            return
-        pool.release(server)
-
-    def _read_back(self, server: ServerConn) -> None:
-        """Ask the server what the session holds before it goes back to the pool."""
-        self.opaque = False
-        self.settling = server
-        server.run_capture(capture_query(self.custom_names), self._settled)
-
-    def _settled(self, server: ServerConn, ok: bool, rows: list[bytes]) -> None:
-        pool = server.pool
-        if self.settling is server:
-            self.settling = None
-        got = None
-        if ok:
-            try:
-                got = parse_rows(rows)
-            except ValueError:
-                got = None
-        if got is None:
-            server.close("session read-back failed")
-            pool.grow()
-        else:
-            login = server.initial_params.get("session_authorization", server.pool.user)
-            sets = capture_sets(got, login, self.app.tracked_params)
-            if not self.closed:
-                self.session_sets = sets
-            server.session_sets = dict(sets)
-            server.custom_owner = self
-            if got.hidden:
-                log.debug("%s left %s on %s", self.prefix(), got.hidden[0], server.ident)
-                server.dirty_reason = got.hidden[0]
-                server.needs_reset = True
-            pool.release(server)
-        if not self.closed and self.server is None and self.pending_msgs and not self.waiting:
-            self._dispatch_pending()
-
-    def _dispatch_pending(self) -> None:
-        """Messages queued while no server was linked: answer them or ask for a server."""
-        pool = self.pool
-        assert pool is not None
-        pending = self.pending_msgs
-        reply = (answer_without_server(pending, self.statements, pool.known_statements)
-                 if pending[0][0] in _SERVERLESS_FIRST else None)
-        if reply is not None:
-            self.outstanding -= sum(1 for kind, _ in pending if kind == 83)
-            pending.clear()
-            if reply:
-                self.transport.write(reply)
-        else:
-            pool.request(self)
-
-    def refuses_transactions(self) -> bool:
-        pool = self.pool
-        return pool is not None and pool.mode == STATEMENT
-
-    def refuse_transaction(self, ready: int) -> None:
-        """Statement mode saw a transaction open: roll the server back, end the client."""
-        server = self.server
-        pool = self.pool
-        assert server is not None and pool is not None
-        self.server = None
-        server.detach()
-        if (self.outstanding <= ready and not self.stream.unsynced
-                and not self.stream.mid_message and server.stream.at_boundary):
-            server.run_internal("ROLLBACK", pool.after_rollback)
-        else:
-            server.close("transaction blocks not allowed in statement pooling mode")
-        message = "transaction blocks not allowed in statement pooling mode"
-        self.fatal(ClientFatal(message), log_as=message)
-
-    def server_lost(self, relayed: str = "") -> None:
-        """The linked server is gone; ``relayed`` says why when the client already has the
-        server's own error (a FATAL), which is then all it gets."""
-        self.server = None
-        if relayed:
-            self.close(relayed)
-        elif not self.closed:
-            self.fatal(ClientFatal("server conn crashed?", sqlstate="08006"),
-                       log_as="server conn crashed?")
+                self._resume(PAUSE_WAIT)
 
     # ------------------------------------------------------------------ backpressure
 
@@ -658,10 +370,10 @@ class ClientConn(ClientLogin):
             self.transport.resume_reading()
 
     def pause_by_peer(self) -> None:
-        self._pause(_PAUSE_PEER)
+        self._pause(PAUSE_PEER)
 
     def resume_by_peer(self) -> None:
-        self._resume(_PAUSE_PEER)
+        self._resume(PAUSE_PEER)
 
     def pause_writing(self) -> None:
         server = self.server
