@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from ..auth.md5 import md5_salted_response
@@ -21,9 +20,12 @@ from ..log import log
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
-from ..protocol.session import order_key, replay_sql
 from . import cancel as cancel_mod
 from .client_auth import scram_login
+from .server_session import ACTIVE as _SESSION_ACTIVE
+from .server_session import CaptureDone, InternalDone, ServerSession
+from .server_session import sql_ident as sql_ident
+from .server_session import sql_literal as sql_literal
 from .sockopts import tune_socket
 from .tls import connect_server
 
@@ -35,32 +37,18 @@ if TYPE_CHECKING:
 CONNECTING = "connecting"
 LOGIN = "login"
 IDLE = "idle"
-ACTIVE = "active"
+ACTIVE = _SESSION_ACTIVE
 CLOSED = "closed"
 
-InternalDone = Callable[["ServerConn", bool], None]
-CaptureDone = Callable[["ServerConn", bool, list[bytes]], None]
 
 # Reported by the server but not the client's to carry: fixed at start, or derived from the
 # role, which is carried by the statements that set it.
 UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_datetimes",
                                 "in_hot_standby", "is_superuser", "session_authorization"))
 _IDENTITY = frozenset(("is_superuser", "session_authorization"))
-_AUTH = "session_authorization"
-_IDENTITY_SETS = frozenset(("role", _AUTH))
-_RESET_ALL = m.query("RESET ALL")
 
 
-def sql_literal(value: str) -> str:
-    """An escape-string literal, safe whatever standard_conforming_strings says."""
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def sql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-class ServerConn(asyncio.Protocol):
+class ServerConn(ServerSession, asyncio.Protocol):
     __slots__ = ("_capture_cb", "_internal_cb", "_login_buf", "_login_timer", "_scram", "addr",
                  "app", "cancel_hold", "cancels", "client", "close_reason", "closed", "created",
                  "custom_owner", "dirty", "dirty_reason", "expires_at", "ident",
@@ -323,17 +311,6 @@ class ServerConn(asyncio.Protocol):
                               self.pool.known_statements)
         self.stream.track(self.link)
 
-    def statements_reset(self) -> None:
-        """The server ran a reset: no prepared statements, no client settings any more."""
-        link = self.link
-        if link is not None:
-            link.forget_all()
-            link.needs_reset = False
-        self.session_sets.clear()
-        self.dirty_reason = ""
-        self.custom_owner = None
-        self.identity_reported = False
-
     def run_internal(self, sql: str, done: InternalDone) -> None:
         """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""
         self.run_internal_msg(m.query(sql), done)
@@ -344,20 +321,6 @@ class ServerConn(asyncio.Protocol):
         self.stream.last_error = None
         self.stream.swallow += 1
         self.transport.write(msg)
-
-    def run_capture(self, msg: bytes, done: CaptureDone) -> None:
-        """Send the read-back query ``msg`` (see protocol/capture.py); ``done(server, ok,
-        rows)`` gets its DataRow bodies."""
-        self._capture_cb = done
-        self.stream.collect = []
-        self.run_internal_msg(msg, self._captured)
-
-    def _captured(self, server: ServerConn, ok: bool) -> None:
-        rows = self.stream.collect or []
-        self.stream.collect = None
-        done, self._capture_cb = self._capture_cb, None
-        if done is not None:
-            done(self, ok, rows)
 
     def run_check(self) -> None:
         self.run_internal(self.app.config.settings.server_check_query, self.pool.check_done)
@@ -372,62 +335,6 @@ class ServerConn(asyncio.Protocol):
         return False
 
     # ------------------------------------------------------------------ linking
-
-    def attach(self, client: ClientConn) -> bytes:
-        """Link to a client; returns the queries to send first when its settings differ.
-
-        Each statement goes as a query of its own: a failing SET must not roll back a
-        RESET ROLE sent with it, which is what would happen inside one multi-statement query.
-        """
-        self.client = client
-        self.state = ACTIVE
-        wanted = client.params
-        queries: list[bytes] = []
-        if self.custom_owner is not None and self.custom_owner is not client:
-            self._reset_all(queries)
-        if wanted != self.tracked:
-            params = self.params
-            queries.extend(m.query(f"SET {sql_ident(k)} = {sql_literal(v)}")
-                           for k, v in wanted.items() if params.get(k) != v)
-        want = client.session_sets
-        have = self.session_sets
-        if want != have:
-            stale = sorted((n for n in have if n not in want), key=order_key)
-            queries.extend(m.query(replay_sql(n, None)) for n in stale)
-            # A change of session authorization resets the role: set it again after one.
-            auth_changed = have.get(_AUTH) != want.get(_AUTH)
-            fresh = sorted((n for n in want if have.get(n) != want[n]
-                            or (auth_changed and n == "role")), key=order_key)
-            queries.extend(m.query(replay_sql(n, want[n])) for n in fresh)
-            self.session_sets = dict(want)
-        if not queries:
-            return b""
-        self.stream.swallow += len(queries)
-        return b"".join(queries)
-
-    def _reset_all(self, queries: list[bytes]) -> None:
-        """RESET ALL first: it clears custom settings a read-back could not list. The role
-        and session authorization survive it; reported settings go back to login values."""
-        self.custom_owner = None
-        queries.append(_RESET_ALL)
-        self.session_sets = {n: v for n, v in self.session_sets.items() if n in _IDENTITY_SETS}
-        tracked = self.app.tracked_params
-        for name, value in self.initial_params.items():
-            canon = tracked.get(name.lower())
-            if canon is not None:
-                self.params[name] = value
-                self.tracked[canon] = value
-
-    def identity_drifted(self) -> bool:
-        """The server reports another identity than at login while no client set one."""
-        if not self.identity_reported:
-            return False  # is_superuser / session_authorization not reported since login
-        if "role" in self.session_sets or "session_authorization" in self.session_sets:
-            return False
-        params = self.params
-        initial = self.initial_params
-        return (params.get("is_superuser") != initial.get("is_superuser")
-                or params.get("session_authorization") != initial.get("session_authorization"))
 
     def detach(self) -> None:
         self.client = None
