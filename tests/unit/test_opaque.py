@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgusher.protocol.capture import RAW, capture_query, parse_rows, session_sets
+from pgusher.protocol.capture import RAW, capture_query, merge_named, parse_rows, session_sets
 from pgusher.protocol.opaque import custom_names, opaque_reason
 from pgusher.protocol.session import replay_sql
 
@@ -160,3 +160,24 @@ def test_raw_values_replay_with_set_config() -> None:
     assert replay_sql("role", RAW + "low") == (
         "SELECT pg_catalog.set_config(E'role', E'low', false)")
     assert replay_sql("role", None) == "RESET ROLE"
+
+
+def test_set_config_with_literal_names_needs_only_those_read_back() -> None:
+    assert opaque_reason(b"select set_config('myapp.tenant', $1, false)") == (
+        "set_config myapp.tenant")
+    assert opaque_reason(b"SELECT pg_catalog.set_config('Search_Path', 'a', false), "
+                         b"set_config('role', 'r', false)") == "set_config role,search_path"
+    # A computed name, another schema's set_config, or other code: everything is read back.
+    assert opaque_reason(b"select set_config(n, 'x', false) from t") == "function set_config"
+    assert opaque_reason(b"select x.set_config('a', 'b', false)") == "function set_config"
+    assert opaque_reason(b"select set_config('a.b', f(1), false)") == "function f"
+
+
+def test_named_read_back_updates_only_what_it_asked() -> None:
+    old = {"search_path": "hs_a", "myapp.tenant": RAW + "t0", "role": RAW + "r0"}
+    got = parse_rows([_row("r", "role", "none"), _row("r", "session_authorization", "alice"),
+                      _row("c", "myapp.tenant", "t1"), _row("c", "myapp.gone", None)])
+    merged = merge_named(old, got, ["myapp.tenant", "myapp.gone"], "alice", {})
+    assert merged == {"search_path": "hs_a", "myapp.tenant": RAW + "t1"}
+    assert capture_query(["myapp.tenant"], full=False).find(b"pg_settings") < 0
+    assert capture_query(["myapp.tenant"]).find(b"pg_settings") > 0

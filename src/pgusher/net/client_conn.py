@@ -140,7 +140,7 @@ class ClientConn(ClientLink, ClientLogin):
         # The transaction ran code whose session effects cannot be read from its text: the
         # server's session is read back before release (protocol/capture.py), meanwhile
         # ``settling`` holds that server and the client's new messages wait.
-        self.opaque = False
+        self.opaque = 0
         self.settling: ServerConn | None = None
         self.custom_names: set[str] = set()  # custom settings its texts named, to read back
         self.outstanding = 0

@@ -22,9 +22,10 @@ from ..errors import ClientFatal
 from ..log import log
 from ..metrics.counters import Counters
 from ..pooling.pool import SESSION, STATEMENT
-from ..protocol.capture import capture_query, parse_rows
+from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
 from ..protocol.framing import ClientStream
+from ..protocol.opaque import named_settings
 from ..protocol.prepared import (
     SqlStatement,
     Statement,
@@ -86,7 +87,7 @@ class ClientLink:
         effects_mark: int
         effects_failed: bool
         saw_rollback: bool
-        opaque: bool
+        opaque: int
         settling: ServerConn | None
         custom_names: set[str]
         outstanding: int
@@ -147,11 +148,15 @@ class ClientLink:
             elif kind == ROLLBACK:
                 self.saw_rollback = True
             elif kind == OPAQUE:
-                if not self.opaque:
+                # Level 1: only set_config with literal names ran, those names are enough to
+                # read back; level 2: anything may have changed.
+                level = 1 if named_settings(effect[1]) else 2
+                if level > self.opaque:
                     log.debug("%s ran %s: its session is read back", self.prefix(), effect[1])
-                self.opaque = True
+                    self.opaque = level
                 if effect[2] and len(self.custom_names) < _CUSTOM_LIMIT:
-                    self.custom_names.update(effect[2].split(","))
+                    self.custom_names.update(n for n in effect[2].split(",")
+                                             if n not in _IDENTITY_SETS)
             else:
                 if not self.pending_effects:
                     self.effects_mark = link.errors
@@ -292,14 +297,16 @@ class ClientLink:
 
     def _read_back(self, server: ServerConn) -> None:
         """Ask the server what the session holds before it goes back to the pool."""
-        self.opaque = False
         self.settling = server
-        server.run_capture(capture_query(self.custom_names), self._settled)
+        server.run_capture(capture_query(self.custom_names, full=self.opaque > 1),
+                           self._settled)
 
     def _settled(self, server: ServerConn, ok: bool, rows: list[bytes]) -> None:
         pool = server.pool
         if self.settling is server:
             self.settling = None
+        full = self.opaque > 1
+        self.opaque = 0
         got = None
         if ok:
             try:
@@ -311,11 +318,16 @@ class ClientLink:
             pool.grow()
         else:
             login = server.initial_params.get("session_authorization", server.pool.user)
-            sets = capture_sets(got, login, self.app.tracked_params)
+            tracked = self.app.tracked_params
+            if full:
+                sets = capture_sets(got, login, tracked)
+                # Custom settings nobody named may remain: RESET ALL before another client.
+                server.custom_owner = self
+            else:
+                sets = merge_named(self.session_sets, got, self.custom_names, login, tracked)
             if not self.closed:
                 self.session_sets = sets
             server.session_sets = dict(sets)
-            server.custom_owner = self
             if got.hidden:
                 log.debug("%s left %s on %s", self.prefix(), got.hidden[0], server.ident)
                 server.dirty_reason = got.hidden[0]

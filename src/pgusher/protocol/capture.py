@@ -27,6 +27,7 @@ from .messages import INT32, query
 RAW = "\0"  # prefix of a value in the server's text form, replayed with set_config
 
 _INT16 = struct.Struct("!h")
+_IDENTITY_NAMES = ("role", "session_authorization")
 
 # One row per fact: (kind, name, value). Kinds: s = setting, r = role or authorization,
 # c = a custom setting asked for by name, h = state that cannot move (name = what).
@@ -52,9 +53,20 @@ def _literal(value: str) -> str:
     return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def capture_query(custom: list[str] | set[str]) -> bytes:
-    """The Query message that reads the session back, asking for ``custom`` by name."""
-    parts = [_BASE]
+# When the transaction's only unread code was set_config with literal names, nothing else can
+# have changed: the role, the authorization and those names are enough, and far cheaper than
+# pg_settings (which formats every setting PostgreSQL has).
+_NAMED_ONLY = (
+    "SELECT 'r', 'role', pg_catalog.current_setting('role')"
+    " UNION ALL SELECT 'r', 'session_authorization',"
+    " pg_catalog.current_setting('session_authorization')"
+)
+
+
+def capture_query(custom: list[str] | set[str], full: bool = True) -> bytes:
+    """The Query message that reads the session back, asking for ``custom`` by name; with
+    ``full`` false, only those, the role and the authorization."""
+    parts = [_BASE if full else _NAMED_ONLY]
     for name in sorted(custom):
         lit = _literal(name)
         parts.append(f" UNION ALL SELECT 'c', {lit}, pg_catalog.current_setting({lit}, true)")
@@ -116,6 +128,33 @@ def parse_rows(rows: list[bytes]) -> Captured:
     return got
 
 
+def merge_named(old: dict[str, str], got: Captured, asked: set[str] | list[str],
+                login_user: str, carried_elsewhere: set[str] | dict[str, str]) -> dict[str, str]:
+    """``old`` carried settings updated with a named-only read-back of ``asked``."""
+    out = dict(old)
+    for name in asked:
+        if name in carried_elsewhere or name in _IDENTITY_NAMES:
+            continue
+        value = got.settings.get(name)
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = RAW + value
+    for name, value in _identity(got, login_user).items():
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
+def _identity(got: Captured, login_user: str) -> dict[str, str | None]:
+    auth = RAW + got.authorization if got.authorization and got.authorization != login_user \
+        else None
+    role = RAW + got.role if got.role and got.role != "none" else None
+    return {"session_authorization": auth, "role": role}
+
+
 def session_sets(got: Captured, login_user: str, carried_elsewhere: set[str] | dict[str, str],
                  ) -> dict[str, str]:
     """The settings a client carries after this capture, as :data:`RAW` values.
@@ -124,9 +163,6 @@ def session_sets(got: Captured, login_user: str, carried_elsewhere: set[str] | d
     out: they follow the client by another road.
     """
     out = {name: RAW + value for name, value in got.settings.items()
-           if name not in carried_elsewhere and name not in ("role", "session_authorization")}
-    if got.authorization and got.authorization != login_user:
-        out["session_authorization"] = RAW + got.authorization
-    if got.role and got.role != "none":
-        out["role"] = RAW + got.role
+           if name not in carried_elsewhere and name not in _IDENTITY_NAMES}
+    out.update({n: v for n, v in _identity(got, login_user).items() if v is not None})
     return out

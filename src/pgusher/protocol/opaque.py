@@ -87,6 +87,10 @@ _COMMENT_EDGE = re.compile(r"/\*|\*/")
 # settings a statement may set, read back after it.
 CUSTOM_NAME = re.compile(rb"'([A-Za-z_][\w$]*\.[A-Za-z_][\w$.]*)'")
 
+# The reason given when the only code is set_config with literal names: reading back those
+# settings (and the role) is enough, since nothing else can have changed.
+NAMED = "set_config "
+
 _CACHE: dict[bytes, str] = {}
 _CACHE_LIMIT = 4096
 _CACHE_MAX_LEN = 4096
@@ -144,7 +148,9 @@ def _tokens(sql: str, escapes: bool) -> list[tuple[str, str]]:
             assert m2 is not None
             end = m2.end()
             out.append(("s", ""))
-        elif kind in ("es", "us", "s"):
+        elif kind == "s":
+            out.append(("s", m.group(0)[1:-1].replace("''", "'")))
+        elif kind in ("es", "us"):
             out.append(("s", ""))
         elif kind not in ("ws", "lc"):
             out.append((kind, m.group(0)))
@@ -154,6 +160,7 @@ def _tokens(sql: str, escapes: bool) -> list[tuple[str, str]]:
 
 def _classify(tokens: list[tuple[str, str]]) -> str:
     count = len(tokens)
+    named: list[str] = []  # set_config's literal first arguments
     for i, (kind, text) in enumerate(tokens):
         if kind == "id":
             if text in _CODE_WORDS:
@@ -165,6 +172,13 @@ def _classify(tokens: list[tuple[str, str]]) -> str:
         if not (kind == "id" or kind == "q") or i + 1 >= count or tokens[i + 1] != ("p", "("):
             continue
         before = tokens[i - 1] if i else ("p", "")
+        if text == "set_config" and (before != ("p", ".") or (
+                i >= 2 and tokens[i - 2] == ("id", "pg_catalog"))):
+            name = tokens[i + 2] if i + 3 < count else ("p", "")
+            if name[0] == "s" and name[1] and tokens[i + 3] == ("p", ","):
+                named.append(name[1].lower())
+                continue  # what it changes is named: read back just that
+            return "function set_config"
         if before == ("p", "."):
             schema = tokens[i - 2] if i >= 2 else ("p", "")
             if schema == ("id", "pg_catalog") and text in SAFE_FUNCTIONS:
@@ -184,7 +198,14 @@ def _classify(tokens: list[tuple[str, str]]) -> str:
         if pair is not None and before[0] == "id" and before[1] in pair:
             continue
         return f"function {text}"
+    if named:
+        return NAMED + ",".join(sorted(set(named)))
     return ""
+
+
+def named_settings(reason: str) -> list[str]:
+    """The settings a reason of :data:`NAMED` kind names; [] for any other reason."""
+    return reason[len(NAMED):].split(",") if reason.startswith(NAMED) else []
 
 
 def custom_names(query: bytes) -> list[str]:

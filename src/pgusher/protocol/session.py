@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from .capture import RAW
-from .opaque import custom_names, opaque_reason
+from .opaque import custom_names, named_settings, opaque_reason
 
 # Effects, as (kind, name, value) tuples.
 SET = "set"            # name, SQL value text
@@ -179,7 +179,8 @@ def inspect_text(query: bytes) -> list[tuple[str, str, str]]:
     reason = opaque_reason(query)
     if reason:
         # set_config, DO, CALL, EXECUTE, functions: read back after the transaction.
-        effects.append((OPAQUE, reason, ",".join(custom_names(query))))
+        names = sorted({*custom_names(query), *named_settings(reason)})
+        effects.append((OPAQUE, reason, ",".join(names)))
     return effects
 
 
