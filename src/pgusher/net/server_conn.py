@@ -47,6 +47,10 @@ _IDENTITY = frozenset(("is_superuser", "session_authorization"))
 _AUTH = "session_authorization"
 _IDENTITY_SETS = frozenset(("role", _AUTH))
 _RESET_ALL = m.query("RESET ALL")
+# SQLSTATE classes of login errors a server gives while it cannot take connections for now:
+# connection exceptions, insufficient resources (too many clients), operator intervention
+# (shutting down, starting up, in recovery).
+_TRANSIENT_CLASSES = frozenset(("08", "53", "57"))
 
 
 def sql_literal(value: str) -> str:
@@ -131,7 +135,8 @@ class ServerConn(asyncio.Protocol):
     def _login_timeout(self) -> None:
         self._login_timer = None
         if self.state == LOGIN:
-            self._fail_login(ServerError("server login timed out (server_connect_timeout)"))
+            self._fail_login(ServerError("server login timed out (server_connect_timeout)",
+                                         transient=True))
 
     def _login_data(self, data: bytes) -> None:
         buf = self._login_buf + data if self._login_buf else data
@@ -159,8 +164,10 @@ class ServerConn(asyncio.Protocol):
                     self.pid, self.key = struct.unpack("!ii", body[:8])
                 elif kind == 69:  # 'E'
                     fields = m.parse_error_fields(body)
-                    err = ServerError(fields.get("M", "server login failed"),
-                                      sqlstate=fields.get("C", "08006"))
+                    code = fields.get("C", "08006")
+                    # Shutting down, starting up, too many clients: worth another try soon.
+                    err = ServerError(fields.get("M", "server login failed"), sqlstate=code,
+                                      transient=code[:2] in _TRANSIENT_CLASSES)
                     self._fail_login(err, server_said=fields.get("S", "FATAL"))
                     return
                 elif kind == 90:  # 'Z'
@@ -457,8 +464,8 @@ class ServerConn(asyncio.Protocol):
         client = self.client
         self.client = None
         if was in (CONNECTING, LOGIN):
-            self.pool.server_failed(ServerError("server closed the connection during login"),
-                                    during_login=True)
+            self.pool.server_failed(ServerError("server closed the connection during login",
+                                                transient=True), during_login=True)
         else:
             self.pool.server_gone(self)
         if client is not None:
@@ -505,4 +512,5 @@ async def open_server_connection(pool: Pool) -> None:
         server.state = CLOSED
         reason = str(exc) or exc.__class__.__name__
         log.warning("%s closing because: connect failed: %s (age=0s)", server.ident, reason)
-        pool.server_failed(ServerError("pgusher cannot connect to server"), during_login=True)
+        pool.server_failed(ServerError("pgusher cannot connect to server", transient=True),
+                           during_login=True)
