@@ -177,8 +177,7 @@ def logged_in(client: ClientConn, pool: Pool, secret: str | None) -> None:
             and pool.password is not None
             and client.app.scram_keys.keys_for(pool.user, pool.password) is not None):
         # The previous attempt only lacked the keys this login just provided.
-        pool.last_login_failed_at = 0.0
-        pool.last_login_error = None
+        pool.forget_failure()
 
 
 # ---------------------------------------------------------------------------------- server
