@@ -629,7 +629,8 @@ class ClientConn(ClientLogin):
                 and not self.stream.mid_message and server.stream.at_boundary):
             server.run_internal("ROLLBACK", pool.after_rollback)
         else:
-            server.close("transaction blocks not allowed in statement pooling mode")
+            server.close("transaction blocks not allowed in statement pooling mode",
+                         abort=True)
         message = "transaction blocks not allowed in statement pooling mode"
         self.fatal(ClientFatal(message), log_as=message)
 
@@ -715,7 +716,7 @@ class ClientConn(ClientLogin):
                     server.needs_reset = True
                 pool.release(server)
             else:
-                server.close("client disconnect while server was not ready")
+                server.close("client disconnect while server was not ready", abort=True)
         app.client_closed(self)
         self.pending.clear()
         self.transport.close()

@@ -262,7 +262,7 @@ class ServerConn(asyncio.Protocol):
         try:
             out = stream.feed(data)
         except ProtocolError as exc:
-            self.close(f"bad packet from server: {exc.message}")
+            self.close(f"bad packet from server: {exc.message}", abort=True)
             return
         client = self.client
         if client is not None:
@@ -445,7 +445,14 @@ class ServerConn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, abort: bool = False) -> None:
+        """Close the connection; ``abort`` when the server may be mid-reply or mid-request.
+
+        An abort cuts the socket at once (a reset, since unread data is pending): the backend
+        fails its next send, ends its transaction and frees its locks. A close would send
+        Terminate behind whatever is queued and, with TLS, wait for the server's close_notify
+        while it reads and discards the rest of a result, which may take long.
+        """
         if self.closed:
             return
         self.closed = True
@@ -454,10 +461,14 @@ class ServerConn(asyncio.Protocol):
         if self.app.config.settings.log_disconnections:
             age = self.app.loop.time() - self.created
             log.info("%s closing because: %s (age=%ds)", self.ident, reason, age)
-        if self.transport is not None:
-            if was in (IDLE, ACTIVE):
-                self.transport.write(m.TERMINATE)
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if abort:
+                transport.abort()
+            else:
+                if was in (IDLE, ACTIVE):
+                    transport.write(m.TERMINATE)
+                transport.close()
         self._forget(was)
 
     def _forget(self, was: str) -> None:
