@@ -10,6 +10,7 @@ import pytest
 from poolcase import start
 
 from support import PgCluster, PoolerFactory
+from support.faults import FaultProxy
 
 
 def query_ok(dsn: str) -> bool:
@@ -121,3 +122,25 @@ def test_unreachable_server_port(pg: PgCluster, pooler: PoolerFactory) -> None:
         psycopg.connect(proc.dsn("postgres", dbname="app"), connect_timeout=10)
     # Other databases are unaffected.
     assert query_ok(proc.dsn("postgres", dbname="live"))
+
+
+def test_server_reset_mid_result(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """The link to the server is reset inside a DataRow: that client gets an error, everyone
+    else is served as before."""
+    with FaultProxy(pg.port) as proxy:
+        proc = start(pooler, pool_size=2,
+                     databases={"app": f"host=127.0.0.1 port={proxy.port} dbname=app"})
+        other = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+        assert other.execute("select 1").fetchone() == (1,)
+        victim = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+        proxy.downstream.reset_after(300_000)
+        with pytest.raises(psycopg.OperationalError) as err:
+            victim.execute("select repeat('x', 100) from generate_series(1, 100000)")
+        assert "lost synchronization" not in str(err.value)
+        assert proxy.downstream.reset_done.is_set()
+        victim.close()
+        assert other.execute("select 2").fetchone() == (2,)
+        assert query_ok(proc.dsn("postgres"))
+        assert proc.is_running()
+        assert "server conn crashed?" in proc.log_text()
+        other.close()

@@ -634,11 +634,19 @@ class ClientConn(ClientLogin):
         message = "transaction blocks not allowed in statement pooling mode"
         self.fatal(ClientFatal(message), log_as=message)
 
-    def server_lost(self) -> None:
+    def server_lost(self, cut: bool = False) -> None:
+        """The linked server is gone. ``cut``: in the middle of a message the client has
+        partly received, where an error would be read as the rest of it; the client is
+        then only disconnected."""
         self.server = None
         if not self.closed:
-            self.fatal(ClientFatal("server conn crashed?", sqlstate="08006"),
-                       log_as="server conn crashed?")
+            error = ClientFatal("server conn crashed?", sqlstate="08006")
+            if cut:
+                log.warning("%s pooler error: %s (in the middle of a message: the client is "
+                            "disconnected without it)", self.prefix(), error.message)
+                self.close(error.message)
+                return
+            self.fatal(error, log_as=error.message)
 
     # ------------------------------------------------------------------ backpressure
 

@@ -480,7 +480,7 @@ class ServerConn(asyncio.Protocol):
         else:
             self.pool.server_gone(self)
         if client is not None:
-            client.server_lost()
+            client.server_lost(cut=self.stream.mid_forward)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._login_timer is not None:
