@@ -5,10 +5,12 @@ These tests restart or kill their own cluster, never the session one other tests
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -118,9 +120,12 @@ def test_restart_under_pgbench(own: PgCluster, pooler: PoolerFactory,
     result = parse_pgbench(out, err)
     assert accepting and served, f"{failed}\n{proc.log_text()}"
     recovery = served[0] - accepting[0]
+    outage = re.search(r"server login works again, after ([0-9.]+)s of failures",
+                       Path(proc.log_path).read_text())
     print(f"{stop.__name__}: {result.aborted_clients} of {CLIENTS} clients aborted "
-          f"(pool size {POOL_SIZE}), {result.transactions} transactions; pooler served "
-          f"{recovery:.3f} s after the server accepted connections")
+          f"(pool size {POOL_SIZE}), {result.transactions} transactions; logins failed for "
+          f"{outage.group(1) if outage else '?'} s; pooler served {recovery:.3f} s after the "
+          "server accepted connections")
     # Only the transactions in flight fail: at most one per server connection.
     assert result.aborted_clients <= POOL_SIZE, err
     assert result.transactions and result.transactions > 100, out + err

@@ -284,7 +284,7 @@ class Pool:
 
         A server that worked until recently and now refuses connections, or says it is
         shutting down or starting up, is being restarted: its waiting clients are held, and
-        attempts come quickly at first, then further apart (a quarter of the time logins
+        attempts come quickly at first, then further apart (an eighth of the time logins
         have failed, from 50 ms up to server_login_retry), so that the pool is back soon after
         the server is. Any other failure (a server never reached, a wrong password, an
         unknown database) fails the waiting clients at once, and the next attempt comes after
@@ -307,7 +307,7 @@ class Pool:
         self.last_login_failed_at = now
         self.last_login_error = error
         if self.held:
-            delay = min(max((now - self.failing_since) / 4, 0.05), max(retry, 0.05))
+            delay = min(max((now - self.failing_since) / 8, 0.05), max(retry, 0.05))
         else:
             delay = max(retry, 0.05)
         self.retry_at = now + delay
