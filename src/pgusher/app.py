@@ -29,7 +29,7 @@ from .metrics.service import Metrics
 from .net import cancel as cancel_mod
 from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
-from .net.client_auth import load_security
+from .net.client_auth import FailedLogins, load_security
 from .net.client_conn import ClientConn
 from .net.sockopts import unix_socket_in_use
 from .pooling.pool import Pool
@@ -107,6 +107,7 @@ class Application:
         check_supported(self.config)
         self.tls, self.hba = load_security(self.config)
         self.scram_keys = ScramKeyStore()
+        self.failed_logins = FailedLogins()
         self.userlist: dict[str, str] = {}
         self._load_userlist(self.config)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]

@@ -52,6 +52,16 @@ class ClientFatal(PgusherError):
 
 
 class ServerError(PgusherError):
-    """A server connection failed to connect or log in."""
+    """A server connection failed to connect or log in.
+
+    ``transient``: the server is there but not taking connections for now (refused, reset,
+    timed out, shutting down or starting up, too many clients), as during a restart; a
+    wrong password, an unknown database or a TLS mismatch is not.
+    """
 
     sqlstate = "08006"
+
+    def __init__(self, message: str, *, sqlstate: str | None = None,
+                 severity: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, sqlstate=sqlstate, severity=severity)
+        self.transient = transient

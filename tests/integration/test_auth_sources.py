@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 from poolcase import start
 
 from support import PgCluster, PoolerFactory, PoolerProc
+from support.wire import message, startup_packet
 
 
 def connect_fails(dsn: str, message: str) -> str:
@@ -248,3 +252,82 @@ def test_failed_logins_logged_and_delayed(pg: PgCluster, pooler: PoolerFactory) 
     log = proc.log_text()
     assert "app/scram_user@127.0.0.1:" in log
     assert "password authentication failed" in log
+
+
+GUESSES = 1000
+AT_ONCE = 100
+ATTACKER = "127.0.0.2"  # another address of the loopback network: another source
+
+
+async def guess_passwords(port: int) -> list[float]:
+    """GUESSES wrong md5 answers from ATTACKER, AT_ONCE at a time; how long each error took
+    to come after the password was sent."""
+    limit = asyncio.Semaphore(AT_ONCE)
+    waits: list[float] = []
+
+    async def one() -> None:
+        async with limit:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=(ATTACKER, 0))
+            try:
+                writer.write(startup_packet("scram_user"))
+                kind, length = struct.unpack("!ci", await reader.readexactly(5))
+                await reader.readexactly(length - 4)
+                assert kind == b"R"
+                writer.write(message(b"p", b"md5" + b"0" * 32 + b"\0"))
+                sent = time.monotonic()
+                kind, length = struct.unpack("!ci", await reader.readexactly(5))
+                body = await reader.readexactly(length - 4)
+                waits.append(time.monotonic() - sent)
+                assert kind == b"E" and b"password authentication failed" in body, body
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(one() for _ in range(GUESSES)))
+    return waits
+
+
+def test_guessing_from_one_address_is_slowed_others_are_not(pg: PgCluster,
+                                                            pooler: PoolerFactory) -> None:
+    proc = with_pgusher(pooler, {"scram_user": "scram_pass"}, {"auth_fail_delay_max": "1"},
+                        auth_type="md5", max_client_conn="400")
+    dsn = proc.dsn("scram_user", "scram_pass")
+    assert current_user(dsn) == "scram_user"
+    timings: list[float] = []
+    done = threading.Event()
+
+    def other_client() -> None:
+        while not done.is_set():
+            began = time.monotonic()
+            with psycopg.connect(dsn) as conn:
+                conn.execute("select 1").fetchone()
+            timings.append(time.monotonic() - began)
+
+    other = threading.Thread(target=other_client)
+    other.start()
+    began = time.monotonic()
+    try:
+        waits = asyncio.run(guess_passwords(proc.port))
+    finally:
+        done.set()
+        other.join(30)
+    attack = time.monotonic() - began
+    timings.sort()
+    p99 = timings[int(len(timings) * 0.99)]
+    waits.sort()
+    print(f"{GUESSES} wrong passwords, {AT_ONCE} at a time: {attack:.1f}s, median answer "
+          f"after {waits[len(waits) // 2]:.3f}s; the other client: {len(timings)} logins "
+          f"and queries, p50 {timings[len(timings) // 2] * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms")
+    # From the sixth failure on, every answer waits the full second (auth_fail_delay_max).
+    assert waits[len(waits) // 10] >= 0.95
+    assert attack >= GUESSES / AT_ONCE * 0.95
+    # The other client, from another address, is not held back: a generous bound.
+    assert len(timings) > 20
+    assert p99 < 0.5
+    log = Path(proc.log_path).read_text()  # the logfile alone (stderr has the same lines)
+    slowed = [line for line in log.splitlines() if f"recent failed logins from {ATTACKER}:"
+              in line]
+    assert len(slowed) == GUESSES - 1
+    assert f"{GUESSES} recent failed logins from {ATTACKER}: answered after 1.00s" in log
+    assert "recent failed logins from 127.0.0.1" not in log

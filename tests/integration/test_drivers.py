@@ -1,19 +1,57 @@
-"""Real drivers through the pooler: psycopg 3 (sync, async, pipeline, COPY) and asyncpg."""
+"""Real drivers through the pooler: psycopg 3 (sync, async, pipeline, COPY) and asyncpg.
+
+Each runs straight to the pooler and again through a proxy that splits every write, both
+ways, into 1-byte pieces: the pooler must not depend on how the network cuts the bytes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import asyncpg
 import psycopg
 import pytest
 from poolcase import pg_now, pooler_backends, start
 
-from support import PgCluster, PoolerFactory
+from support import PgCluster, PoolerFactory, PoolerProc, libpq_dsn
+from support.faults import FaultProxy
 
 # Protocol-level named prepared statements in transaction mode are a later capability; until
 # then psycopg is used as PgBouncer's users use it, with automatic preparing off.
 NO_PREPARE = {"prepare_threshold": None}
+
+
+class Route:
+    """How a test's clients reach its pooler: straight, or through a 1-byte splitter."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.proxies: dict[int, FaultProxy] = {}
+
+    def port(self, proc: PoolerProc) -> int:
+        if self.kind == "direct":
+            return proc.port
+        proxy = self.proxies.get(proc.port)
+        if proxy is None:
+            proxy = self.proxies[proc.port] = FaultProxy(proc.port).start()
+            proxy.upstream.split = proxy.downstream.split = 1
+        return proxy.port
+
+    def dsn(self, proc: PoolerProc, user: str = "postgres") -> str:
+        return libpq_dsn(host=proc.host, port=self.port(proc), user=user, dbname="app")
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            assert proxy.upstream.forwarded and proxy.downstream.forwarded
+            proxy.close()
+
+
+@pytest.fixture(params=["direct", "split"])
+def route(request: pytest.FixtureRequest) -> Iterator[Route]:
+    found = Route(request.param)
+    yield found
+    found.close()
 
 
 @pytest.fixture
@@ -24,9 +62,9 @@ def items_table(pg: PgCluster) -> str:
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_psycopg_sync_transactions_and_copy(pg: PgCluster, pooler: PoolerFactory,
-                                            items_table: str, mode: str) -> None:
+                                            items_table: str, mode: str, route: Route) -> None:
     proc = start(pooler, mode, pool_size=2)
-    with psycopg.connect(proc.dsn("postgres"), **NO_PREPARE) as conn:
+    with psycopg.connect(route.dsn(proc), **NO_PREPARE) as conn:
         with conn.transaction():
             conn.execute("insert into items values (%s, %s)", (1, "one"))
             conn.execute("insert into items values (%s, %s)", (2, "two"))
@@ -47,9 +85,9 @@ def test_psycopg_sync_transactions_and_copy(pg: PgCluster, pooler: PoolerFactory
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_psycopg_pipeline_mode(pg: PgCluster, pooler: PoolerFactory, items_table: str,
-                               mode: str) -> None:
+                               mode: str, route: Route) -> None:
     proc = start(pooler, mode, pool_size=1)
-    with psycopg.connect(proc.dsn("postgres"), autocommit=True, **NO_PREPARE) as conn:
+    with psycopg.connect(route.dsn(proc), autocommit=True, **NO_PREPARE) as conn:
         with conn.pipeline():
             cursors = [conn.execute("select %s::int * 2", (i,)) for i in range(50)]
         assert [c.fetchone() for c in cursors] == [(i * 2,) for i in range(50)]
@@ -65,17 +103,18 @@ def test_psycopg_pipeline_mode(pg: PgCluster, pooler: PoolerFactory, items_table
             cur = conn.execute("select count(*) from items")
         assert cur.fetchone() == (1,)
     # The server went back clean: another client on the single server is not in a transaction.
-    with psycopg.connect(proc.dsn("postgres"), autocommit=True, **NO_PREPARE) as other:
+    with psycopg.connect(route.dsn(proc), autocommit=True, **NO_PREPARE) as other:
         assert other.execute("select txid_current_if_assigned()").fetchone() == (None,)
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-def test_psycopg_async(pg: PgCluster, pooler: PoolerFactory, items_table: str, mode: str) -> None:
+def test_psycopg_async(pg: PgCluster, pooler: PoolerFactory, items_table: str, mode: str,
+                       route: Route) -> None:
     proc = start(pooler, mode, pool_size=3)
+    dsn = route.dsn(proc)
 
     async def worker(n: int) -> int:
-        async with await psycopg.AsyncConnection.connect(proc.dsn("postgres"),
-                                                                **NO_PREPARE) as conn:
+        async with await psycopg.AsyncConnection.connect(dsn, **NO_PREPARE) as conn:
             total = 0
             for i in range(20):
                 async with conn.transaction():
@@ -100,11 +139,13 @@ def test_psycopg_async(pg: PgCluster, pooler: PoolerFactory, items_table: str, m
     assert pg.sql("select count(*) from items") == "12"
 
 
-def test_asyncpg_session_mode(pg: PgCluster, pooler: PoolerFactory, items_table: str) -> None:
+def test_asyncpg_session_mode(pg: PgCluster, pooler: PoolerFactory, items_table: str,
+                              route: Route) -> None:
     proc = start(pooler, "session", pool_size=4)
+    port = route.port(proc)
 
     async def main() -> None:
-        pool = await asyncpg.create_pool(host=proc.host, port=proc.port, user="postgres",
+        pool = await asyncpg.create_pool(host=proc.host, port=port, user="postgres",
                                          database="app", min_size=2, max_size=4)
         try:
             async def job(i: int) -> None:
@@ -129,12 +170,14 @@ def test_asyncpg_session_mode(pg: PgCluster, pooler: PoolerFactory, items_table:
     asyncio.run(main())
 
 
-def test_asyncpg_transaction_mode_unprepared(pg: PgCluster, pooler: PoolerFactory) -> None:
+def test_asyncpg_transaction_mode_unprepared(pg: PgCluster, pooler: PoolerFactory,
+                                             route: Route) -> None:
     """asyncpg without its statement cache works in transaction mode (before issue 3's work)."""
     proc = start(pooler, "transaction", pool_size=2)
+    port = route.port(proc)
 
     async def main() -> None:
-        conns = [await asyncpg.connect(host=proc.host, port=proc.port, user="postgres",
+        conns = [await asyncpg.connect(host=proc.host, port=port, user="postgres",
                                        database="app", statement_cache_size=0)
                  for _ in range(10)]
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import pytest
 from poolcase import start
 
 from support import PgCluster, PoolerFactory, PoolerProc, wire
+from support.faults import FaultProxy
 from support.proxy import PgProxy
 
 
@@ -24,28 +26,51 @@ def query_ok(dsn: str) -> bool:
 
 def test_server_down_gives_clear_error_then_recovers(pg: PgCluster,
                                                      pooler: PoolerFactory) -> None:
-    proc = start(pooler, pool_size=2, server_login_retry=0.5)
-    conn = psycopg.connect(proc.dsn("postgres"), autocommit=True)
-    assert conn.execute("select 1").fetchone() == (1,)
+    """Work in flight fails at once. A query that was not yet sent waits for the server, up to
+    query_wait_timeout. Once logins have failed for server_login_retry, new clients are told
+    at once. When the server is back, so is the pooler."""
+    proc = start(pooler, pool_size=2, server_login_retry=0.5, query_wait_timeout=2)
+    busy = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    idle = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+    assert idle.execute("select 1").fetchone() == (1,)
+    failures: list[tuple[float, str]] = []
+
+    def in_flight() -> None:
+        try:
+            busy.execute("select pg_sleep(60)")
+        except psycopg.OperationalError as exc:
+            failures.append((time.monotonic(), str(exc)))
+
+    sleeper = threading.Thread(target=in_flight)
+    sleeper.start()
+    deadline = time.monotonic() + 10
+    while pg.sql("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'",
+                 "postgres") != "1":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stopped = time.monotonic()
     pg.stop()
     try:
-        # A connected client's next query fails promptly with a clear error, no hang.
+        sleeper.join(10)
+        assert failures and failures[0][0] - stopped < 10
+        assert ("terminating connection" in failures[0][1]
+                or "server conn crashed?" in failures[0][1])
+        busy.close()
+        # Nothing of this client's was in flight: it waits, and a server that does not come
+        # back ends the wait at query_wait_timeout, not at once and not never.
         started = time.monotonic()
-        with pytest.raises(psycopg.OperationalError) as err:
-            conn.execute("select 1")
-        assert time.monotonic() - started < 10
-        assert ("server conn crashed?" in str(err.value)
-                or "cannot connect to server" in str(err.value)
-                or "terminating connection" in str(err.value))
-        conn.close()
-        # New clients are told at once too.
+        with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+            idle.execute("select 1")
+        assert 1.5 < time.monotonic() - started < 10
+        idle.close()
+        # Logins have failed for longer than server_login_retry: new clients are told at once.
         started = time.monotonic()
-        with (pytest.raises(psycopg.OperationalError) as err2,
+        with (pytest.raises(psycopg.OperationalError,
+                            match=r"server login has been failing, try again later "
+                                  r"\(server_login_retry\)"),
               psycopg.connect(proc.dsn("postgres"), connect_timeout=10) as c):
             c.execute("select 1")
-        assert time.monotonic() - started < 10
-        assert ("cannot connect to server" in str(err2.value)
-                or "server login has been failing" in str(err2.value))
+        assert time.monotonic() - started < 2
         assert proc.is_running()
     finally:
         pg.start()
@@ -240,3 +265,25 @@ def test_server_connection_cut_ends_the_client(pg: PgCluster, pooler: PoolerFact
     errors = [wire.error_fields(body) for _, kind, body in got if kind == b"E"]
     assert [(e["C"], e["M"]) for e in errors] == [("08006", "server conn crashed?")]
     assert got[-1][0] < 1.0
+
+
+def test_server_reset_mid_result(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """The link to the server is reset inside a DataRow: that client gets an error, everyone
+    else is served as before."""
+    with FaultProxy(pg.port) as proxy:
+        proc = start(pooler, pool_size=2,
+                     databases={"app": f"host=127.0.0.1 port={proxy.port} dbname=app"})
+        other = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+        assert other.execute("select 1").fetchone() == (1,)
+        victim = psycopg.connect(proc.dsn("postgres"), autocommit=True)
+        proxy.downstream.reset_after(300_000)
+        with pytest.raises(psycopg.OperationalError) as err:
+            victim.execute("select repeat('x', 100) from generate_series(1, 100000)")
+        assert "lost synchronization" not in str(err.value)
+        assert proxy.downstream.reset_done.is_set()
+        victim.close()
+        assert other.execute("select 2").fetchone() == (2,)
+        assert query_ok(proc.dsn("postgres"))
+        assert proc.is_running()
+        assert "server conn crashed?" in proc.log_text()
+        other.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -16,6 +20,7 @@ from support import (
     run_pgbench,
     run_psql,
 )
+from support.faults import FaultProxy
 from support.pooler import _ini_value, render_ini, write_userlist
 
 
@@ -161,3 +166,76 @@ def test_config_file_helpers(tmp_path: Path) -> None:
     assert text == "[databases]\napp = host=h dbname=app\n\n[pgbouncer]\na = 1\n"
     assert _ini_value(text + "; c\n[pgbouncer]\nA=2\n", "pgbouncer", "a") == "2"
     assert libpq_dsn(host="h", password="a b'c", port=None) == "host=h password='a b\\'c'"
+
+
+# ---------------------------------------------------------------------------------- fault proxy
+
+
+class Recorder:
+    """A TCP server that records the size of every read (for the splitter)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.sock:
+            conn, _ = self.sock.accept()
+        with conn, contextlib.suppress(ConnectionError):  # closing the proxy resets
+            while chunk := conn.recv(65536):
+                self.sizes.append(len(chunk))
+                conn.sendall(chunk)
+
+
+def test_fault_proxy_splits_writes() -> None:
+    recorder = Recorder()
+    with FaultProxy(recorder.port) as proxy:
+        proxy.upstream.split = 1
+        proxy.upstream.pause = 0.002  # so that the reader sees the pieces apart
+        with socket.create_connection((proxy.host, proxy.port)) as sock:
+            sock.sendall(b"x" * 40)
+            got = b""
+            while len(got) < 40:
+                got += sock.recv(100)
+    recorder.thread.join(5)
+    assert got == b"x" * 40
+    assert len(recorder.sizes) >= 30 and max(recorder.sizes) <= 2  # read one by one
+
+
+def test_fault_proxy_delay_stall_and_resume(pg: PgCluster) -> None:
+    with FaultProxy(pg.port) as proxy:
+        dsn = libpq_dsn(**pg.params("postgres", port=proxy.port))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            proxy.downstream.delay = 0.2
+            began = time.monotonic()
+            assert conn.execute("select 1").fetchone() == (1,)
+            assert time.monotonic() - began >= 0.2
+            proxy.downstream.delay = 0
+            proxy.stall()
+            answered = threading.Event()
+            waiter = threading.Thread(
+                target=lambda: (conn.execute("select 2").fetchone(), answered.set()))
+            waiter.start()
+            assert not answered.wait(0.5)
+            proxy.resume()
+            assert answered.wait(5)
+            waiter.join()
+
+
+def test_fault_proxy_resets_inside_a_message(pg: PgCluster) -> None:
+    with FaultProxy(pg.port) as proxy:
+        dsn = libpq_dsn(**pg.params("postgres", port=proxy.port))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            proxy.downstream.reset_after(100_000)
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("select repeat('x', 100) from generate_series(1, 100000)")
+            assert proxy.downstream.reset_done.is_set()
+        # The proxy still serves new connections; reset_all cuts the open ones.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            proxy.reset_all()
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("select 1")

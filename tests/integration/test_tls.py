@@ -12,6 +12,7 @@ from poolcase import USERLIST, start
 
 from support import PgCluster, PoolerFactory, find_bindir, run_psql
 from support.tls import Pki, make_pki, start_tls_cluster, use_server_certificate
+from support.wire import RawConn, query
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,45 @@ def test_client_certificate_to_server(tls_pg: PgCluster, pooler: PoolerFactory,
     with psycopg.connect(proc.dsn("cert_user")) as conn:
         assert conn.execute("select current_user").fetchone() == ("cert_user",)
         assert server_ssl(conn)
+
+
+BIG_RESULTS = {
+    "copy": "copy (select i, repeat('x', 100) from generate_series(1, 5000000) i) to stdout",
+    "select": "select i, repeat('x', 100) from generate_series(1, 5000000) i",
+}
+
+
+@pytest.mark.parametrize("kind", list(BIG_RESULTS))
+def test_client_gone_mid_result_frees_the_backend(tls_pg: PgCluster, pooler: PoolerFactory,
+                                                  kind: str) -> None:
+    """A client that leaves while a big result streams over server TLS: the server connection
+    is cut at once, so the backend ends its transaction and its locks go within a second."""
+    tls_pg.sql("create table if not exists held (i int)")
+    proc = start(pooler, databases=db_for(tls_pg), server_tls_sslmode="require")
+    victim = RawConn.tcp(proc.port)
+    victim.login("postgres")
+    for sql in ("begin", "lock table held"):
+        victim.send(query(sql))
+        assert not [r for r in victim.read_until_ready() if r[0] == "E"]
+    victim.send(query(BIG_RESULTS[kind]))
+    got = 0
+    while got < 2_000_000:  # the result is streaming
+        chunk = victim.sock.recv(65536)
+        assert chunk
+        got += len(chunk)
+    holder = tls_pg.sql("select s.ssl from pg_locks l join pg_stat_ssl s using (pid) "
+                        "where l.relation = 'held'::regclass and l.mode = 'AccessExclusiveLock'")
+    assert holder == "t"  # the lock is held on a TLS connection
+    with psycopg.connect(tls_pg.dsn("postgres", sslmode="require"), autocommit=True) as other:
+        other.execute("set lock_timeout = '1s'")
+        # The kernel closes a killed client's socket just so (with unread data: a reset).
+        victim.close()
+        left = time.monotonic()
+        with other.transaction():
+            other.execute("lock table held")
+        freed = time.monotonic() - left
+    print(f"{kind}: lock free {freed:.3f} s after the client left")
+    assert "client disconnect while server was not ready" in proc.log_text()
 
 
 # ---------------------------------------------------------------------------------- client leg

@@ -14,6 +14,7 @@ import os
 import pwd
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -206,6 +207,28 @@ def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: the fields follow the last ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists, zombies included: PostgreSQL's lock file check counts them."""
+    return os.path.exists(f"/proc/{pid}")
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -340,6 +363,32 @@ class PgCluster:
     def restart(self, mode: str = "fast", timeout: float = 60) -> None:
         self.stop(mode=mode, timeout=timeout)
         self.start(timeout=timeout)
+
+    def postmaster_pid(self) -> int | None:
+        """PID of the running postmaster (from postmaster.pid), None when there is none."""
+        try:
+            return int(Path(self.datadir, "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def kill_postmaster(self, timeout: float = 30) -> None:
+        """SIGKILL the postmaster, as a crash would, and wait until its children are gone.
+
+        The children notice the postmaster's death and exit on their own (a backend after
+        its current statement); a new start refuses to run while any is still attached to
+        the old shared memory.
+        """
+        pid = self.postmaster_pid()
+        if pid is None:
+            raise PgError("no postmaster to kill")
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        for proc in [pid, *children]:
+            while _alive(proc):
+                if time.monotonic() > deadline:
+                    raise PgError(f"process {proc} of the killed postmaster is still running")
+                time.sleep(0.01)
 
     def reload(self) -> None:
         self._run_server_tool([self._bin("pg_ctl"), "reload", "-D", self.datadir])

@@ -825,3 +825,30 @@ def test_load_userlist(tmp_path: Path) -> None:
 def test_load_userlist_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_userlist(str(tmp_path / "missing.txt"))
+
+
+# ---------------------------------------------------------------------------------- slowing
+
+
+def test_failed_login_delay_grows_per_source() -> None:
+    from pgusher.net.client_auth import FailedLogins
+
+    delays = [FailedLogins.delay(n, 0.0, 5.0) for n in range(1, 12)]
+    assert delays[:6] == [0.0, 0.05, 0.1, 0.2, 0.4, 0.8]
+    assert delays[-1] == 5.0 and max(delays) == 5.0
+    assert FailedLogins.delay(3, 1.0, 5.0) == 1.0  # auth_fail_delay is the least
+    assert FailedLogins.delay(50, 0.25, 0.0) == 0.25  # no growth
+    assert FailedLogins.delay(10**6, 0.0, 5.0) == 5.0
+
+
+def test_failed_logins_are_counted_per_source_and_forgotten() -> None:
+    from pgusher.net.client_auth import FailedLogins
+
+    table = FailedLogins()
+    assert [table.note("10.0.0.7", 100.0 + i) for i in range(3)] == [1, 2, 3]
+    assert table.note("10.0.0.8", 103.0) == 1
+    assert table.note("10.0.0.7", 103.0 + FailedLogins.FORGET + 1) == 1
+    for i in range(FailedLogins.LIMIT + 10):
+        table.note(f"10.1.{i // 256}.{i % 256}", 200.0 + i / 1000)
+    assert len(table._by_source) <= FailedLogins.LIMIT
+    assert table.note("10.1.0.1", 205.0) == 1  # among the quietest half: dropped

@@ -95,6 +95,22 @@ def test_server_trailing_partial_message_is_held() -> None:
     assert stream.at_boundary
 
 
+def test_server_knows_when_the_client_has_half_a_message() -> None:
+    big = m.data_row(["x" * 5000])
+    stream = ServerStream(ParamLog())
+    assert stream.feed(big[:100]) == big[:100]
+    assert stream.mid_forward  # the client has the start of the row
+    stream.feed(big[100:])
+    assert not stream.mid_forward
+    held = ServerStream(ParamLog())
+    held.feed(SELECT_REPLY + m.ready_for_query(b"I")[:3])
+    assert not held.at_boundary and not held.mid_forward  # held back: nothing of it went out
+    swallowing = ServerStream(ParamLog())
+    swallowing.swallow = 1
+    assert swallowing.feed(m.notice_response("n" * 3000)[:100]) == b""
+    assert not swallowing.mid_forward  # the pooler's own reply: the client sees none of it
+
+
 def test_server_param_status_reported_when_not_swallowed() -> None:
     params = ParamLog()
     stream = ServerStream(params)

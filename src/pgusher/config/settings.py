@@ -508,7 +508,10 @@ class PgusherSettings:
                              doc="Address of the HTTP endpoint.")
     workers: str = setting("1", reloadable=False, parser=_parse_workers,
                            doc="Worker processes: a positive integer or 'auto'.")
-    auth_fail_delay: float = setting(0.0, doc="Delay before reporting a failed login.")
+    auth_fail_delay: float = setting(0.0, doc="Delay before reporting any failed login.")
+    auth_fail_delay_max: float = setting(
+        5.0, doc="Repeated failed logins from one address are reported later and later "
+                 "(50 ms for the second, doubling), up to this; 0 = no growth.")
 
 
 SETTINGS_TABLE: dict[str, SettingSpec] = build_table(Settings)

@@ -8,8 +8,10 @@ them, so the connection code only calls in at a few points:
 * :func:`auth_method` says which method applies: ``auth_type``, or with ``auth_type = hba`` the
   first matching pg_hba.conf rule; ``cert`` and ``peer`` are checked right there;
 * :func:`start_lookup` asks auth_query for a user missing from auth_file;
-* :func:`login_failed` logs the failure with address and user and, with ``auth_fail_delay``
-  in ``[pgusher]``, holds the answer back that long so that guessing passwords is slow;
+* :func:`login_failed` logs the failure with address and user and holds the answer back:
+  ``auth_fail_delay`` (``[pgusher]``) for every failure, and longer and longer for repeated
+  failures from one source address (:class:`FailedLogins`, up to ``auth_fail_delay_max``),
+  so that guessing passwords is slow. A timer sends the error; nothing else waits;
 * :func:`scram_login` picks how the pooler answers a server's SCRAM request, including SCRAM
   pass-through with the keys a client's login proved (see ``auth/passthrough.py``).
 """
@@ -152,12 +154,69 @@ def start_lookup(client: ClientConn, method: str) -> bool:
     return client.app.lookups.lookup(target, client.user, done)
 
 
+class FailedLogins:
+    """Recent failed logins per source address (the IP; all unix-socket clients are one).
+
+    A source's count goes up with each failure and is forgotten after FORGET seconds
+    without one. The table is bounded: past LIMIT sources, the forgotten ones are dropped,
+    then the quietest half.
+    """
+
+    FORGET = 60.0
+    LIMIT = 4096
+    FIRST_STEP = 0.05  # the delay of a source's second failure; it doubles from there
+
+    def __init__(self) -> None:
+        self._by_source: dict[str, tuple[int, float]] = {}
+
+    def note(self, source: str, now: float) -> int:
+        """Count a failure from ``source``; the number of its recent failures."""
+        count, last = self._by_source.get(source, (0, now))
+        if now - last > self.FORGET:
+            count = 0
+        count += 1
+        self._by_source[source] = (count, now)
+        if len(self._by_source) > self.LIMIT:
+            self._prune(now)
+        return count
+
+    def _prune(self, now: float) -> None:
+        table = self._by_source
+        for source in [k for k, (_, last) in table.items() if now - last > self.FORGET]:
+            del table[source]
+        if len(table) > self.LIMIT // 2:
+            by_age = sorted(table.items(), key=lambda item: item[1][1])
+            for source, _ in by_age[:len(table) // 2]:
+                del table[source]
+
+    @classmethod
+    def delay(cls, count: int, base: float, most: float) -> float:
+        """How long to hold back the answer to failure number ``count`` from one source:
+        ``base`` for every failure; from the second on, 50 ms doubling with each further
+        failure, up to ``most`` (0: no growth)."""
+        if most <= 0 or count < 2:
+            return base
+        return max(base, min(most, cls.FIRST_STEP * 2.0 ** min(count - 2, 30)))
+
+
+def _source(client: ClientConn) -> str:
+    return "[local]" if client.is_unix else client.addr.rsplit(":", 1)[0]
+
+
 def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
-    """Log a failed login with address and user; answer now or after auth_fail_delay."""
+    """Log a failed login with address and user; answer now, or later after repeated ones."""
     from .client_conn import AUTH_FAILED
 
-    log.warning("%s %s", client.prefix(), what)
-    delay = client.app.config.pgusher.auth_fail_delay
+    app = client.app
+    source = _source(client)
+    count = app.failed_logins.note(source, app.loop.time())
+    settings = app.config.pgusher
+    delay = FailedLogins.delay(count, settings.auth_fail_delay, settings.auth_fail_delay_max)
+    if count > 1 and delay > 0:
+        log.warning("%s %s (%d recent failed logins from %s: answered after %.2fs)",
+                    client.prefix(), what, count, source, delay)
+    else:
+        log.warning("%s %s", client.prefix(), what)
     if delay > 0:
         client.state = AUTH_FAILED
         client.transport.pause_reading()
@@ -177,8 +236,7 @@ def logged_in(client: ClientConn, pool: Pool, secret: str | None) -> None:
             and pool.password is not None
             and client.app.scram_keys.keys_for(pool.user, pool.password) is not None):
         # The previous attempt only lacked the keys this login just provided.
-        pool.last_login_failed_at = 0.0
-        pool.last_login_error = None
+        pool.forget_failure()
 
 
 # ---------------------------------------------------------------------------------- server

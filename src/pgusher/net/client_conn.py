@@ -431,7 +431,7 @@ class ClientConn(ClientLink, ClientLogin):
                     server.needs_reset = True
                 pool.release(server)
             else:
-                server.close("client disconnect while server was not ready")
+                server.close("client disconnect while server was not ready", abort=True)
         app.client_closed(self)
         self.pending.clear()
         self.transport.close()

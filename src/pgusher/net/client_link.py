@@ -366,17 +366,25 @@ class ClientLink:
                 and not self.stream.mid_message and server.stream.at_boundary):
             server.run_internal("ROLLBACK", pool.after_rollback)
         else:
-            server.close("transaction blocks not allowed in statement pooling mode")
+            server.close("transaction blocks not allowed in statement pooling mode",
+                         abort=True)
         message = "transaction blocks not allowed in statement pooling mode"
         self.fatal(ClientFatal(message), log_as=message)
 
-    def server_lost(self, relayed: str = "") -> None:
+    def server_lost(self, relayed: str = "", cut: bool = False) -> None:
         """The linked server is gone; ``relayed`` says why when the client already has the
-        server's own error (a FATAL), which is then all it gets."""
+        server's own error (a FATAL), which is then all it gets. ``cut``: in the middle of a
+        message the client has partly received, where an error would be read as the rest of
+        it; the client is then only disconnected."""
         self.server = None
         if relayed:
             self.close(relayed)
         elif not self.closed:
-            self.fatal(ClientFatal("server conn crashed?", sqlstate="08006"),
-                       log_as="server conn crashed?")
+            error = ClientFatal("server conn crashed?", sqlstate="08006")
+            if cut:
+                log.warning("%s pooler error: %s (in the middle of a message: the client is "
+                            "disconnected without it)", self.prefix(), error.message)
+                self.close(error.message)
+                return
+            self.fatal(error, log_as=error.message)
 

@@ -46,6 +46,10 @@ CLOSED = "closed"
 UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_datetimes",
                                 "in_hot_standby", "is_superuser", "session_authorization"))
 _IDENTITY = frozenset(("is_superuser", "session_authorization"))
+# SQLSTATE classes of login errors a server gives while it cannot take connections for now:
+# connection exceptions, insufficient resources (too many clients), operator intervention
+# (shutting down, starting up, in recovery).
+_TRANSIENT_CLASSES = frozenset(("08", "53", "57"))
 
 
 class ServerConn(ServerSession, asyncio.Protocol):
@@ -125,7 +129,8 @@ class ServerConn(ServerSession, asyncio.Protocol):
     def _login_timeout(self) -> None:
         self._login_timer = None
         if self.state == LOGIN:
-            self._fail_login(ServerError("server login timed out (server_connect_timeout)"))
+            self._fail_login(ServerError("server login timed out (server_connect_timeout)",
+                                         transient=True))
 
     def _login_data(self, data: bytes) -> None:
         buf = self._login_buf + data if self._login_buf else data
@@ -153,8 +158,10 @@ class ServerConn(ServerSession, asyncio.Protocol):
                     self.pid, self.key = struct.unpack("!ii", body[:8])
                 elif kind == 69:  # 'E'
                     fields = m.parse_error_fields(body)
-                    err = ServerError(fields.get("M", "server login failed"),
-                                      sqlstate=fields.get("C", "08006"))
+                    code = fields.get("C", "08006")
+                    # Shutting down, starting up, too many clients: worth another try soon.
+                    err = ServerError(fields.get("M", "server login failed"), sqlstate=code,
+                                      transient=code[:2] in _TRANSIENT_CLASSES)
                     self._fail_login(err, server_said=fields.get("S", "FATAL"))
                     return
                 elif kind == 90:  # 'Z'
@@ -249,7 +256,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         try:
             out = stream.feed(data)
         except ProtocolError as exc:
-            self.close(f"bad packet from server: {exc.message}")
+            self.close(f"bad packet from server: {exc.message}", abort=True)
             return
         client = self.client
         if stream.fatal is not None:
@@ -370,8 +377,15 @@ class ServerConn(ServerSession, asyncio.Protocol):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, reason: str, *, relayed: bool = False) -> None:
-        """``relayed``: the client already has the server's own error for this."""
+    def close(self, reason: str, *, relayed: bool = False, abort: bool = False) -> None:
+        """Close the connection. ``relayed``: the client already has the server's own error
+        for this. ``abort`` when the server may be mid-reply or mid-request.
+
+        An abort cuts the socket at once (a reset, since unread data is pending): the backend
+        fails its next send, ends its transaction and frees its locks. A close would send
+        Terminate behind whatever is queued and, with TLS, wait for the server's close_notify
+        while it reads and discards the rest of a result, which may take long.
+        """
         if self.closed:
             return
         self.closed = True
@@ -380,10 +394,14 @@ class ServerConn(ServerSession, asyncio.Protocol):
         if self.app.config.settings.log_disconnections:
             age = self.app.loop.time() - self.created
             log.info("%s closing because: %s (age=%ds)", self.ident, reason, age)
-        if self.transport is not None:
-            if was in (IDLE, ACTIVE):
-                self.transport.write(m.TERMINATE)
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if abort:
+                transport.abort()
+            else:
+                if was in (IDLE, ACTIVE):
+                    transport.write(m.TERMINATE)
+                transport.close()
         if self.cancels:
             cancel_mod.settle(self)
         self._forget(was, reason if relayed else "")
@@ -392,12 +410,12 @@ class ServerConn(ServerSession, asyncio.Protocol):
         client = self.client
         self.client = None
         if was in (CONNECTING, LOGIN):
-            self.pool.server_failed(ServerError("server closed the connection during login"),
-                                    during_login=True)
+            self.pool.server_failed(ServerError("server closed the connection during login",
+                                                transient=True), during_login=True)
         else:
             self.pool.server_gone(self)
         if client is not None:
-            client.server_lost(relayed)
+            client.server_lost(relayed, cut=self.stream.mid_forward)
         done, self._capture_cb = self._capture_cb, None
         if done is not None:
             done(self, False, [])  # a read-back cut short: its client must not wait for it
@@ -443,4 +461,5 @@ async def open_server_connection(pool: Pool) -> None:
         server.state = CLOSED
         reason = str(exc) or exc.__class__.__name__
         log.warning("%s closing because: connect failed: %s (age=0s)", server.ident, reason)
-        pool.server_failed(ServerError("pgusher cannot connect to server"), during_login=True)
+        pool.server_failed(ServerError("pgusher cannot connect to server", transient=True),
+                           during_login=True)

@@ -383,7 +383,7 @@ async def connect_server(loop: asyncio.AbstractEventLoop, protocol: asyncio.Prot
         answer = await probe.answer
     except ConnectionError as exc:
         raw.close()
-        raise ServerError(str(exc)) from None
+        raise ServerError(str(exc), transient=True) from None
     if answer == SSL_YES:
         holding = _Holding()
         try:
@@ -395,7 +395,9 @@ async def connect_server(loop: asyncio.AbstractEventLoop, protocol: asyncio.Prot
                               f"(server_tls_sslmode = {mode}): {exc.verify_message}") from None
         except OSError as exc:
             raw.close()
-            raise ServerError(f"TLS handshake with server failed: {exc}") from None
+            # A reset or a timeout may pass; a TLS error proper (versions, ciphers) will not.
+            raise ServerError(f"TLS handshake with server failed: {exc}",
+                              transient=not isinstance(exc, ssl.SSLError)) from None
         if transport is None:
             raw.close()
             raise ServerError("TLS handshake with server failed")

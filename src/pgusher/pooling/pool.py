@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal, ServerError
+from ..log import log
 from ..net.cancel import holds as cancel_holds
 
 if TYPE_CHECKING:
@@ -32,13 +34,18 @@ SESSION = "session"
 TRANSACTION = "transaction"
 STATEMENT = "statement"
 
+# A server that worked this recently (or within server_login_retry, if longer) and now
+# refuses connections is taken to be restarting: its clients are held for it.
+_RECENT = 10.0
+
 
 class Pool:
-    __slots__ = ("_retry_handle", "active", "app", "blocked", "check_delay", "connecting",
-                 "db_name", "give_back", "idle", "known_statements", "last_login_error",
-                 "last_login_failed_at", "limit", "login_waiters", "mode", "name", "others_want",
-                 "password", "paused", "reserve_active", "reset_always", "share_cap",
-                 "shared_slots", "target", "user", "waiting", "welcome_params")
+    __slots__ = ("_retry_handle", "active", "alive_at", "app", "blocked", "check_delay",
+                 "connecting", "db_name", "failing_since", "give_back", "held", "idle",
+                 "known_statements", "last_login_error", "last_login_failed_at", "limit",
+                 "login_waiters", "mode", "name", "others_want", "password", "paused",
+                 "reserve_active", "reset_always", "retry_at", "share_cap", "shared_slots",
+                 "target", "user", "waiting", "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -57,6 +64,13 @@ class Pool:
         self.welcome_params: dict[str, str] | None = None
         self.last_login_failed_at = 0.0
         self.last_login_error: ServerError | None = None
+        # Server logins failing (see server_failed): since when, whether the clients are held
+        # for the server to come back, and when the next attempt may start. When a server of
+        # this pool was last known to work.
+        self.failing_since = 0.0
+        self.held = False
+        self.retry_at = 0.0
+        self.alive_at = -math.inf
         self.reserve_active = False
         self.known_statements: set[str] = set()  # prepared-statement keys a server accepted
         # Workers only: this pool's, its database's and its user's slots in the shared table;
@@ -110,7 +124,10 @@ class Pool:
         max_user = app.effective_max_user_connections(self.user)
         if max_user and app.user_server_count(self.user) >= max_user:
             return False
-        return not self.in_login_retry()
+        if self.failing_since:
+            # While logins fail, one attempt at a time, and not before its time.
+            return not self.connecting and app.loop.time() >= self.retry_at
+        return True
 
     def try_open(self) -> bool:
         """_may_open, then (with several workers) count the server in the shared table."""
@@ -149,11 +166,17 @@ class Pool:
         if shared is not None:
             shared.give(self.slots())
 
-    def in_login_retry(self) -> bool:
-        if not self.last_login_failed_at:
+    def fails_fast(self) -> bool:
+        """Whether a new client is told at once that server logins fail, rather than queued.
+
+        Clients are held while a server that worked is briefly away (a restart) for up to
+        server_login_retry; otherwise they are refused until the next attempt is due."""
+        if not self.failing_since or self.total:
             return False
-        retry = self.app.config.settings.server_login_retry
-        return self.app.loop.time() - self.last_login_failed_at < retry
+        now = self.app.loop.time()
+        if self.held:
+            return now - self.failing_since >= self.app.config.settings.server_login_retry
+        return now < self.retry_at
 
     def grow(self) -> None:
         """Open connections while clients wait for more servers than are on the way."""
@@ -176,9 +199,8 @@ class Pool:
         if self.welcome_params is not None:
             client.finish_login(self.welcome_params)
             return
-        if self.total == 0 and self.in_login_retry():
-            client.fatal(ClientFatal(
-                "server login has been failing, try again later (server_login_retry)"))
+        if self.fails_fast():
+            self._refuse(client)
             return
         self.login_waiters.append(client)
         if self.idle:
@@ -186,7 +208,8 @@ class Pool:
             self._learn_welcome(self.idle[-1])
             return
         if self.connecting == 0 and not self.paused and (
-                self.try_open() or (self.total == 0 and self.app.shared is None)):
+                self.try_open() or (self.total == 0 and self.app.shared is None
+                                    and not self.failing_since)):
             self.open_server()
 
     def request(self, client: ClientConn) -> None:
@@ -206,10 +229,8 @@ class Pool:
             self.active.add(server)
             client.attach(server)
             return
-        if (self.last_login_failed_at and self.total == 0 and self.in_login_retry()
-                and not self.paused):
-            client.fatal(ClientFatal(
-                "server login has been failing, try again later (server_login_retry)"))
+        if self.failing_since and not self.paused and self.fails_fast():
+            self._refuse(client)
             return
         self.waiting.append(client)
         client.start_wait()
@@ -217,6 +238,13 @@ class Pool:
         if (len(self.idle) + len(self.active) + self.connecting < self.limit
                 and not self.paused):
             self.grow()
+
+    def _refuse(self, client: ClientConn) -> None:
+        client.fatal(ClientFatal(
+            "server login has been failing, try again later (server_login_retry)"))
+        # No client may be waiting to bring the next attempt about: this one does.
+        if self.try_open():
+            self.open_server()
 
     def cancel_wait(self, client: ClientConn) -> None:
         with contextlib.suppress(ValueError):
@@ -228,10 +256,22 @@ class Pool:
 
     def server_logged_in(self, server: ServerConn) -> None:
         self.connecting -= 1
-        self.last_login_failed_at = 0.0
-        self.last_login_error = None
+        self.alive_at = self.app.loop.time()
+        if self.failing_since:
+            log.info("%s server login works again, after %.1fs of failures", self.name,
+                     self.alive_at - self.failing_since)
+        self.forget_failure()
         self._learn_welcome(server)
         self.release(server)
+        if self.waiting:
+            self.grow()  # the first after failures: open the rest the waiters need
+
+    def forget_failure(self) -> None:
+        self.last_login_failed_at = 0.0
+        self.last_login_error = None
+        self.failing_since = 0.0
+        self.held = False
+        self.retry_at = 0.0
 
     def _learn_welcome(self, server: ServerConn) -> None:
         if self.welcome_params is None:
@@ -241,28 +281,53 @@ class Pool:
             client.finish_login(self.welcome_params)
 
     def server_failed(self, error: ServerError, *, during_login: bool) -> None:
-        """A connection attempt failed (connect or login)."""
+        """A connection attempt failed (connect or login).
+
+        A server that worked until recently and now refuses connections, or says it is
+        shutting down or starting up, is being restarted: its waiting clients are held, and
+        attempts come quickly at first, then further apart (an eighth of the time logins
+        have failed, from 50 ms up to server_login_retry), so that the pool is back soon after
+        the server is. Any other failure (a server never reached, a wrong password, an
+        unknown database) fails the waiting clients at once, and the next attempt comes after
+        server_login_retry.
+        """
         if during_login:
             self.connecting -= 1
             self._uncount()
-        self.last_login_failed_at = self.app.loop.time()
+        now = self.app.loop.time()
+        retry = self.app.config.settings.server_login_retry
+        if not self.failing_since:
+            self.failing_since = now
+            self.held = error.transient and (
+                self.total > 0 or now - self.alive_at <= max(retry, _RECENT))
+            log.warning("%s server logins failing: %s; %s", self.name, error.message,
+                        "clients wait for the server" if self.held
+                        else "waiting clients are refused")
+        elif self.held and not error.transient:
+            self.held = False
+        self.last_login_failed_at = now
         self.last_login_error = error
-        if self.total == 0:
+        if self.held:
+            delay = min(max((now - self.failing_since) / 8, 0.05), max(retry, 0.05))
+        else:
+            delay = max(retry, 0.05)
+        self.retry_at = now + delay
+        if self.total == 0 and not self.held:
             # Nothing else will serve these clients soon: tell them now rather than hang.
             waiters = list(self.waiting) + self.login_waiters
             self.waiting.clear()
             self.login_waiters = []
             for client in waiters:
                 client.fatal(ClientFatal(error.message, sqlstate=error.sqlstate))
-        self._schedule_retry()
+        self._schedule_retry(delay)
 
-    def _schedule_retry(self) -> None:
+    def _schedule_retry(self, delay: float) -> None:
         if self._retry_handle is not None:
-            return
-        delay = max(self.app.config.settings.server_login_retry, 0.05)
+            self._retry_handle.cancel()
 
         def retry() -> None:
             self._retry_handle = None
+            self.retry_at = 0.0  # due now (a timer may fire a hair before its time)
             self.grow()
 
         self._retry_handle = self.app.loop.call_later(delay, retry)
@@ -348,6 +413,7 @@ class Pool:
 
     def server_gone(self, server: ServerConn) -> None:
         """A server connection closed; forget it wherever it was."""
+        self.alive_at = self.app.loop.time()
         self.active.discard(server)
         with contextlib.suppress(ValueError):
             self.idle.remove(server)

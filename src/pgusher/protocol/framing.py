@@ -96,6 +96,11 @@ class ServerStream:
     def at_boundary(self) -> bool:
         return not self.held and not self.skip
 
+    @property
+    def mid_forward(self) -> bool:
+        """The client has the start of a message whose rest has not come from the server."""
+        return bool(self.skip) and not self._drop
+
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk and return what should be forwarded to the client."""
         link = self.link
