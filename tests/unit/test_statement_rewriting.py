@@ -229,3 +229,52 @@ def test_error_in_simple_query_skips_nothing() -> None:
     assert not link.tags and not link.skipping and b"s1" in mine
     out = Translator(link, mine).feed([bind(b"s1"), EXECUTE, SYNC])
     assert key in out and b"s1\0" not in out
+
+
+def _after_skip_batch() -> tuple[LinkState, ServerStream, bytes]:
+    """s1 on the server; then Bind s1, Execute, a Parse the pooler answers itself (its text is
+    known), Sync. The pooler's ParseComplete must come right after the CommandComplete."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + m.ready_for_query(b"I"))
+    translator = Translator(link, mine)
+    translator.feed([bind(b"s1"), EXECUTE, parse(b"s2", b"select 1"), SYNC])
+    assert not translator.direct  # queued behind the Bind and the Execute
+    return link, stream, BIND_OK + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+
+
+def _feed_chunks(stream: ServerStream, chunks: list[bytes]) -> bytes:
+    return b"".join(stream.feed(chunk) for chunk in chunks)
+
+
+def _check_after_skip(chunks: list[bytes]) -> None:
+    link, stream, reply = _after_skip_batch()
+    assert b"".join(chunks) == reply
+    out = _feed_chunks(stream, chunks)
+    cut = len(BIND_OK) + len(m.command_complete("SELECT 1"))
+    assert out == reply[:cut] + PARSE_OK + reply[cut:]
+    assert not link.tags and stream.at_boundary and not stream._after_skip
+
+
+def test_reply_added_after_a_body_that_ends_at_a_chunk_end() -> None:
+    """The CommandComplete's body straddles two chunks and ends where the second one does."""
+    _, _, reply = _after_skip_batch()
+    body_cut = len(BIND_OK) + 8  # the CommandComplete's header and part of its body
+    _check_after_skip([reply[:body_cut], reply[body_cut:-6], reply[-6:]])
+
+
+def test_reply_added_after_a_cut_body_whole_and_byte_by_byte() -> None:
+    _, _, reply = _after_skip_batch()
+    _check_after_skip([reply])
+    _check_after_skip([reply[i:i + 1] for i in range(len(reply))])
+
+
+def test_reply_added_after_a_cut_body_at_every_split() -> None:
+    _, _, reply = _after_skip_batch()
+    for i in range(1, len(reply)):
+        _check_after_skip([reply[:i], reply[i:]])
+        for j in range(i + 1, len(reply)):
+            _check_after_skip([reply[:i], reply[i:j], reply[j:]])
+

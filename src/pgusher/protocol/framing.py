@@ -131,7 +131,7 @@ class ServerStream:
         out_from = 0
         pieces: list[bytes] = []
         if self.skip:
-            if self.skip >= n:
+            if self.skip > n:
                 self.skip -= n
                 return b"" if self._drop else data
             pos = self.skip
@@ -139,6 +139,8 @@ class ServerStream:
             if self._drop:
                 out_from = pos
             if self._after_skip:
+                # What the tracker added behind the message just ended (a reply the pooler
+                # answered itself), even when that message ends with the chunk.
                 pieces.append(data[out_from:pos])
                 pieces.append(self._after_skip)
                 out_from = pos
