@@ -6,6 +6,7 @@ from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
 from pgusher.protocol.prepared import (
     LinkState,
+    SqlStatement,
     Statement,
     Translator,
     answer_without_server,
@@ -278,3 +279,21 @@ def test_reply_added_after_a_cut_body_at_every_split() -> None:
         for j in range(i + 1, len(reply)):
             _check_after_skip([reply[:i], reply[i:j], reply[j:]])
 
+
+
+def test_pooler_query_reply_dropped_at_every_split() -> None:
+    """The replies of a query the pooler slipped in (a PREPARE for a statement this server
+    lacks) are dropped even when a body is cut by the chunk."""
+    sql: dict[str, SqlStatement] = {}
+    first = LinkState(10)
+    Translator(first, {}, sql, "c1").feed([(ord("Q"), m.query("PREPARE foo AS select 1"))])
+    shown = (m.row_description([("x", 23)]) + m.data_row(["1"]) + m.command_complete("SELECT 1")
+             + m.ready_for_query(b"I"))
+    reply = m.command_complete("PREPARE") + m.ready_for_query(b"I") + shown
+    for i in range(len(reply) + 1):
+        link = LinkState(10)  # another server, which lacks foo
+        out = Translator(link, {}, sql, "c1").feed([(ord("Q"), m.query("EXECUTE foo"))])
+        assert out.startswith(b"Q") and out.count(b"Q") == 2  # PREPARE, then EXECUTE
+        stream = stream_for(link)
+        assert _feed_chunks(stream, [reply[:i], reply[i:]]) == shown, i
+        assert not link.tags and stream.at_boundary

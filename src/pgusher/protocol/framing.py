@@ -175,17 +175,18 @@ class ServerStream:
                 elif dropping:
                     self.last_error = parse_error_fields(data[pos + 5:end])
             elif end > n:
-                # A body we do not read, cut by the chunk: stream what is here, skip the rest.
+                # A body we do not read, cut by the chunk: stream what is here, skip the rest,
+                # or drop both (a reply to the pooler's own query).
                 self.skip = end - n
-                self._drop = dropping
-                if dropping:
+                drop = dropping
+                if tagged and tracker is not None and kind in tags[0].watch:
+                    forward, self._after_skip = tracker.reply(kind, None)
+                    drop = not forward
+                self._drop = drop
+                if drop:
                     if pos > out_from:
                         pieces.append(data[out_from:pos])
                     out_from = n
-                elif tagged and tracker is not None:
-                    # Only ParseComplete/CloseComplete are ever dropped, and they have no body.
-                    _, extra = tracker.reply(kind, None)
-                    self._after_skip = extra
                 pos = n
                 break
             if dropping:
