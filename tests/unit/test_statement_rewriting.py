@@ -297,3 +297,71 @@ def test_pooler_query_reply_dropped_at_every_split() -> None:
         stream = stream_for(link)
         assert _feed_chunks(stream, [reply[:i], reply[i:]]) == shown, i
         assert not link.tags and stream.at_boundary
+
+
+def test_sql_deallocate_of_a_protocol_name_uses_a_stand_in() -> None:
+    """The server-side statement is shared: the client's name goes, the server's stays, and
+    the server deallocates a stand-in so that the reply is DEALLOCATE's own."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"_pg3_0", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + m.ready_for_query(b"I"))
+    out = Translator(link, mine).feed([(ord("Q"), m.query("DEALLOCATE _pg3_0"))])
+    assert b"_pg3_0" not in out and b"pgusher_deallocate" in out
+    assert b"_pg3_0" not in mine and len(link.statements) == 1
+    reply = (m.message(b"3") + m.command_complete("PREPARE") + m.ready_for_query(b"I")
+             + m.command_complete("DEALLOCATE") + m.ready_for_query(b"I"))
+    assert stream.feed(reply) == m.command_complete("DEALLOCATE") + m.ready_for_query(b"I")
+    assert stream.ready == 1 and not link.tags
+
+
+def test_failed_sql_deallocate_keeps_the_name() -> None:
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([(ord("Q"), m.query("deallocate prepare s1"))])
+    aborted = m.error_response("ERROR", "25P02", "current transaction is aborted")
+    reply = (m.message(b"3") + aborted + m.ready_for_query(b"E") + aborted
+             + m.ready_for_query(b"E"))
+    assert stream.feed(reply) == aborted + m.ready_for_query(b"E")
+    assert b"s1" in mine and not link.tags
+
+
+def test_sql_deallocate_skipped_after_an_error_keeps_the_name() -> None:
+    """An error earlier in the batch makes the server skip the DEALLOCATE up to the Sync."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([parse(b"bad", b"select from"),
+                                 (ord("P"), m.message(b"P", b"\0DEALLOCATE s1\0\0\0")),
+                                 bind(b""), EXECUTE, (ord("Q"), m.query("DEALLOCATE s1")),
+                                 SYNC])
+    assert b"s1" not in mine
+    error = m.error_response("ERROR", "42601", "syntax error")
+    assert stream.feed(error + m.ready_for_query(b"I")) == error + m.ready_for_query(b"I")
+    assert b"s1" in mine and b"bad" not in mine and not link.tags
+    assert link.lost_queries == 1
+
+
+def test_failed_deallocate_all_keeps_the_names() -> None:
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + m.ready_for_query(b"I"))
+    for text in ("DEALLOCATE ALL", "discard all"):
+        Translator(link, mine).feed([(ord("Q"), m.query(text))])
+        assert not mine
+        error = m.error_response("ERROR", "25001", "cannot run inside a transaction block")
+        assert stream.feed(error + m.ready_for_query(b"E")) == error + m.ready_for_query(b"E")
+        assert b"s1" in mine and list(link.statements) and not link.needs_reset
+    # Of several statements, the failing one may have come after it: reset the server.
+    Translator(link, mine).feed([(ord("Q"), m.query("deallocate all; select 1/0"))])
+    error = m.error_response("ERROR", "22012", "division by zero")
+    stream.feed(error + m.ready_for_query(b"I"))
+    assert not mine and link.needs_reset

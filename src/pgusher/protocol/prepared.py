@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from .messages import error_response, message, query
-from .session import inspect_text, might_affect_session, sql_prepared
+from .session import inspect_text, might_affect_session, split_statements, sql_prepared
 
 # Tag kinds.
 T_SKIPZ = 0    # replies of untagged work: skip until `count` ReadyForQuery
@@ -75,6 +75,17 @@ _FAILING_NAME = b"pgusher_error"
 
 # Statements whose execution drops every prepared statement of the session.
 _DROPS_ALL = re.compile(rb"\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b", re.I)
+
+# SQL DEALLOCATE of a client's protocol-level statement: the server-side statement is shared,
+# so the server deallocates a stand-in of the pooler's instead. It answers exactly as the
+# client's DEALLOCATE would (its command tag; 25P02 in an aborted transaction). The Close
+# first makes sure no earlier stand-in is left to make the PREPARE or Parse fail.
+_STAND_IN = b"pgusher_deallocate"
+_CLOSE_STAND_IN = message(b"C", b"S" + _STAND_IN + b"\0")
+_PREPARE_STAND_IN = query("PREPARE " + _STAND_IN.decode() + " AS SELECT")
+_PARSE_STAND_IN = message(b"P", _STAND_IN + b"\0SELECT\0\0\0")
+_DEALLOCATE_STAND_IN = b"DEALLOCATE " + _STAND_IN
+_DEALLOCATE_STAND_IN_QUERY = query(_DEALLOCATE_STAND_IN.decode())
 
 
 class Tag:
@@ -333,26 +344,84 @@ class Translator:
         link = self.link
         text = msg[5:]
         hit = kind == 81 and might_affect_session(text)
+        if hit and link.limit:
+            freed = self._deallocated(text)
+            if freed is not None:
+                self._push(Tag(T_INJ_CLOSE))
+                self._push(Tag(T_INJ_QUERY))
+                tag = Tag(T_QUERY)
+                tag.undo = freed
+                self._push(tag)
+                self.out += (_CLOSE_STAND_IN, _PREPARE_STAND_IN, _DEALLOCATE_STAND_IN_QUERY)
+                return
         if hit and self.sql is not None and link.limit:
             verb = sql_prepared(text)
             if verb is not None:
                 self._sql_statement(*verb)
                 return
         clears = hit and drops_all_statements(text)
+        undo = None
         if clears:
-            self.statements.clear()
-            if self.sql is not None:
-                self.sql.clear()
+            undo = self._clear_all(len(split_statements(text.decode("utf-8", "replace"))) == 1)
         effects = inspect_text(text) if hit else []
         if effects:
             self.effects.extend(effects)
         if link.tags or clears or effects:
             tag = Tag(T_QUERY)
             tag.clears = clears
+            tag.undo = undo
             self._push(tag)
         else:
             link.untagged_z += 1
         self.out.append(msg)
+
+    def _deallocated(self, text: bytes) -> Callable[[], None] | None:
+        """If ``text`` is one SQL DEALLOCATE of a protocol-level statement of the client's,
+        forget the name and return what puts it back (the DEALLOCATE failed or was skipped).
+        """
+        if text.lower().find(b"deallocate") < 0:
+            return None
+        found = sql_prepared(text)
+        if found is None or found[0] != "deallocate":
+            return None
+        name = found[1]
+        if self.sql is not None and name in self.sql:
+            return None  # an SQL-level statement of the client's
+        if name.startswith('"'):
+            name = name[1:-1].replace('""', '"')
+        wire = name.encode()
+        statements = self.statements
+        stmt = statements.pop(wire, None)
+        if stmt is None:
+            return None
+
+        def undo() -> None:
+            statements.setdefault(wire, stmt)
+
+        return undo
+
+    def _clear_all(self, single: bool) -> Callable[[], None]:
+        """DISCARD ALL or DEALLOCATE ALL: forget the client's statements; return what puts
+        them back if it fails. A failed query of several statements may or may not have run
+        it: the server is then reset before reuse and the client's names stay forgotten."""
+        statements, sql, link = self.statements, self.sql, self.link
+        saved = dict(statements)
+        saved_sql = dict(sql) if sql is not None else {}
+        statements.clear()
+        if sql is not None:
+            sql.clear()
+
+        def undo() -> None:
+            if not single:
+                link.needs_reset = True
+                return
+            for name, stmt in saved.items():
+                statements.setdefault(name, stmt)
+            if sql is not None:
+                for sql_name, sql_stmt in saved_sql.items():
+                    sql.setdefault(sql_name, sql_stmt)
+
+        return undo
 
     # ---- SQL-level PREPARE / EXECUTE / DEALLOCATE (one statement per query)
 
@@ -434,9 +503,20 @@ class Translator:
             self.effects.extend(inspect_text(query))
         if not name or not self.link.limit:
             tag = Tag(T_PARSE)
+            if hit and not name and self.link.limit:
+                freed = self._deallocated(query)
+                if freed is not None:
+                    # Executed later: the name comes back if this Parse fails or is skipped.
+                    self._push(Tag(T_INJ_CLOSE))
+                    self._push(Tag(T_INJ_PARSE))
+                    tag.undo = freed
+                    self._push(tag)
+                    self.out += (_CLOSE_STAND_IN, _PARSE_STAND_IN,
+                                 message(b"P", b"\0" + _DEALLOCATE_STAND_IN + b"\0" + types))
+                    return
             tag.clears = hit and drops_all_statements(query)
             if tag.clears:
-                self.statements.clear()
+                tag.undo = self._clear_all(True)
                 self.link.needs_reset = True  # executed later, maybe: settle it at release
             self._push(tag)
             self.out.append(msg)
@@ -590,6 +670,9 @@ class ReplyTracker:
             # Sync's ReadyForQuery follows and nothing is skipped. The tag is shared: no marks.
             return True, b""
         tags.popleft()
+        if head.undo is not None:
+            head.undo()
+            head.undo = None
         found = _SQLSTATE.search(body)
         code = found.group(1).decode() if found else ""
         replacement = b""
@@ -609,6 +692,9 @@ class ReplyTracker:
         # The server now skips to the next Sync: undo what the skipped messages stood for.
         while tags and tags[0].kind != T_SYNC:
             skipped = tags.popleft()
+            if skipped.undo is not None:
+                skipped.undo()
+                skipped.undo = None
             if skipped.kind in (T_INJ_PARSE, T_PARSE) and skipped.key is not None:
                 link.statements.pop(skipped.key, None)
                 if skipped.owner is not None:
