@@ -7,8 +7,11 @@ transaction mode; the observations must be the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
+import asyncpg
 import psycopg
 import psycopg._connection_base
 import pytest
@@ -161,3 +164,90 @@ def test_psycopg_evicts_with_sql_deallocate(pg: PgCluster, pooler: PoolerFactory
         # Every statement still prepared works; evicted ones are prepared again.
         for i in range(0, 250, 7):
             assert conn.execute(f"select {i} as q{i}, %s::int", (i,)).fetchone() == (i, i)
+
+
+# ---- Statements shared by query text across schema changes
+
+def run_async(coro: Awaitable[list[str]]) -> list[str]:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def stale_param_types(kw: dict[str, object]) -> list[str]:
+    """A table re-created with another column type; a new client prepares the same text."""
+    seen: list[str] = []
+    c1 = await asyncpg.connect(**kw)
+    await c1.execute("DROP TABLE IF EXISTS stale_t; CREATE TABLE stale_t(v date)")
+    for _ in range(3):
+        ps = await c1.prepare("INSERT INTO stale_t VALUES ($1)")
+    seen.append(f"client 1: {[t.name for t in ps.get_parameters()]}")
+    await c1.close()
+    c2 = await asyncpg.connect(**kw)
+    await c2.execute("DROP TABLE stale_t; CREATE TABLE stale_t(v int)")
+    ps = await c2.prepare("INSERT INTO stale_t VALUES ($1)")
+    seen.append(f"client 2: {[t.name for t in ps.get_parameters()]}")
+    try:
+        await ps.fetch(42)
+        seen.append("insert ok")
+    except Exception as exc:
+        seen.append(f"insert failed: {type(exc).__name__}")
+    seen.append(f"rows: {await c2.fetch('SELECT v FROM stale_t')}")
+    await c2.execute("DROP TABLE stale_t")
+    await c2.close()
+    return seen
+
+
+async def stale_result_type(kw: dict[str, object]) -> list[str]:
+    """A column added; a new client runs the same query, outside and inside a transaction."""
+    seen: list[str] = []
+    c1 = await asyncpg.connect(**kw)
+    await c1.execute("DROP TABLE IF EXISTS stale_t2; CREATE TABLE stale_t2(a int); "
+                     "INSERT INTO stale_t2 VALUES (1)")
+    for _ in range(3):
+        await c1.fetch("SELECT * FROM stale_t2")
+    await c1.close()
+    c2 = await asyncpg.connect(**kw)
+    await c2.execute("ALTER TABLE stale_t2 ADD COLUMN b text")
+    for label, column in (("outside", "c1"), ("inside", "c2"), ("outside again", "c3")):
+        try:
+            if label == "inside":
+                async with c2.transaction():
+                    rows = await c2.fetch("SELECT * FROM stale_t2")
+            else:
+                rows = await c2.fetch("SELECT * FROM stale_t2")
+            seen.append(f"{label}: {[tuple(r) for r in rows]}")
+        except Exception as exc:
+            seen.append(f"{label}: {type(exc).__name__}")
+        await c2.execute(f"ALTER TABLE stale_t2 ADD COLUMN {column} int")
+    await c2.execute("DROP TABLE stale_t2")
+    await c2.close()
+    return seen
+
+
+def asyncpg_kw(host: str, port: int) -> dict[str, object]:
+    return {"host": host, "port": port, "user": "postgres", "password": "postgres",
+            "database": "app"}
+
+
+def wait_for_servers(pg: PgCluster, dsn: str, count: int) -> None:
+    """A first client makes the pool open its min_pool_size servers; wait for them."""
+    conn = low(dsn)
+    try:
+        assert conn.exec_(b"select 1").status == pq.ExecStatus.TUPLES_OK
+        deadline = time.monotonic() + 10
+        while pg.connections(user="postgres", dbname="app") < count:
+            assert time.monotonic() < deadline, "the pool did not open its servers"
+            time.sleep(0.1)
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("servers", [1])
+@pytest.mark.parametrize("scenario", [stale_param_types, stale_result_type])
+def test_schema_change_as_on_a_direct_connection(
+        pg: PgCluster, pooler: PoolerFactory, servers: int,
+        scenario: Callable[[dict[str, object]], Awaitable[list[str]]]) -> None:
+    direct = run_async(scenario(asyncpg_kw(pg.host, pg.port)))
+    proc = start(pooler, pool_size=servers, server_round_robin=1, min_pool_size=servers)
+    wait_for_servers(pg, proc.dsn("postgres"), servers)
+    assert run_async(scenario(asyncpg_kw(proc.host, proc.port))) == direct
+

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from ..errors import ProtocolError
 from .messages import TYPE_LEN, parse_error_fields, parse_parameter_status
-from .prepared import LinkState, ReplyTracker, Tag
+from .prepared import LinkState, ReplyTracker, Tag, schema_changed
 
 _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call
 
@@ -26,6 +26,13 @@ _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one
 Z_READY = ord("Z")
 S_PARAM = ord("S")
 E_ERROR = ord("E")
+C_COMPLETE = ord("C")
+I_IDLE = ord("I")
+
+# Command tags of statements that change the catalog: a Parse after one must not share a
+# server-side statement analysed before it (see prepared.schema_changed).
+_DDL_TAGS = (b"CREATE ", b"ALTER ", b"DROP ")
+_DDL_FIRST = b"ACD"
 
 Q_QUERY = ord("Q")
 F_FUNCTION = ord("F")
@@ -50,8 +57,8 @@ class ServerStream:
     the pooler's own queries); ``swallowed`` counts those completed in the last feed.
     """
 
-    __slots__ = ("_after_skip", "_drop", "held", "last_error", "link", "max_size", "on_param",
-                 "ready", "skip", "status", "swallow", "swallowed", "tracker")
+    __slots__ = ("_after_skip", "_ddl", "_drop", "held", "last_error", "link", "max_size",
+                 "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
                  max_size: int = 2147483647) -> None:
@@ -66,6 +73,7 @@ class ServerStream:
         self.on_param = on_param
         self.max_size = max_size
         self._after_skip = b""
+        self._ddl = False  # a schema change in the transaction still open
         # Prepared-statement tracking for this server (transaction and statement mode).
         self.link: LinkState | None = None
         self.tracker: ReplyTracker | None = None
@@ -97,17 +105,21 @@ class ServerStream:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             if end > n:
-                if kind in (Z_READY, S_PARAM):
+                if kind in (Z_READY, S_PARAM, C_COMPLETE):
                     break  # held until whole
                 self.skip = end - n
                 pos = n
                 break
             if kind == Z_READY:
-                self.status = data[pos + 5]
+                status = self.status = data[pos + 5]
                 ready += 1
+                if self._ddl and status == I_IDLE:
+                    self._committed()
             elif kind == S_PARAM:
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.on_param(name, value, False)
+            elif kind == C_COMPLETE and length > 9 and data[pos + 5] in _DDL_FIRST:
+                self._command(data, pos + 5)
             pos = end
         self.ready = ready
         self.swallowed = 0
@@ -118,6 +130,17 @@ class ServerStream:
             return data
         self.held = data[pos:]
         return data[:pos]
+
+    def _command(self, data: bytes, at: int) -> None:
+        """A CommandComplete whose tag starts at ``at``: note a schema change."""
+        if data.startswith(_DDL_TAGS, at):
+            schema_changed()
+            self._ddl = True
+
+    def _committed(self) -> None:
+        """The transaction of a schema change ended: what others parse now sees it."""
+        self._ddl = False
+        schema_changed()
 
     def _feed_general(self, data: bytes) -> bytes:
         """Every case: carried-over bytes, swallowed replies, tagged replies."""
@@ -157,11 +180,11 @@ class ServerStream:
             end = pos + 1 + length
             dropping = self.swallow > 0
             tagged = not dropping and bool(tags)
-            if kind in (Z_READY, S_PARAM) or (kind == E_ERROR and (dropping or tagged)):
+            if kind in (Z_READY, S_PARAM, C_COMPLETE) or (kind == E_ERROR and (dropping or tagged)):
                 if end > n:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
-                    self.status = data[pos + 5]
+                    status = self.status = data[pos + 5]
                     if dropping:
                         self.swallow -= 1
                         self.swallowed += 1
@@ -169,10 +192,15 @@ class ServerStream:
                         self.ready += 1
                         if not tagged and link is not None and link.untagged_z:
                             link.untagged_z -= 1
+                        if self._ddl and status == I_IDLE:
+                            self._committed()
                 elif kind == S_PARAM:
                     name, value = parse_parameter_status(data[pos + 5:end])
                     self.on_param(name, value, dropping)
-                elif dropping:
+                elif kind == C_COMPLETE:
+                    if not dropping and length > 9 and data[pos + 5] in _DDL_FIRST:
+                        self._command(data, pos + 5)
+                elif dropping and kind == E_ERROR:
                     self.last_error = parse_error_fields(data[pos + 5:end])
             elif end > n:
                 # A body we do not read, cut by the chunk: stream what is here, skip the rest,

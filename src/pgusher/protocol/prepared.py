@@ -149,9 +149,38 @@ _SYNC_TAG = Tag(T_SYNC)
 _CLOSE_TAG = Tag(T_CLOSE)
 
 
+class _SchemaClock:
+    """Counts the schema changes this process has seen (see :func:`schema_changed`)."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self) -> None:
+        self.generation = 0
+
+
+_SCHEMA = _SchemaClock()
+
+
+def schema_changed() -> None:
+    """The catalog may have changed (DDL went through, or a server said a plan changed).
+
+    A client's Parse means a fresh analysis on a direct connection; from now on it maps to a
+    new server-side statement rather than one analysed before the change. Statements parsed
+    before keep theirs, and with it what PostgreSQL does to them (fixed parameter types, an
+    error if the result type changed).
+    """
+    _SCHEMA.generation += 1
+
+
+def schema_generation() -> int:
+    return _SCHEMA.generation
+
+
 def statement_key(query: bytes, types: bytes) -> str:
+    """The server-side name of a client's statement parsed now."""
     digest = hashlib.blake2b(query + b"\0" + types, digest_size=10).hexdigest()
-    return "pgusher_" + digest
+    generation = _SCHEMA.generation
+    return f"pgusher_{digest}_{generation}" if generation else "pgusher_" + digest
 
 
 def split_parse(body: bytes) -> tuple[bytes, bytes, bytes]:
@@ -686,9 +715,11 @@ class ReplyTracker:
         elif hk == T_INJ_CLOSE and head.key is not None:
             link.needs_close.add(head.key)
         if code == _PLAN_CHANGED and head.key is not None:
-            # "cached plan must not change result type": re-prepare on next use.
+            # "cached plan must not change result type": re-prepare on next use; new Parses
+            # of the text get a statement of their own.
             link.statements.pop(head.key, None)
             link.needs_close.add(head.key)
+            schema_changed()
         # The server now skips to the next Sync: undo what the skipped messages stood for.
         while tags and tags[0].kind != T_SYNC:
             skipped = tags.popleft()
