@@ -241,7 +241,7 @@ def wait_for_servers(pg: PgCluster, dsn: str, count: int) -> None:
         conn.finish()
 
 
-@pytest.mark.parametrize("servers", [1])
+@pytest.mark.parametrize("servers", [1, 2])
 @pytest.mark.parametrize("scenario", [stale_param_types, stale_result_type])
 def test_schema_change_as_on_a_direct_connection(
         pg: PgCluster, pooler: PoolerFactory, servers: int,
@@ -251,3 +251,114 @@ def test_schema_change_as_on_a_direct_connection(
     wait_for_servers(pg, proc.dsn("postgres"), servers)
     assert run_async(scenario(asyncpg_kw(proc.host, proc.port))) == direct
 
+
+def shown(res: pq.abc.PGresult) -> str:
+    """Status, SQLSTATE, result columns and the first row, as text."""
+    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+    columns = [res.ftype(i) for i in range(res.nfields)]
+    row = [res.get_value(0, i) for i in range(res.nfields)] if res.ntuples else []
+    return f"{pq.ExecStatus(res.status).name} {state} {columns} {row}"
+
+
+def old_statement_after_alter(ddl: Callable[[str], None]) -> Callable[
+        [Callable[[], pq.PGconn]], list[str]]:
+    """A statement parsed before ADD COLUMN fails with 0A000 at every use, on every server;
+    one parsed after it sees the new column."""
+    def scenario(connect: Callable[[], pq.PGconn]) -> list[str]:
+        a = connect()
+        out = []
+        ddl("drop table if exists evolving; create table evolving(a int); "
+            "insert into evolving values (1)")
+        out.append(shown(a.prepare(b"sel", b"select * from evolving")))
+        ddl("alter table evolving add column b text default 'b'")
+        for _ in range(4):
+            out.append(shown(a.exec_prepared(b"sel", [])))
+        out.append(shown(a.describe_prepared(b"sel")))
+        b = connect()
+        for conn, name in ((a, b"sel2"), (b, b"sel")):
+            out.append(shown(conn.prepare(name, b"select * from evolving")))
+            for _ in range(3):
+                out.append(shown(conn.exec_prepared(name, [])))
+        out.append(shown(a.exec_prepared(b"sel", [])))
+        return out
+    return scenario
+
+
+def pinned_parameter_types(ddl: Callable[[str], None]) -> Callable[
+        [Callable[[], pq.PGconn]], list[str]]:
+    """A statement's parameter type stays what it was parsed with: a table re-created with
+    an int column makes its binary date parameter an error, never an integer."""
+    def scenario(connect: Callable[[], pq.PGconn]) -> list[str]:
+        a = connect()
+        out = []
+        ddl("drop table if exists pinned; create table pinned(v date)")
+        out.append(shown(a.prepare(b"ins", b"insert into pinned values ($1)")))
+        ddl("drop table pinned; create table pinned(v int)")
+        for _ in range(2):
+            described = a.describe_prepared(b"ins")
+            out.append(f"{shown(described)} {described.param_type(0)}")
+        day = (7000).to_bytes(4, "big")  # 2019-03-01 as a binary date
+        for _ in range(4):
+            out.append(shown(a.exec_prepared(b"ins", [day], param_formats=[1])))
+        out.append(shown(a.exec_(b"select count(*) from pinned")))
+        ddl("drop table pinned")
+        return out
+    return scenario
+
+
+def same_width_type_change(ddl: Callable[[str], None]) -> Callable[
+        [Callable[[], pq.PGconn]], list[str]]:
+    """A column changed from int to real (4 bytes both): binary results of a statement
+    parsed before must not be read as the other type; PostgreSQL says 0A000."""
+    def scenario(connect: Callable[[], pq.PGconn]) -> list[str]:
+        a = connect()
+        out = []
+        ddl("drop table if exists widths; create table widths(x int); "
+            "insert into widths values (1)")
+        out.append(shown(a.prepare(b"w", b"select x from widths")))
+        ddl("alter table widths alter column x type real")
+        for _ in range(4):
+            out.append(shown(a.exec_prepared(b"w", [], result_format=1)))
+        ddl("drop table widths")
+        return out
+    return scenario
+
+
+def through(conn_dsn: str) -> Callable[[str], None]:
+    """DDL sent by another client of the same target."""
+    def ddl(sql: str) -> None:
+        conn = low(conn_dsn)
+        try:
+            res = conn.exec_(sql.encode())
+            assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        finally:
+            conn.finish()
+    return ddl
+
+
+@pytest.mark.parametrize("make", [old_statement_after_alter, pinned_parameter_types,
+                                  same_width_type_change])
+@pytest.mark.parametrize("seen_by_pooler", [True, False])
+def test_statement_parsed_before_a_schema_change(
+        pg: PgCluster, pooler: PoolerFactory, seen_by_pooler: bool,
+        make: Callable[[Callable[[str], None]], Callable[[Callable[[], pq.PGconn]],
+                                                         list[str]]]) -> None:
+    """Over two servers in turn: the statement is prepared on one, and parsed again on the
+    other after the change. The DDL goes through the pooler, or straight to PostgreSQL."""
+    proc = start(pooler, pool_size=2, server_round_robin=1, min_pool_size=2)
+    wait_for_servers(pg, proc.dsn("postgres"), 2)
+    results = []
+    for dsn in (pg.dsn("postgres"), proc.dsn("postgres")):
+        ddl = through(dsn) if seen_by_pooler else through(pg.dsn("postgres"))
+        opened: list[pq.PGconn] = []
+
+        def connect(dsn: str = dsn, opened: list[pq.PGconn] = opened) -> pq.PGconn:
+            opened.append(low(dsn))
+            return opened[-1]
+
+        try:
+            results.append(make(ddl)(connect))
+        finally:
+            for conn in opened:
+                conn.finish()
+    assert results[1] == results[0]

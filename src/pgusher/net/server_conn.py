@@ -248,6 +248,12 @@ class ServerConn(asyncio.Protocol):
         except ProtocolError as exc:
             self.close(f"bad packet from server: {exc.message}")
             return
+        link = self.link
+        if link is not None and link.release:
+            # Client messages held back until a statement parsed again was checked.
+            assert self.transport is not None
+            self.transport.write(link.release)
+            link.release = b""
         client = self.client
         if client is not None:
             if stream.ready and stream.status != 73 and client.refuses_transactions():

@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal, ServerError
+from ..protocol.prepared import KnownStatements
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
@@ -57,7 +58,7 @@ class Pool:
         self.last_login_failed_at = 0.0
         self.last_login_error: ServerError | None = None
         self.reserve_active = False
-        self.known_statements: set[str] = set()  # prepared-statement keys a server accepted
+        self.known_statements = KnownStatements()  # prepared-statement keys a server accepted
         # Workers only: this pool's, its database's and its user's slots in the shared table;
         # whether the shared limits stopped it opening a server; whether to hand one back.
         self.shared_slots: tuple[int, int, int] | None = None

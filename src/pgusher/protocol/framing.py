@@ -180,7 +180,9 @@ class ServerStream:
             end = pos + 1 + length
             dropping = self.swallow > 0
             tagged = not dropping and bool(tags)
-            if kind in (Z_READY, S_PARAM, C_COMPLETE) or (kind == E_ERROR and (dropping or tagged)):
+            if (kind in (Z_READY, S_PARAM, C_COMPLETE)
+                    or (kind == E_ERROR and (dropping or tagged))
+                    or (tagged and kind in tags[0].read)):
                 if end > n:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
@@ -222,7 +224,7 @@ class ServerStream:
                     pieces.append(data[out_from:pos])
                 out_from = end
             elif tagged and tracker is not None and (kind == E_ERROR or kind in tags[0].watch):
-                body = data[pos + 5:end] if kind == E_ERROR else None
+                body = data[pos + 5:end] if kind == E_ERROR or kind in tags[0].read else None
                 forward, extra = tracker.reply(kind, body)
                 if not forward and kind == Z_READY:
                     self.ready -= 1  # the pooler's own query: not the client's to count
