@@ -15,6 +15,7 @@ from pgusher.errors import ProtocolError
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
 from pgusher.protocol.prepared import (
+    KnownStatements,
     LinkState,
     SqlStatement,
     Statement,
@@ -28,6 +29,12 @@ from pgusher.protocol.prepared import (
 
 SYNC = (ord("S"), m.SYNC)
 KNOWN = statement_key(b"select 1", b"\0\0")
+
+
+def _known(*keys: str) -> KnownStatements:
+    known = KnownStatements()
+    known.update(keys)
+    return known
 
 
 def msg(kind: bytes, body: bytes) -> tuple[int, bytes]:
@@ -68,7 +75,7 @@ def test_split_parse_and_split_target_read_as_postgres_does() -> None:
 
 @pytest.mark.parametrize("bad", MALFORMED, ids=lambda bad: repr(bad[1][5:]))
 def test_malformed_message_goes_as_it_came(bad: tuple[int, bytes]) -> None:
-    link = LinkState(10, {KNOWN})
+    link = LinkState(10, _known(KNOWN))
     link.statements[KNOWN] = None  # the server has "select 1": a misread name would match
     mine: dict[bytes, Statement] = {}
     out = Translator(link, mine).feed([bad, SYNC])
@@ -117,7 +124,7 @@ client_messages = st.lists(
 @given(client_messages, client_messages)
 def test_rewriting_never_raises(first: list[tuple[int, bytes]],
                                 second: list[tuple[int, bytes]]) -> None:
-    link = LinkState(3, {KNOWN})
+    link = LinkState(3, _known(KNOWN))
     mine: dict[bytes, Statement] = {}
     sql: dict[str, SqlStatement] = {}
     for batch in (first, second):

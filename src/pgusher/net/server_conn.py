@@ -258,6 +258,12 @@ class ServerConn(ServerSession, asyncio.Protocol):
         except ProtocolError as exc:
             self.close(f"bad packet from server: {exc.message}", abort=True)
             return
+        link = self.link
+        if link is not None and link.release:
+            # Client messages held back until a statement parsed again was checked.
+            assert self.transport is not None
+            self.transport.write(link.release)
+            link.release = b""
         client = self.client
         if stream.fatal is not None:
             self._session_ended(client, out)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from ..errors import ClientFatal, ServerError
 from ..log import log
 from ..net.cancel import holds as cancel_holds
+from ..protocol.prepared import KnownStatements
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
@@ -72,7 +73,7 @@ class Pool:
         self.retry_at = 0.0
         self.alive_at = -math.inf
         self.reserve_active = False
-        self.known_statements: set[str] = set()  # prepared-statement keys a server accepted
+        self.known_statements = KnownStatements()  # prepared-statement keys a server accepted
         # Workers only: this pool's, its database's and its user's slots in the shared table;
         # whether the shared limits stopped it opening a server; whether to hand one back.
         self.shared_slots: tuple[int, int, int] | None = None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from ..errors import ProtocolError
 from .messages import TYPE_LEN, parse_error_fields, parse_parameter_status
-from .prepared import LinkState, ReplyTracker, Tag
+from .prepared import LinkState, ReplyTracker, Tag, schema_changed
 
 _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call
 
@@ -28,6 +28,13 @@ Z_READY = ord("Z")
 S_PARAM = ord("S")
 E_ERROR = ord("E")
 D_ROW = ord("D")
+C_COMPLETE = ord("C")
+I_IDLE = ord("I")
+
+# Command tags of statements that change the catalog: a Parse after one must not share a
+# server-side statement analysed before it (see prepared.schema_changed).
+_DDL_TAGS = (b"CREATE ", b"ALTER ", b"DROP ")
+_DDL_FIRST = b"ACD"
 
 Q_QUERY = ord("Q")
 F_FUNCTION = ord("F")
@@ -64,8 +71,8 @@ class ServerStream:
     holds the fields of a FATAL or PANIC error once one is seen: the server's session is over.
     """
 
-    __slots__ = ("_after_skip", "_drop", "collect", "fatal", "held", "last_error", "link",
-                 "max_size",
+    __slots__ = ("_after_skip", "_ddl", "_drop", "collect", "fatal", "held", "last_error",
+                 "link", "max_size",
                  "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
@@ -84,6 +91,7 @@ class ServerStream:
         self._after_skip = b""
         # While a list: the DataRow bodies of swallowed replies (the pooler's own reads).
         self.collect: list[bytes] | None = None
+        self._ddl = False  # a schema change in the transaction still open
         # Prepared-statement tracking for this server (transaction and statement mode).
         self.link: LinkState | None = None
         self.tracker: ReplyTracker | None = None
@@ -120,14 +128,16 @@ class ServerStream:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
             if end > n:
-                if kind in (Z_READY, S_PARAM, E_ERROR):
+                if kind in (Z_READY, S_PARAM, E_ERROR, C_COMPLETE):
                     break  # held until whole
                 self.skip = end - n
                 pos = n
                 break
             if kind == Z_READY:
-                self.status = data[pos + 5]
+                status = self.status = data[pos + 5]
                 ready += 1
+                if self._ddl and status == I_IDLE:
+                    self._committed()
             elif kind == S_PARAM:
                 name, value = parse_parameter_status(data[pos + 5:end])
                 self.on_param(name, value, False)
@@ -135,6 +145,8 @@ class ServerStream:
                 fields = parse_error_fields(data[pos + 5:end])
                 if _session_ending(fields):
                     self.fatal = fields
+            elif kind == C_COMPLETE and length > 9 and data[pos + 5] in _DDL_FIRST:
+                self._command(data, pos + 5)
             pos = end
         self.ready = ready
         self.swallowed = 0
@@ -145,6 +157,17 @@ class ServerStream:
             return data
         self.held = data[pos:]
         return data[:pos]
+
+    def _command(self, data: bytes, at: int) -> None:
+        """A CommandComplete whose tag starts at ``at``: note a schema change."""
+        if data.startswith(_DDL_TAGS, at):
+            schema_changed()
+            self._ddl = True
+
+    def _committed(self) -> None:
+        """The transaction of a schema change ended: what others parse now sees it."""
+        self._ddl = False
+        schema_changed()
 
     def _feed_general(self, data: bytes) -> bytes:
         """Every case: carried-over bytes, swallowed replies, tagged replies."""
@@ -158,7 +181,7 @@ class ServerStream:
         out_from = 0
         pieces: list[bytes] = []
         if self.skip:
-            if self.skip >= n:
+            if self.skip > n:
                 self.skip -= n
                 return b"" if self._drop else data
             pos = self.skip
@@ -166,6 +189,8 @@ class ServerStream:
             if self._drop:
                 out_from = pos
             if self._after_skip:
+                # What the tracker added behind the message just ended (a reply the pooler
+                # answered itself), even when that message ends with the chunk.
                 pieces.append(data[out_from:pos])
                 pieces.append(self._after_skip)
                 out_from = pos
@@ -182,12 +207,13 @@ class ServerStream:
             end = pos + 1 + length
             dropping = self.swallow > 0
             tagged = not dropping and bool(tags)
-            if (kind in (Z_READY, S_PARAM, E_ERROR)
-                    or (kind == D_ROW and dropping and self.collect is not None)):
+            if (kind in (Z_READY, S_PARAM, E_ERROR, C_COMPLETE)
+                    or (kind == D_ROW and dropping and self.collect is not None)
+                    or (tagged and kind in tags[0].read)):
                 if end > n:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
-                    self.status = data[pos + 5]
+                    status = self.status = data[pos + 5]
                     if dropping:
                         self.swallow -= 1
                         self.swallowed += 1
@@ -195,29 +221,35 @@ class ServerStream:
                         self.ready += 1
                         if not tagged and link is not None and link.untagged_z:
                             link.untagged_z -= 1
+                        if self._ddl and status == I_IDLE:
+                            self._committed()
                 elif kind == S_PARAM:
                     name, value = parse_parameter_status(data[pos + 5:end])
                     self.on_param(name, value, dropping)
-                elif kind == D_ROW:
-                    self.collect.append(data[pos + 5:end])  # type: ignore[union-attr]
-                else:
+                elif kind == C_COMPLETE:
+                    if not dropping and length > 9 and data[pos + 5] in _DDL_FIRST:
+                        self._command(data, pos + 5)
+                elif kind == D_ROW and dropping and self.collect is not None:
+                    self.collect.append(data[pos + 5:end])
+                elif kind == E_ERROR:
                     fields = parse_error_fields(data[pos + 5:end])
                     if dropping:
                         self.last_error = fields
                     if _session_ending(fields):
                         self.fatal = fields
             elif end > n:
-                # A body we do not read, cut by the chunk: stream what is here, skip the rest.
+                # A body we do not read, cut by the chunk: stream what is here, skip the rest,
+                # or drop both (a reply to the pooler's own query).
                 self.skip = end - n
-                self._drop = dropping
-                if dropping:
+                drop = dropping
+                if tagged and tracker is not None and kind in tags[0].watch:
+                    forward, self._after_skip = tracker.reply(kind, None)
+                    drop = not forward
+                self._drop = drop
+                if drop:
                     if pos > out_from:
                         pieces.append(data[out_from:pos])
                     out_from = n
-                elif tagged and tracker is not None:
-                    # Only ParseComplete/CloseComplete are ever dropped, and they have no body.
-                    _, extra = tracker.reply(kind, None)
-                    self._after_skip = extra
                 pos = n
                 break
             if dropping:
@@ -225,7 +257,7 @@ class ServerStream:
                     pieces.append(data[out_from:pos])
                 out_from = end
             elif tagged and tracker is not None and (kind == E_ERROR or kind in tags[0].watch):
-                body = data[pos + 5:end] if kind == E_ERROR else None
+                body = data[pos + 5:end] if kind == E_ERROR or kind in tags[0].read else None
                 forward, extra = tracker.reply(kind, body)
                 if not forward and kind == Z_READY:
                     self.ready -= 1  # the pooler's own query: not the client's to count

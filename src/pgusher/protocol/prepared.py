@@ -16,6 +16,11 @@ server connection to another. The strategy:
 * Errors the pooler must raise in sequence (a duplicate name, an unknown name) are produced by
   sending a Parse that cannot succeed and replacing its error with the right one, so the server's
   own state (an aborted transaction, skipping to Sync) is exactly what PostgreSQL would have.
+* A shared statement must mean what the client's Parse meant on a direct connection: its key
+  names the schema generation it was parsed in, the first Parse of a key in a pool is
+  described to learn its parameter types and result row, and a Parse of it on another server
+  pins those types and is checked against that row before the client's next messages go
+  (see KnownStatements and ReplyTracker._described).
 * After an error the server skips to the next Sync; the tags of the skipped messages are dropped
   and whatever they would have registered is undone. An error raised by a Sync itself (the
   implicit commit) or by a simple query skips nothing: that message's ReadyForQuery follows.
@@ -32,11 +37,12 @@ import re
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from itertools import pairwise
 
 from ..errors import ProtocolError
 from .messages import error_response, message, query
 from .opaque import opaque_reason
-from .session import OPAQUE, inspect_text, might_affect_session, sql_prepared
+from .session import OPAQUE, inspect_text, might_affect_session, split_statements, sql_prepared
 
 # Tag kinds.
 T_SKIPZ = 0    # replies of untagged work: skip until `count` ReadyForQuery
@@ -52,15 +58,20 @@ T_INJ_CLOSE = 9   # pooler's Close: swallow CloseComplete
 T_SYNTH = 10   # no server message: emit `data` when this tag reaches the head
 T_FAIL = 11    # pooler's failing Parse: replace its error with `data`
 T_INJ_QUERY = 12  # pooler's simple query: drop all its replies, up to its ReadyForQuery
+T_INJ_DESCRIBE = 13  # pooler's Describe of a statement it just parsed: learn or check its shape
 
 _TERMINAL: dict[int, bytes] = {
     T_QUERY: b"Z", T_PARSE: b"1", T_BIND: b"2", T_CLOSE: b"3", T_DESCRIBE: b"Tn",
-    T_EXECUTE: b"CIs", T_SYNC: b"Z", T_INJ_PARSE: b"1", T_INJ_CLOSE: b"3",
+    T_EXECUTE: b"CIs", T_SYNC: b"Z", T_INJ_PARSE: b"1", T_INJ_CLOSE: b"3", T_INJ_DESCRIBE: b"Tn",
 }
 # The replies the ReplyTracker must see while a tag of this kind is at the head, besides
 # ErrorResponse: its terminal replies, ReadyForQuery for skipped replies, everything for the
 # pooler's own query. Any other reply is forwarded untouched.
-_WATCHED: dict[int, bytes] = {**_TERMINAL, T_SKIPZ: b"Z", T_INJ_QUERY: bytes(range(256))}
+_WATCHED: dict[int, bytes] = {**_TERMINAL, T_SKIPZ: b"Z", T_INJ_QUERY: bytes(range(256)),
+                               T_INJ_DESCRIBE: b"tTn"}
+# The replies whose bodies the ReplyTracker reads while a tag of this kind is at the head
+# (besides ErrorResponse): the scanner holds them until whole.
+_READ: dict[int, bytes] = {T_INJ_DESCRIBE: b"tTn"}
 
 # How many accepted statement texts a pool remembers for answering clients without a server.
 KNOWN_LIMIT = 10000
@@ -74,9 +85,25 @@ _READY_IDLE = message(b"Z", b"I")
 CLOSE_COMPLETE = message(b"3")
 _FAILING_QUERY = b"pgusher: this statement stands in for an error\0"
 _FAILING_NAME = b"pgusher_error"
+_FAILING_PARSE = message(b"P", _FAILING_NAME + b"\0" + _FAILING_QUERY + b"\0\0")
+_FLUSH = message(b"H")
+_NO_DATA = message(b"n")
+_PLAN_CHANGED_TEXT = "cached plan must not change result type"
+_PLAN_CHANGED_ERROR = error_response("ERROR", "0A000", _PLAN_CHANGED_TEXT)
 
 # Statements whose execution drops every prepared statement of the session.
 _DROPS_ALL = re.compile(rb"\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b", re.I)
+
+# SQL DEALLOCATE of a client's protocol-level statement: the server-side statement is shared,
+# so the server deallocates a stand-in of the pooler's instead. It answers exactly as the
+# client's DEALLOCATE would (its command tag; 25P02 in an aborted transaction). The Close
+# first makes sure no earlier stand-in is left to make the PREPARE or Parse fail.
+_STAND_IN = b"pgusher_deallocate"
+_CLOSE_STAND_IN = message(b"C", b"S" + _STAND_IN + b"\0")
+_PREPARE_STAND_IN = query("PREPARE " + _STAND_IN.decode() + " AS SELECT")
+_PARSE_STAND_IN = message(b"P", _STAND_IN + b"\0SELECT\0\0\0")
+_DEALLOCATE_STAND_IN = b"DEALLOCATE " + _STAND_IN
+_DEALLOCATE_STAND_IN_QUERY = query(_DEALLOCATE_STAND_IN.decode())
 
 
 class Tag:
@@ -86,13 +113,15 @@ class Tag:
     one object serves every message of its kind (per statement, when it has a key).
     """
 
-    __slots__ = ("clears", "count", "data", "errored", "key", "kind", "name", "owner", "undo",
-                 "watch")
+    __slots__ = ("clears", "count", "data", "errored", "holds", "key", "kind", "name", "owner",
+                 "read", "undo", "watch")
 
     def __init__(self, kind: int, key: str | None = None) -> None:
         self.kind = kind
         self.key = key
         self.watch = _WATCHED.get(kind, b"")
+        self.read = _READ.get(kind, b"")
+        self.holds = False  # what the client sent after it waits for its reply
         self.count = 0
         self.data = b""
         self.errored = False
@@ -150,9 +179,86 @@ _SYNC_TAG = Tag(T_SYNC)
 _CLOSE_TAG = Tag(T_CLOSE)
 
 
+class _SchemaClock:
+    """Counts the schema changes this process has seen (see :func:`schema_changed`)."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self) -> None:
+        self.generation = 0
+
+
+_SCHEMA = _SchemaClock()
+
+
+def schema_changed() -> None:
+    """The catalog may have changed (DDL went through, or a server said a plan changed).
+
+    A client's Parse means a fresh analysis on a direct connection; from now on it maps to a
+    new server-side statement rather than one analysed before the change. Statements parsed
+    before keep theirs, and with it what PostgreSQL does to them (fixed parameter types, an
+    error if the result type changed).
+    """
+    _SCHEMA.generation += 1
+
+
+def schema_generation() -> int:
+    return _SCHEMA.generation
+
+
 def statement_key(query: bytes, types: bytes) -> str:
+    """The server-side name of a client's statement parsed now."""
     digest = hashlib.blake2b(query + b"\0" + types, digest_size=10).hexdigest()
-    return "pgusher_" + digest
+    generation = _SCHEMA.generation
+    return f"pgusher_{digest}_{generation}" if generation else "pgusher_" + digest
+
+
+class KnownStatements(set[str]):
+    """What a pool knows of its statement keys: those some server accepted (the set), and
+    what the first server to parse each of them said about it.
+
+    ``params`` holds a key's ParameterDescription body (its parameter types, as a Parse carries
+    them), ``shapes`` its result row (:func:`row_shape`; b"" for NoData), ``stale`` the keys
+    whose result type changed since: on a direct connection their statements fail with 0A000.
+    Every later Parse of a key on another server pins those parameter types and checks that
+    result row, so a key means one statement on every server of the pool.
+    """
+
+    __slots__ = ("params", "shapes", "stale")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: dict[str, bytes] = {}
+        self.shapes: dict[str, bytes] = {}
+        self.stale: set[str] = set()
+
+    def clear(self) -> None:
+        super().clear()
+        self.params.clear()
+        self.shapes.clear()
+
+    def mark_stale(self, key: str) -> None:
+        if len(self.stale) >= KNOWN_LIMIT:
+            self.stale.clear()
+        self.stale.add(key)
+
+
+def row_shape(body: bytes) -> bytes:
+    """A RowDescription body reduced to what makes a result type: names, types, typmods.
+
+    The table OID and column number (a re-created table) and the format do not count, as
+    for PostgreSQL's own "cached plan must not change result type" check.
+    """
+    count = int.from_bytes(body[:2], "big")
+    pos = 2
+    out = [body[:2]]
+    for _ in range(count):
+        end = body.index(0, pos)
+        out.append(body[pos:end + 1])  # name and its NUL
+        out.append(body[end + 7:end + 11])  # type OID
+        out.append(body[end + 13:end + 17])  # type modifier
+        pos = end + 19
+    return b"".join(out)
 
 
 # PostgreSQL's words (pqformat.c) for a body it cannot read.
@@ -249,13 +355,13 @@ def untagged_syncs(messages: list[tuple[int, bytes]]) -> int:
 class LinkState:
     """What the pooler knows about one server connection's statements and pending replies."""
 
-    __slots__ = ("errors", "known", "limit", "lost_queries", "needs_close", "needs_reset",
-                 "skipping", "statements", "tags", "untagged_z")
+    __slots__ = ("errors", "held", "known", "limit", "lost_queries", "needs_close",
+                 "needs_reset", "release", "skipping", "statements", "tags", "untagged_z")
 
-    def __init__(self, limit: int, known: set[str] | None = None) -> None:
+    def __init__(self, limit: int, known: KnownStatements | None = None) -> None:
         self.limit = limit
         # Statement keys some server of the pool has accepted (shared by the pool's links).
-        self.known: set[str] = known if known is not None else set()
+        self.known = known if known is not None else KnownStatements()
         self.statements: OrderedDict[str, None] = OrderedDict()  # LRU, oldest first
         self.needs_close: set[str] = set()  # on the server but unusable (plan changed)
         self.tags: deque[Tag] = deque()
@@ -264,6 +370,10 @@ class LinkState:
         self.lost_queries = 0    # queries the server skipped (their ReadyForQuery never comes)
         self.needs_reset = False  # prepared-statement state is uncertain: reset before reuse
         self.errors = 0  # errors seen in tagged replies (SET effects are kept only without)
+        # Client messages waiting for the check of a statement parsed again (one piece per
+        # check, in order), and what the checks let go: the connection writes it to the server.
+        self.held: deque[bytes] = deque()
+        self.release = b""
 
     def forget_all(self) -> None:
         self.statements.clear()
@@ -273,7 +383,7 @@ class LinkState:
 class Translator:
     """Rewrites one batch of whole client messages for a given server link."""
 
-    __slots__ = ("direct", "effects", "link", "namespace", "out", "sql", "statements")
+    __slots__ = ("direct", "effects", "holds", "link", "namespace", "out", "sql", "statements")
 
     def __init__(self, link: LinkState, statements: dict[bytes, Statement],
                  sql: dict[str, SqlStatement] | None = None, namespace: str = "") -> None:
@@ -284,6 +394,7 @@ class Translator:
         self.out: list[bytes] = []
         self.direct = b""  # synthetic replies that may go to the client at once
         self.effects: list[tuple[str, str, str]] = []  # what the SQL does to the session
+        self.holds: list[int] = []  # where in ``out`` a check starts holding the rest back
 
     def _push(self, tag: Tag) -> None:
         link = self.link
@@ -307,15 +418,23 @@ class Translator:
         tag = Tag(T_FAIL)
         tag.data = error_response("ERROR", sqlstate, text)
         self._push(tag)
-        self.out.append(message(b"P", _FAILING_NAME + b"\0" + _FAILING_QUERY + b"\0\0"))
+        self.out.append(_FAILING_PARSE)
 
-    def _ensure(self, stmt: Statement) -> None:
-        """Make sure the server has ``stmt``; slip in a Parse (and evictions) if not."""
+    def _ensure(self, stmt: Statement) -> bool:
+        """Make sure the server has ``stmt``; slip in a Parse (and evictions) if not.
+
+        False, after answering 0A000, when the statement's result type has changed since the
+        client parsed it: PostgreSQL fails every later use of such a statement.
+        """
         link = self.link
         key = stmt.key
+        stale = link.known.stale
+        if stale and key in stale:
+            self._fail("0A000", _PLAN_CHANGED_TEXT)
+            return False
         if key in link.statements:
             link.statements.move_to_end(key)
-            return
+            return True
         if key in link.needs_close:
             link.needs_close.discard(key)
             self._inject_close(key)
@@ -323,7 +442,46 @@ class Translator:
         link.statements[key] = None
         tag = Tag(T_INJ_PARSE, key)
         self._push(tag)
-        self.out.append(message(b"P", stmt.parse_body))
+        self.out.append(message(b"P", self._parse_body(stmt)))
+        self._follow_parse(stmt, None, b"")
+        return True
+
+    def _parse_body(self, stmt: Statement) -> bytes:
+        """The Parse for this server: with the parameter types the pool's first server gave
+        the statement, so that it means the same on every server."""
+        params = self.link.known.params.get(stmt.key)
+        if params is None:
+            return stmt.parse_body
+        return stmt.wire_name + stmt.query + b"\0" + params
+
+    def _follow_parse(self, stmt: Statement, owner: dict[bytes, Statement] | None,
+                      name: bytes) -> None:
+        """After a Parse of ``stmt`` on this server, describe it: the first time in the pool,
+        to learn its parameter types and result row; later, to check that the result row is
+        still the one the pool learned, holding back what follows until the server answers.
+        A statement without result rows (NoData) is not checked: it cannot gain one.
+        """
+        link = self.link
+        shape = link.known.shapes.get(stmt.key)
+        if shape == b"":
+            return
+        tag = Tag(T_INJ_DESCRIBE, stmt.key)
+        tag.owner = owner
+        tag.name = name
+        self._push(tag)
+        self.out.append(stmt.describe)
+        if shape is None:
+            return
+        tag.data = shape
+        tag.holds = True
+        self.out.append(_FLUSH)  # the server answers now, not at the client's Sync
+        self.holds.append(len(self.out))
+
+        def release() -> None:  # skipped or failed: what waited goes to the server as it is
+            if link.held:
+                link.release += link.held.popleft()
+
+        tag.undo = release
 
     def _make_room(self) -> None:
         link = self.link
@@ -364,6 +522,9 @@ class Translator:
                 out.append(msg)
             else:
                 out.append(msg)
+        holds = self.holds
+        if holds or link.held:
+            return self._hold()
         data = b"".join(out)
         out.clear()
         return data
@@ -375,31 +536,107 @@ class Translator:
         self._push(Tag(T_PARSE) if kind == 80 else _PLAIN_TAGS[kind])
         self.out.append(msg)
 
+    def _hold(self) -> bytes:
+        """Split the output at its checks: what comes before the first (and after no check
+        still pending) goes now, each later piece waits for the reply to its own check."""
+        link = self.link
+        out = self.out
+        cuts = [0, *self.holds, len(out)]
+        pieces = [b"".join(out[a:b]) for a, b in pairwise(cuts)]
+        out.clear()
+        self.holds.clear()
+        held = link.held
+        if held:
+            held[-1] += pieces[0]
+            now = b""
+        else:
+            now = pieces[0]
+        held.extend(pieces[1:])
+        return now
+
     def _query(self, kind: int, msg: bytes) -> None:
         link = self.link
         text = msg[5:]
         # A malformed text is not read: the server fails it as it is.
         hit = kind == 81 and might_affect_session(text) and _well_formed_text(text)
+        if hit and link.limit:
+            freed = self._deallocated(text)
+            if freed is not None:
+                self._push(Tag(T_INJ_CLOSE))
+                self._push(Tag(T_INJ_QUERY))
+                tag = Tag(T_QUERY)
+                tag.undo = freed
+                self._push(tag)
+                self.out += (_CLOSE_STAND_IN, _PREPARE_STAND_IN, _DEALLOCATE_STAND_IN_QUERY)
+                return
         if hit and self.sql is not None and link.limit:
             verb = sql_prepared(text)
             if verb is not None:
                 self._sql_statement(*verb)
                 return
         clears = hit and drops_all_statements(text)
+        undo = None
         if clears:
-            self.statements.clear()
-            if self.sql is not None:
-                self.sql.clear()
+            undo = self._clear_all(len(split_statements(text.decode("utf-8", "replace"))) == 1)
         effects = inspect_text(text) if hit else []
         if effects:
             self.effects.extend(effects)
         if link.tags or clears or effects:
             tag = Tag(T_QUERY)
             tag.clears = clears
+            tag.undo = undo
             self._push(tag)
         else:
             link.untagged_z += 1
         self.out.append(msg)
+
+    def _deallocated(self, text: bytes) -> Callable[[], None] | None:
+        """If ``text`` is one SQL DEALLOCATE of a protocol-level statement of the client's,
+        forget the name and return what puts it back (the DEALLOCATE failed or was skipped).
+        """
+        if text.lower().find(b"deallocate") < 0:
+            return None
+        found = sql_prepared(text)
+        if found is None or found[0] != "deallocate":
+            return None
+        name = found[1]
+        if self.sql is not None and name in self.sql:
+            return None  # an SQL-level statement of the client's
+        if name.startswith('"'):
+            name = name[1:-1].replace('""', '"')
+        wire = name.encode()
+        statements = self.statements
+        stmt = statements.pop(wire, None)
+        if stmt is None:
+            return None
+
+        def undo() -> None:
+            statements.setdefault(wire, stmt)
+
+        return undo
+
+    def _clear_all(self, single: bool) -> Callable[[], None]:
+        """DISCARD ALL or DEALLOCATE ALL: forget the client's statements; return what puts
+        them back if it fails. A failed query of several statements may or may not have run
+        it: the server is then reset before reuse and the client's names stay forgotten."""
+        statements, sql, link = self.statements, self.sql, self.link
+        saved = dict(statements)
+        saved_sql = dict(sql) if sql is not None else {}
+        statements.clear()
+        if sql is not None:
+            sql.clear()
+
+        def undo() -> None:
+            if not single:
+                link.needs_reset = True
+                return
+            for name, stmt in saved.items():
+                statements.setdefault(name, stmt)
+            if sql is not None:
+                for sql_name, sql_stmt in saved_sql.items():
+                    sql.setdefault(sql_name, sql_stmt)
+
+        return undo
 
     # ---- SQL-level PREPARE / EXECUTE / DEALLOCATE (one statement per query)
 
@@ -499,6 +736,8 @@ class Translator:
         hit = might_affect_session(query)
         if hit and types in (b"", b"\0\0") and self.sql is not None and self.link.limit:
             verb = sql_prepared(query)
+            if verb is not None and verb[0] == "deallocate" and verb[1] not in self.sql:
+                verb = None  # not an SQL-level statement of the client's: see _deallocated
             if verb is not None and not name:
                 # PREPARE / EXECUTE / DEALLOCATE sent with the extended protocol (psycopg).
                 self._sql_statement(*verb, extended=True)
@@ -519,9 +758,20 @@ class Translator:
             if hit:  # the unnamed statement runs in this batch; a named one at each Bind
                 self.effects.extend(inspect_text(query))
             tag = Tag(T_PARSE)
+            if hit and not name and self.link.limit:
+                freed = self._deallocated(query)
+                if freed is not None:
+                    # Executed later: the name comes back if this Parse fails or is skipped.
+                    self._push(Tag(T_INJ_CLOSE))
+                    self._push(Tag(T_INJ_PARSE))
+                    tag.undo = freed
+                    self._push(tag)
+                    self.out += (_CLOSE_STAND_IN, _PARSE_STAND_IN,
+                                 message(b"P", b"\0" + _DEALLOCATE_STAND_IN + b"\0" + types))
+                    return
             tag.clears = hit and drops_all_statements(query)
             if tag.clears:
-                self.statements.clear()
+                tag.undo = self._clear_all(True)
                 self.link.needs_reset = True  # executed later, maybe: settle it at release
             self._push(tag)
             self.out.append(msg)
@@ -546,7 +796,8 @@ class Translator:
         tag.owner = self.statements
         tag.name = name
         self._push(tag)
-        self.out.append(message(b"P", stmt.parse_body))
+        self.out.append(message(b"P", self._parse_body(stmt)))
+        self._follow_parse(stmt, self.statements, name)
 
     def _usable(self, name: bytes) -> Statement | None:
         """The client's statement, made ready on this server; None after answering 26000."""
@@ -557,8 +808,7 @@ class Translator:
             return None
         if stmt.sql_verb is not None:
             return self._resolve_sql(stmt)
-        self._ensure(stmt)
-        return stmt
+        return stmt if self._ensure(stmt) else None
 
     def _resolve_sql(self, stmt: Statement) -> Statement | None:
         """The server statement an SQL-level PREPARE, EXECUTE or DEALLOCATE runs now (the
@@ -572,8 +822,7 @@ class Translator:
         server_stmt = Statement(statement_key(text, stmt.types), text, stmt.types)
         server_stmt.effects = self.effects[effects:]  # only what _sql_resolve found
         del self.effects[effects:]
-        self._ensure(server_stmt)
-        return server_stmt
+        return server_stmt if self._ensure(server_stmt) else None
 
     def _bind(self, msg: bytes) -> None:
         portal_end = msg.find(0, 5)
@@ -605,6 +854,16 @@ class Translator:
             self._push(_DESCRIBE_TAG)
             self.out.append(msg)
             return
+        stmt = self.statements.get(name)
+        if stmt is not None and stmt.key not in self.link.statements:
+            known = self.link.known
+            params = known.params.get(stmt.key)
+            if params is not None and known.shapes.get(stmt.key) == b"":
+                # Without result rows: PostgreSQL answers from what the statement was parsed
+                # with, not analysing it again, so the pooler can too (the table it writes to
+                # may be gone by now).
+                self._synth(message(b"t", params) + _NO_DATA)
+                return
         stmt = self._usable(name)
         if stmt is None:
             return
@@ -671,6 +930,8 @@ class ReplyTracker:
             return True, b""
         if kind not in head.watch:  # its terminal replies, for the kinds left here
             return True, b""  # an intermediate reply (DataRow, ParameterDescription, ...)
+        if hk == T_INJ_DESCRIBE:
+            return False, self._described(head, kind, body or b"")
         tags.popleft()
         if hk == T_QUERY and head.clears and not head.errored:
             self.link.forget_all()
@@ -681,6 +942,57 @@ class ReplyTracker:
             known.add(head.key)
         extra = self._drain_synthetic() if tags and tags[0].kind == T_SYNTH else b""
         return hk not in (T_INJ_PARSE, T_INJ_CLOSE), extra
+
+    def _described(self, head: Tag, kind: int, body: bytes) -> bytes:
+        """A reply to the pooler's Describe of a statement it parsed (see _follow_parse)."""
+        link = self.link
+        known = link.known
+        key = head.key
+        assert key is not None
+        if kind == 116:  # ParameterDescription: the types a Parse elsewhere will pin
+            if key not in known.params:
+                if len(known.params) >= KNOWN_LIMIT:
+                    known.params.clear()
+                known.params[key] = body
+            return b""
+        tags = link.tags
+        tags.popleft()
+        head.undo = None
+        shape = row_shape(body) if kind == 84 else b""
+        expected = head.data if head.holds else known.shapes.get(key)
+        fail = False
+        if expected is None:
+            if len(known.shapes) >= KNOWN_LIMIT:
+                known.shapes.clear()
+            known.shapes[key] = shape
+        elif shape != expected:
+            # The result type changed since the pool's first server parsed this statement: on
+            # a direct connection, every use of a statement parsed before fails with 0A000.
+            known.mark_stale(key)
+            schema_changed()
+            owner = head.owner
+            if owner is not None:
+                # The client's own Parse, just analysed: what follows may use it, and later
+                # uses go to a statement of its own.
+                stmt = owner.get(head.name)
+                if stmt is not None and stmt.key == key:
+                    owner[head.name] = Statement(statement_key(stmt.query, stmt.types),
+                                                 stmt.query, stmt.types)
+            else:
+                fail = head.holds
+        if head.holds:
+            piece = link.held.popleft() if link.held else b""
+            if fail:
+                # What the client sent up to its Sync fails with 0A000; and the statement just
+                # parsed goes, so that nothing sent after that Sync can run it either.
+                tag = Tag(T_FAIL)
+                tag.data = _PLAN_CHANGED_ERROR
+                tags.appendleft(tag)
+                tags.appendleft(Tag(T_INJ_CLOSE))
+                link.statements.pop(key, None)
+                piece = message(b"C", b"S" + key.encode() + b"\0") + _FAILING_PARSE + piece
+            link.release += piece
+        return self._drain_synthetic() if tags and tags[0].kind == T_SYNTH else b""
 
     def _drain_synthetic(self) -> bytes:
         tags = self.link.tags
@@ -706,6 +1018,9 @@ class ReplyTracker:
             # Sync's ReadyForQuery follows and nothing is skipped. The tag is shared: no marks.
             return True, b""
         tags.popleft()
+        if head.undo is not None:
+            head.undo()
+            head.undo = None
         found = _SQLSTATE.search(body)
         code = found.group(1).decode() if found else ""
         replacement = b""
@@ -721,10 +1036,16 @@ class ReplyTracker:
                 head.owner.pop(head.name, None)
         elif hk == T_INJ_CLOSE and head.key is not None:
             link.needs_close.add(head.key)
-        if code == _PLAN_CHANGED and head.key is not None:
-            # "cached plan must not change result type": re-prepare on next use.
-            link.statements.pop(head.key, None)
-            link.needs_close.add(head.key)
+        if head.key is not None and hk in (T_BIND, T_DESCRIBE, T_INJ_DESCRIBE, T_INJ_PARSE):
+            if code == "26000" and head.key in link.known.stale:
+                replacement = _PLAN_CHANGED_ERROR  # closed on its server when it changed
+            elif code == _PLAN_CHANGED:
+                # "cached plan must not change result type": PostgreSQL fails this statement
+                # from now on; new Parses of the text get a statement of their own.
+                link.known.mark_stale(head.key)
+                schema_changed()
+            elif code.startswith("42"):
+                schema_changed()  # analysing it again failed: the catalog changed
         # The server now skips to the next Sync: undo what the skipped messages stood for.
         while tags and tags[0].kind != T_SYNC:
             skipped = tags.popleft()
