@@ -50,6 +50,30 @@ _EXTENDED = frozenset(b"PBEDC")
 # only, which the login phase reads: after it, PostgreSQL ends the connection on one, so a
 # server that got one would fail the next client it went to.
 _CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcf")
+# Added to the type of a message that feed_messages streams rather than holds until whole.
+BIG = 0x100
+_P_PARSE = ord("P")
+_B_BIND = ord("B")
+
+
+def _head_end(data: bytes, pos: int, end: int, cap: int, kind: int) -> int:
+    """Where the part of a long message the Translator reads ends in ``data`` (its start at
+    ``pos``, its end at ``end``, maybe past the chunk), or -1 while that part is incomplete.
+
+    Parse: the statement name and its NUL. Bind: the portal and statement names. Others:
+    the header. A name not ended within ``cap`` bytes is not waited for: the message then goes
+    on as it came (the server reads it as it reads any)."""
+    if kind != _P_PARSE and kind != _B_BIND:
+        return pos + 5
+    stop = min(len(data), end, pos + 5 + cap)
+    found = data.find(0, pos + 5, stop)
+    if found >= 0 and kind == _B_BIND:
+        found = data.find(0, found + 1, stop)
+    if found >= 0:
+        return found + 1
+    return stop if stop == end or stop == pos + 5 + cap else -1
+
+
 # Stands for the reply tags of a stream that tracks none; never filled.
 _NO_TAGS: deque[Tag] = deque()
 
@@ -259,15 +283,18 @@ class ClientStream:
     Terminate (which is never forwarded: pooled servers outlive their clients).
     """
 
-    __slots__ = ("_pending", "_skip", "expect", "max_size", "terminated", "unsynced")
+    __slots__ = ("_pending", "_skip", "expect", "max_size", "stream_from", "terminated",
+                 "unsynced")
 
-    def __init__(self, max_size: int = 2147483647) -> None:
+    def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
         self._pending = b""
         self._skip = 0
         self.expect = 0
         self.unsynced = False
         self.terminated = False
         self.max_size = max_size
+        # feed_messages: a message longer than this (0: none) is not held until whole.
+        self.stream_from = stream_from
 
     @property
     def at_boundary(self) -> bool:
@@ -282,8 +309,12 @@ class ClientStream:
     def feed_messages(self, data: bytes) -> list[tuple[int, bytes]]:
         """Like :meth:`feed`, but split into whole messages for rewriting.
 
-        Every message is held until whole (bounded by max_packet_size) except CopyData, which
-        streams: a CopyData cut by the chunk comes out as raw pieces of kind 0.
+        Every message is held until whole except CopyData and those longer than
+        ``stream_from``, which stream: a CopyData cut by the chunk comes out as raw pieces of
+        kind 0; a long message comes out as ``(BIG | type, head)``, the head being what the
+        chunk holds of it (at least its header and, for Parse and Bind, the names the
+        Translator reads: see :func:`_head_end`), and its rest as raw pieces of kind 0 in this
+        and later feeds. What is held is thus bounded by ``stream_from`` and a chunk.
         """
         self.expect = 0
         out: list[tuple[int, bytes]] = []
@@ -304,6 +335,7 @@ class ClientStream:
             self._skip = 0
         unpack = _TYPE_LEN_FROM
         max_size = self.max_size
+        stream_from = self.stream_from
         expect = 0
         while n - pos >= 5:
             kind, length = unpack(data, pos)
@@ -312,13 +344,16 @@ class ClientStream:
             if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
-            if end > n:
+            big = length > stream_from > 0 and kind != COPY_DATA
+            if end > n and not big:
                 if kind == COPY_DATA:
                     out.append((0, data[pos:]))
                     self._skip = end - n
                     self.expect = expect
                     return out
                 break
+            if big and _head_end(data, pos, end, stream_from, kind) < 0:
+                break  # the names are not all here yet: held (at most stream_from bytes)
             if kind in _EXTENDED:
                 self.unsynced = True
             elif kind == S_SYNC:
@@ -330,7 +365,14 @@ class ClientStream:
                 self.terminated = True
                 self.expect = expect
                 return out
-            out.append((kind, data[pos:end]))
+            if big:
+                out.append((BIG | kind, data[pos:end]))
+                if end > n:
+                    self._skip = end - n
+                    self.expect = expect
+                    return out
+            else:
+                out.append((kind, data[pos:end]))
             pos = end
         if pos < n:
             self._pending = data[pos:]
