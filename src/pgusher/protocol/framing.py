@@ -6,7 +6,9 @@ common case. Only three things are held back across chunks: a header split over 
 message whose body the pooler must read (ready-for-query, ParameterStatus, and errors: a FATAL
 ends the session, and errors inside a swallowed reply are kept) until it is whole, and nothing
 else. Large DataRow or CopyData bodies stream
-through by skip count and are never held.
+through by skip count and are never held. ``ClientStream.feed_messages`` (transaction and
+statement mode) holds messages whole for rewriting, but only up to ``stream_from``: a longer
+one comes out as its head and raw pieces (see protocol/streamed.py).
 
 Neither scanner touches a socket: they take bytes and return the bytes to forward, leaving
 counters and flags for the connection to act on after it has written.
