@@ -175,8 +175,14 @@ def test_long_bind_to_a_named_statement(pg: PgCluster, pooler: PoolerFactory) ->
             conn.send(part)
         replies = conn.read_until_ready()
         assert replies[0][:3] == ("E", "ERROR", "26000") and replies[-1] == ("Z", "I")
-        conn.send(query("select 1"))
-        assert conn.read_until_ready()[-1] == ("Z", "I")
+        # A named statement up to 1 MiB is held whole and shared as any.
+        text = b"select length($1) + length('" + b"t" * (512 * 1024) + b"')"
+        conn.send(message(b"P", b"s2\0" + text + b"\0\0\0") + message(b"S"))
+        assert conn.read_until_ready() == [("1",), ("Z", "I")]
+        for part in long_bind(b"s2", size):
+            conn.send(part)
+        assert conn.read_until_ready() == [("2",), ("D", str(size + 512 * 1024)), ("C",),
+                                           ("Z", "I")]
     assert "Traceback" not in proc.log_text()
 
 

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from pgusher.protocol import messages as m
-from pgusher.protocol.framing import BIG, ClientStream, ServerStream
+from pgusher.protocol.framing import BIG, NAMED_PARSE_LIMIT, ClientStream, ServerStream
 from pgusher.protocol.prepared import (
     T_FAIL,
     LinkState,
@@ -158,7 +158,7 @@ def test_long_bind_to_an_unknown_statement_fails_like_a_short_one() -> None:
 
 
 def test_long_named_parse_is_refused_and_the_unnamed_one_is_opaque() -> None:
-    text = b"select '" + b"t" * 200 + b"'"
+    text = b"select '" + b"t" * NAMED_PARSE_LIMIT + b"'"
     named = m.message(b"P", b"big\0" + text + b"\0\0\0")
     link = LinkState(10)
     mine: dict[bytes, Statement] = {}
@@ -183,3 +183,28 @@ def test_long_query_goes_as_it_came_and_is_read_back() -> None:
     stream.track(link)
     reply = m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     assert stream.feed(reply) == reply and not link.tags
+
+
+def test_named_parse_under_the_limit_is_held_whole_without_copying_each_chunk() -> None:
+    stream = ClientStream(stream_from=STREAM_FROM)
+    msg = m.message(b"P", b"s1\0select '" + b"t" * (4 * STREAM_FROM) + b"'\0\0\0")
+    got: list[tuple[int, bytes]] = []
+    for i in range(0, len(msg), 3):
+        got += stream.feed_messages(msg[i:i + 3])
+        assert len(stream._pending) <= 6  # later chunks are kept apart, joined once
+    assert got == [(ord("P"), msg)]
+    assert stream.at_boundary and not stream._parts
+    unnamed = m.message(b"P", b"\0select '" + b"t" * (4 * STREAM_FROM) + b"'\0\0\0")
+    got = stream.feed_messages(unnamed[:5]) + stream.feed_messages(unnamed[5:])
+    assert got[0][0] == BIG | ord("P")
+    assert b"".join(piece for _, piece in got) == unnamed
+
+
+def test_message_held_until_whole_is_joined_once() -> None:
+    stream = ClientStream(stream_from=STREAM_FROM)
+    q = m.query("select " + "1" * (STREAM_FROM - 100))
+    out: list[tuple[int, bytes]] = []
+    for i in range(0, len(q), 7):
+        out += stream.feed_messages(q[i:i + 7])
+        assert len(stream._pending) <= 7
+    assert out == [(ord("Q"), q)]

@@ -54,6 +54,10 @@ _EXTENDED = frozenset(b"PBEDC")
 _CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcf")
 # Added to the type of a message that feed_messages streams rather than holds until whole.
 BIG = 0x100
+# How far into a long Parse or Bind its names are looked for.
+_HEAD_CAP = 1024
+# Named Parse messages up to this length are held whole even when longer than stream_from.
+NAMED_PARSE_LIMIT = 1 << 20
 _P_PARSE = ord("P")
 _B_BIND = ord("B")
 
@@ -64,7 +68,7 @@ def _head_end(data: bytes, pos: int, end: int, cap: int, kind: int) -> int:
 
     Parse: the statement name and its NUL. Bind: the portal and statement names. Others:
     the header. A name not ended within ``cap`` bytes is not waited for: the message then goes
-    on as it came (the server reads it as it reads any)."""
+    on as it came (the server reads it as it reads any; PostgreSQL's names have 63 bytes)."""
     if kind != _P_PARSE and kind != _B_BIND:
         return pos + 5
     stop = min(len(data), end, pos + 5 + cap)
@@ -285,11 +289,16 @@ class ClientStream:
     Terminate (which is never forwarded: pooled servers outlive their clients).
     """
 
-    __slots__ = ("_pending", "_skip", "expect", "max_size", "stream_from", "terminated",
-                 "unsynced")
+    __slots__ = ("_have", "_need", "_parts", "_pending", "_skip", "expect", "max_size",
+                 "stream_from", "terminated", "unsynced")
 
     def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
         self._pending = b""
+        # feed_messages: chunks that came after _pending, _have bytes held in all, _need bytes
+        # wanted before the held message is scanned again (joined once, not on every chunk).
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self._skip = 0
         self.expect = 0
         self.unsynced = False
@@ -312,21 +321,34 @@ class ClientStream:
         """Like :meth:`feed`, but split into whole messages for rewriting.
 
         Every message is held until whole except CopyData and those longer than
-        ``stream_from``, which stream: a CopyData cut by the chunk comes out as raw pieces of
-        kind 0; a long message comes out as ``(BIG | type, head)``, the head being what the
-        chunk holds of it (at least its header and, for Parse and Bind, the names the
-        Translator reads: see :func:`_head_end`), and its rest as raw pieces of kind 0 in this
-        and later feeds. What is held is thus bounded by ``stream_from`` and a chunk.
+        ``stream_from`` (a named Parse: longer than NAMED_PARSE_LIMIT), which stream: a
+        CopyData cut by the chunk comes out as raw pieces of kind 0; a long message comes out
+        as ``(BIG | type, head)``, the head being what the chunk holds of it (at least its
+        header and, for Parse and Bind, the names the Translator reads: see
+        :func:`_head_end`), and its rest as raw pieces of kind 0 in this and later feeds.
+        What is held is thus bounded by ``stream_from`` (NAMED_PARSE_LIMIT) and a chunk; the
+        chunks of a held message are joined once, when it is whole.
         """
         self.expect = 0
         out: list[tuple[int, bytes]] = []
         if self.terminated:
             return out
         if self._pending:
-            data = self._pending + data
+            have = self._have + len(data)
+            if have < self._need:
+                self._parts.append(data)
+                self._have = have
+                return out
+            if self._parts:
+                self._parts.append(data)
+                data = b"".join((self._pending, *self._parts))
+                self._parts.clear()
+            else:
+                data = self._pending + data
             self._pending = b""
         n = len(data)
         pos = 0
+        need = 0  # how much of a message held at the end is wanted before it is looked at again
         if self._skip:
             if self._skip >= n:
                 self._skip -= n
@@ -347,14 +369,22 @@ class ClientStream:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
             big = length > stream_from > 0 and kind != COPY_DATA
+            if big and kind == _P_PARSE and length <= NAMED_PARSE_LIMIT:
+                if n - pos < 6:
+                    need = 6
+                    break  # named or not: its first byte says
+                # A named statement's text is kept for as long as the client keeps the
+                # statement (servers that lack it are sent it again): it is held whole.
+                big = data[pos + 5] == 0
             if end > n and not big:
                 if kind == COPY_DATA:
                     out.append((0, data[pos:]))
                     self._skip = end - n
                     self.expect = expect
                     return out
+                need = end - pos
                 break
-            if big and _head_end(data, pos, end, stream_from, kind) < 0:
+            if big and _head_end(data, pos, end, _HEAD_CAP, kind) < 0:
                 break  # the names are not all here yet: held (at most stream_from bytes)
             if kind in _EXTENDED:
                 self.unsynced = True
@@ -378,6 +408,8 @@ class ClientStream:
             pos = end
         if pos < n:
             self._pending = data[pos:]
+            self._have = n - pos
+            self._need = need if need else self._have + 1
         self.expect = expect
         return out
 

@@ -9,12 +9,13 @@ the server as they come, like CopyData. The head decides for the whole message:
   transaction (an OPAQUE effect), and the server is reset before it is reused, as the text
   may also have dropped prepared statements (DISCARD ALL, DEALLOCATE ALL).
 * Parse of the unnamed statement: opaque likewise; it goes as it came.
-* Parse of a named statement (with max_prepared_statements): refused with 54000. A shared
-  statement is sent again to every server that lacks it, so the pooler would have to keep its
-  text: memory without bound. The refusal is the Translator's failing Parse, answered by the
-  server first, so the transaction fails as PostgreSQL's own error would fail it; the client's
-  Parse follows as it came and the server discards it, as it discards everything up to Sync
-  after an error.
+* Parse of a named statement: held whole up to NAMED_PARSE_LIMIT (1 MiB; the pooler keeps
+  the text of a client's statements anyway, to send it again to every server that lacks it).
+  A longer one (with max_prepared_statements) is refused with 54000: keeping it is what the
+  pooler cannot do with bounded memory. The refusal is the Translator's failing Parse,
+  answered by the server first, so the transaction fails as PostgreSQL's own error would
+  fail it; the client's Parse follows as it came and the server discards it, as it discards
+  everything up to Sync after an error.
 * Bind: only its names are rewritten, as for any Bind; its parameters stream. A name the
   client never prepared is failed the same way (26000), the Bind following under a name that
   no server has, to be discarded.
