@@ -221,3 +221,25 @@ def test_long_query_is_read_back(pg: PgCluster, pooler: PoolerFactory, mode: str
         assert ("D", '"$user", public') in other.read_until_ready()
         conn.send(query("show search_path"))
         assert ("D", "pg_catalog") in conn.read_until_ready()
+
+
+def test_query_over_postgres_limit_gets_postgres_error(pg: PgCluster,
+                                                      pooler: PoolerFactory) -> None:
+    """Under max_packet_size but over PostgreSQL's 1 GiB: the server closes its connection
+    at the header (it logs "invalid message length" and tells its client nothing); the client
+    is told and disconnected, everyone else is served."""
+    proc = start(pooler, "transaction")
+    with RawConn.tcp(proc.port, timeout=60) as conn:
+        conn.login()
+        conn.send(b"Q" + struct.pack("!i", (3 << 29) + 4) + b"select '")
+        try:
+            for _ in range(64):
+                conn.send(PIECE)
+        except OSError:
+            pass  # the pooler may close first
+        replies = conn.read_to_eof()
+        assert replies[0][:3] == ("E", "FATAL", "08006") and replies[-1] == ("EOF",), replies
+    with RawConn.tcp(proc.port) as other:
+        other.login()
+        other.send(query("select 1"))
+        assert ("D", "1") in other.read_until_ready()
