@@ -208,3 +208,15 @@ def test_message_held_until_whole_is_joined_once() -> None:
         out += stream.feed_messages(q[i:i + 7])
         assert len(stream._pending) <= 7
     assert out == [(ord("Q"), q)]
+
+
+def test_server_error_held_until_whole_is_joined_once() -> None:
+    stream = ServerStream(lambda *a: None)
+    error = m.error_response("ERROR", "P0001", "e" * (8 * PIECE))
+    out = b""
+    for i in range(0, len(error), 65536):
+        out += stream.feed(error[i:i + 65536])
+        assert len(stream.held) <= 65536  # the first piece; the others are kept apart
+    ready = m.ready_for_query(b"I")
+    out += stream.feed(ready[:3]) + stream.feed(ready[3:])
+    assert out == error + ready and stream.at_boundary and stream.fatal is None

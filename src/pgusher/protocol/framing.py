@@ -94,13 +94,18 @@ class ServerStream:
     holds the fields of a FATAL or PANIC error once one is seen: the server's session is over.
     """
 
-    __slots__ = ("_after_skip", "_drop", "collect", "fatal", "held", "last_error", "link",
-                 "max_size",
+    __slots__ = ("_after_skip", "_drop", "_held_have", "_held_need", "_held_parts", "collect",
+                 "fatal", "held", "last_error", "link", "max_size",
                  "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
                  max_size: int = 2147483647) -> None:
         self.held = b""
+        # Chunks that came after ``held``, _held_have bytes in all, _held_need wanted before the
+        # held message is looked at again: joined once, not re-copied on every chunk.
+        self._held_parts: list[bytes] = []
+        self._held_have = 0
+        self._held_need = 0
         self.skip = 0
         self._drop = False
         self.swallow = 0
@@ -173,15 +178,32 @@ class ServerStream:
             link.untagged_z = left if left > 0 else 0
         if pos == n:
             return data
-        self.held = data[pos:]
+        self._hold(data[pos:])
         return data[:pos]
+
+    def _hold(self, held: bytes) -> None:
+        """Keep the start of a message that must be read whole (or of a header)."""
+        self.held = held
+        have = len(held)
+        self._held_have = have
+        self._held_need = 1 + _TYPE_LEN_FROM(held, 0)[1] if have >= 5 else have + 1
 
     def _feed_general(self, data: bytes) -> bytes:
         """Every case: carried-over bytes, swallowed replies, tagged replies."""
         self.ready = 0
         self.swallowed = 0
         if self.held:
-            data = self.held + data
+            have = self._held_have + len(data)
+            if have < self._held_need:
+                self._held_parts.append(data)
+                self._held_have = have
+                return b""
+            if self._held_parts:
+                self._held_parts.append(data)
+                data = b"".join((self.held, *self._held_parts))
+                self._held_parts.clear()
+            else:
+                data = self.held + data
             self.held = b""
         n = len(data)
         pos = 0
@@ -270,7 +292,7 @@ class ServerStream:
                     out_from = end
             pos = end
         if pos < n:
-            self.held = data[pos:]
+            self._hold(data[pos:])
         if not pieces:
             if out_from == 0 and pos == n:
                 return data
