@@ -117,7 +117,9 @@ class ClientConn(ClientLink, ClientLogin):
         self.is_unix = is_unix
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.state = STARTUP
-        self.stream = ClientStream(app.config.settings.max_packet_size)
+        settings = app.config.settings
+        # Longer messages stream in transaction and statement mode too (protocol/streamed.py).
+        self.stream = ClientStream(settings.max_packet_size, 16 * max(settings.pkt_buf, 4096))
         self.server: ServerConn | None = None
         self.pool: Pool | None = None
         self.params: dict[str, str] = {}
@@ -297,11 +299,12 @@ class ClientConn(ClientLink, ClientLogin):
         elif msgs:
             pending = self.pending_msgs
             pending.extend(msgs)
-            if self.settling is not None:
-                pass  # sent once the read-back of its last transaction is in
-            elif not self.waiting:
+            if self.settling is None and not self.waiting:
                 self._dispatch_pending()
-            elif len(pending) > 64 and sum(len(m) for _, m in pending) > _PENDING_LIMIT:
+            elif ((len(pending) > 64 or stream.mid_message)
+                  and sum(len(m) for _, m in pending) > _PENDING_LIMIT):
+                # Waiting for a server, or for the read-back of its last transaction (after
+                # which the messages are sent): a client that keeps sending is paused.
                 self._pause(PAUSE_WAIT)
         if stream.terminated:
             self.close("client close request")

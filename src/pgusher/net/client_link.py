@@ -109,6 +109,9 @@ class ClientLink:
                          prefix: bytes = b"") -> None:
         link = server.link
         assert link is not None and server.transport is not None
+        if len(msgs) == 1 and msgs[0][0] == 0 and not prefix:
+            server.transport.write(msgs[0][1])  # a piece of a long message or CopyData
+            return
         if msgs and not link.tags and not link.skipping:
             kind, msg = msgs[0]
             if len(msgs) == 1 and kind == 81:
@@ -215,6 +218,8 @@ class ClientLink:
             prefix = b""
         else:
             prefix = server.attach(self.conn)
+        if self._paused & PAUSE_WAIT:
+            self._resume(PAUSE_WAIT)  # paused while its last transaction was read back
         if self.translating:
             if server.link is None:
                 server.start_tracking()
@@ -348,6 +353,8 @@ class ClientLink:
             pending.clear()
             if reply:
                 self.transport.write(reply)
+            if self._paused & PAUSE_WAIT:
+                self._resume(PAUSE_WAIT)
         else:
             pool.request(self.conn)
 

@@ -6,7 +6,9 @@ common case. Only three things are held back across chunks: a header split over 
 message whose body the pooler must read (ready-for-query, ParameterStatus, and errors: a FATAL
 ends the session, and errors inside a swallowed reply are kept) until it is whole, and nothing
 else. Large DataRow or CopyData bodies stream
-through by skip count and are never held.
+through by skip count and are never held. ``ClientStream.feed_messages`` (transaction and
+statement mode) holds messages whole for rewriting, but only up to ``stream_from``: a longer
+one comes out as its head and raw pieces (see protocol/streamed.py).
 
 Neither scanner touches a socket: they take bytes and return the bytes to forward, leaving
 counters and flags for the connection to act on after it has written.
@@ -57,6 +59,34 @@ _EXTENDED = frozenset(b"PBEDC")
 # only, which the login phase reads: after it, PostgreSQL ends the connection on one, so a
 # server that got one would fail the next client it went to.
 _CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcf")
+# Added to the type of a message that feed_messages streams rather than holds until whole.
+BIG = 0x100
+# How far into a long Parse or Bind its names are looked for.
+_HEAD_CAP = 1024
+# Named Parse messages up to this length are held whole even when longer than stream_from.
+NAMED_PARSE_LIMIT = 1 << 20
+_P_PARSE = ord("P")
+_B_BIND = ord("B")
+
+
+def _head_end(data: bytes, pos: int, end: int, cap: int, kind: int) -> int:
+    """Where the part of a long message the Translator reads ends in ``data`` (its start at
+    ``pos``, its end at ``end``, maybe past the chunk), or -1 while that part is incomplete.
+
+    Parse: the statement name and its NUL. Bind: the portal and statement names. Others:
+    the header. A name not ended within ``cap`` bytes is not waited for: the message then goes
+    on as it came (the server reads it as it reads any; PostgreSQL's names have 63 bytes)."""
+    if kind != _P_PARSE and kind != _B_BIND:
+        return pos + 5
+    stop = min(len(data), end, pos + 5 + cap)
+    found = data.find(0, pos + 5, stop)
+    if found >= 0 and kind == _B_BIND:
+        found = data.find(0, found + 1, stop)
+    if found >= 0:
+        return found + 1
+    return stop if stop == end or stop == pos + 5 + cap else -1
+
+
 # Stands for the reply tags of a stream that tracks none; never filled.
 _NO_TAGS: deque[Tag] = deque()
 
@@ -71,13 +101,18 @@ class ServerStream:
     holds the fields of a FATAL or PANIC error once one is seen: the server's session is over.
     """
 
-    __slots__ = ("_after_skip", "_ddl", "_drop", "collect", "fatal", "held", "last_error",
-                 "link", "max_size",
+    __slots__ = ("_after_skip", "_ddl", "_drop", "_held_have", "_held_need", "_held_parts",
+                 "collect", "fatal", "held", "last_error", "link", "max_size",
                  "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
                  max_size: int = 2147483647) -> None:
         self.held = b""
+        # Chunks that came after ``held``, _held_have bytes in all, _held_need wanted before the
+        # held message is looked at again: joined once, not re-copied on every chunk.
+        self._held_parts: list[bytes] = []
+        self._held_have = 0
+        self._held_need = 0
         self.skip = 0
         self._drop = False
         self.swallow = 0
@@ -155,7 +190,7 @@ class ServerStream:
             link.untagged_z = left if left > 0 else 0
         if pos == n:
             return data
-        self.held = data[pos:]
+        self._hold(data[pos:])
         return data[:pos]
 
     def _command(self, data: bytes, at: int) -> None:
@@ -169,12 +204,29 @@ class ServerStream:
         self._ddl = False
         schema_changed()
 
+    def _hold(self, held: bytes) -> None:
+        """Keep the start of a message that must be read whole (or of a header)."""
+        self.held = held
+        have = len(held)
+        self._held_have = have
+        self._held_need = 1 + _TYPE_LEN_FROM(held, 0)[1] if have >= 5 else have + 1
+
     def _feed_general(self, data: bytes) -> bytes:
         """Every case: carried-over bytes, swallowed replies, tagged replies."""
         self.ready = 0
         self.swallowed = 0
         if self.held:
-            data = self.held + data
+            have = self._held_have + len(data)
+            if have < self._held_need:
+                self._held_parts.append(data)
+                self._held_have = have
+                return b""
+            if self._held_parts:
+                self._held_parts.append(data)
+                data = b"".join((self.held, *self._held_parts))
+                self._held_parts.clear()
+            else:
+                data = self.held + data
             self.held = b""
         n = len(data)
         pos = 0
@@ -272,7 +324,7 @@ class ServerStream:
                     out_from = end
             pos = end
         if pos < n:
-            self.held = data[pos:]
+            self._hold(data[pos:])
         if not pieces:
             if out_from == 0 and pos == n:
                 return data
@@ -291,15 +343,23 @@ class ClientStream:
     Terminate (which is never forwarded: pooled servers outlive their clients).
     """
 
-    __slots__ = ("_pending", "_skip", "expect", "max_size", "terminated", "unsynced")
+    __slots__ = ("_have", "_need", "_parts", "_pending", "_skip", "expect", "max_size",
+                 "stream_from", "terminated", "unsynced")
 
-    def __init__(self, max_size: int = 2147483647) -> None:
+    def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
         self._pending = b""
+        # feed_messages: chunks that came after _pending, _have bytes held in all, _need bytes
+        # wanted before the held message is scanned again (joined once, not on every chunk).
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self._skip = 0
         self.expect = 0
         self.unsynced = False
         self.terminated = False
         self.max_size = max_size
+        # feed_messages: a message longer than this (0: none) is not held until whole.
+        self.stream_from = stream_from
 
     @property
     def at_boundary(self) -> bool:
@@ -314,18 +374,35 @@ class ClientStream:
     def feed_messages(self, data: bytes) -> list[tuple[int, bytes]]:
         """Like :meth:`feed`, but split into whole messages for rewriting.
 
-        Every message is held until whole (bounded by max_packet_size) except CopyData, which
-        streams: a CopyData cut by the chunk comes out as raw pieces of kind 0.
+        Every message is held until whole except CopyData and those longer than
+        ``stream_from`` (a named Parse: longer than NAMED_PARSE_LIMIT), which stream: a
+        CopyData cut by the chunk comes out as raw pieces of kind 0; a long message comes out
+        as ``(BIG | type, head)``, the head being what the chunk holds of it (at least its
+        header and, for Parse and Bind, the names the Translator reads: see
+        :func:`_head_end`), and its rest as raw pieces of kind 0 in this and later feeds.
+        What is held is thus bounded by ``stream_from`` (NAMED_PARSE_LIMIT) and a chunk; the
+        chunks of a held message are joined once, when it is whole.
         """
         self.expect = 0
         out: list[tuple[int, bytes]] = []
         if self.terminated:
             return out
         if self._pending:
-            data = self._pending + data
+            have = self._have + len(data)
+            if have < self._need:
+                self._parts.append(data)
+                self._have = have
+                return out
+            if self._parts:
+                self._parts.append(data)
+                data = b"".join((self._pending, *self._parts))
+                self._parts.clear()
+            else:
+                data = self._pending + data
             self._pending = b""
         n = len(data)
         pos = 0
+        need = 0  # how much of a message held at the end is wanted before it is looked at again
         if self._skip:
             if self._skip >= n:
                 self._skip -= n
@@ -336,6 +413,7 @@ class ClientStream:
             self._skip = 0
         unpack = _TYPE_LEN_FROM
         max_size = self.max_size
+        stream_from = self.stream_from
         expect = 0
         while n - pos >= 5:
             kind, length = unpack(data, pos)
@@ -344,13 +422,24 @@ class ClientStream:
             if not 4 <= length <= max_size:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
-            if end > n:
+            big = length > stream_from > 0 and kind != COPY_DATA
+            if big and kind == _P_PARSE and length <= NAMED_PARSE_LIMIT:
+                if n - pos < 6:
+                    need = 6
+                    break  # named or not: its first byte says
+                # A named statement's text is kept for as long as the client keeps the
+                # statement (servers that lack it are sent it again): it is held whole.
+                big = data[pos + 5] == 0
+            if end > n and not big:
                 if kind == COPY_DATA:
                     out.append((0, data[pos:]))
                     self._skip = end - n
                     self.expect = expect
                     return out
+                need = end - pos
                 break
+            if big and _head_end(data, pos, end, _HEAD_CAP, kind) < 0:
+                break  # the names are not all here yet: held (at most stream_from bytes)
             if kind in _EXTENDED:
                 self.unsynced = True
             elif kind == S_SYNC:
@@ -362,10 +451,19 @@ class ClientStream:
                 self.terminated = True
                 self.expect = expect
                 return out
-            out.append((kind, data[pos:end]))
+            if big:
+                out.append((BIG | kind, data[pos:end]))
+                if end > n:
+                    self._skip = end - n
+                    self.expect = expect
+                    return out
+            else:
+                out.append((kind, data[pos:end]))
             pos = end
         if pos < n:
             self._pending = data[pos:]
+            self._have = n - pos
+            self._need = need if need else self._have + 1
         self.expect = expect
         return out
 

@@ -500,6 +500,10 @@ class Translator:
             if kind in _NO_REPLY:
                 out.append(msg)  # raw CopyData pieces, CopyDone/CopyFail, Flush: no reply
                 continue
+            if kind > 255:  # the head of a message too long to hold: see streamed.py
+                from .streamed import feed_big
+                feed_big(self, kind & 255, msg)
+                continue
             if link.skipping and kind != 83:
                 # The server discards everything until Sync; so would PostgreSQL.
                 out.append(msg)
