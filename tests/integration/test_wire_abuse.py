@@ -6,6 +6,7 @@ matters; the pooler keeps serving everyone else either way.
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
@@ -218,3 +219,22 @@ def test_closing_line_is_logged_before_the_fatal_goes_out(pg: PgCluster,
             assert conn.read_message()[0] == "E"
             closing = "closing because: no such database"
             assert Path(proc.log_path).read_text().count(closing) == round_ + 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind,length", [(b"Q", 1 << 30), (b"D", 10001), (b"S", 1 << 20),
+                                         (b"X", 20000)])
+def test_longer_than_postgres_accepts_is_refused_at_once(
+        pg: PgCluster, pooler: PoolerFactory, mode: str, kind: bytes, length: int) -> None:
+    """PostgreSQL takes queries and data up to 1 GB and other messages up to 10,000 bytes; a
+    longer length closes the connection at once, where waiting for the bytes would hang."""
+    proc = start(pooler, mode)
+    direct_socket = f"{pg.socket_dir}/.s.PGSQL.{pg.port}"
+    for conn in (RawConn.unix(direct_socket), RawConn.tcp(proc.port)):
+        with conn:
+            conn.login()
+            conn.send(kind + struct.pack("!i", length) + b"\0" * 16)
+            started = time.monotonic()
+            replies = conn.read_to_eof()
+            assert time.monotonic() - started < 5
+            assert all(r[0] in ("E", "EOF") for r in replies), replies

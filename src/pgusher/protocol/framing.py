@@ -59,6 +59,13 @@ _EXTENDED = frozenset(b"PBEDC")
 # only, which the login phase reads: after it, PostgreSQL ends the connection on one, so a
 # server that got one would fail the next client it went to.
 _CLIENT_TYPES = frozenset(b"QPBEDCHSXFdcf")
+# The longest message of each type PostgreSQL accepts (postgres.c, SocketBackend): messages
+# that carry queries or data up to 1 GB, the others 10,000 bytes. Longer is a protocol
+# violation at once, not a wait for bytes that will never be read.
+_LARGE_LIMIT = 0x3FFFFFFF
+_SMALL_LIMIT = 10000
+_TYPE_LIMITS = {kind: _LARGE_LIMIT if kind in b"QFBPd" else _SMALL_LIMIT
+                for kind in _CLIENT_TYPES}
 # Added to the type of a message that feed_messages streams rather than holds until whole.
 BIG = 0x100
 # How far into a long Parse or Bind its names are looked for.
@@ -343,10 +350,11 @@ class ClientStream:
     Terminate (which is never forwarded: pooled servers outlive their clients).
     """
 
-    __slots__ = ("_have", "_need", "_parts", "_pending", "_skip", "expect", "max_size",
+    __slots__ = ("_have", "_limits", "_need", "_parts", "_pending", "_skip", "expect", "max_size",
                  "stream_from", "terminated", "unsynced")
 
     def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
+        self._limits = {kind: min(limit, max_size) for kind, limit in _TYPE_LIMITS.items()}
         self._pending = b""
         # feed_messages: chunks that came after _pending, _have bytes held in all, _need bytes
         # wanted before the held message is scanned again (joined once, not on every chunk).
@@ -412,14 +420,15 @@ class ClientStream:
             pos = self._skip
             self._skip = 0
         unpack = _TYPE_LEN_FROM
-        max_size = self.max_size
+        limits = self._limits
         stream_from = self.stream_from
         expect = 0
         while n - pos >= 5:
             kind, length = unpack(data, pos)
-            if kind not in _CLIENT_TYPES:
+            limit = limits.get(kind)
+            if limit is None:
                 raise ProtocolError(f"invalid frontend message type {kind}")
-            if not 4 <= length <= max_size:
+            if not 4 <= length <= limit:
                 raise ProtocolError(f"invalid client message length {length}")
             end = pos + 1 + length
             big = length > stream_from > 0 and kind != COPY_DATA
@@ -483,11 +492,13 @@ class ClientStream:
             pos = self._skip
             self._skip = 0
         unpack = _TYPE_LEN_FROM
+        limits = self._limits
         while n - pos >= 5:
             kind, length = unpack(data, pos)
-            if kind not in _CLIENT_TYPES:
+            limit = limits.get(kind)
+            if limit is None:
                 raise ProtocolError(f"invalid frontend message type {kind}")
-            if length < 4 or length > self.max_size:
+            if not 4 <= length <= limit:
                 raise ProtocolError(f"invalid client message length {length}")
             if kind in (Q_QUERY, F_FUNCTION):
                 self.expect += 1

@@ -562,6 +562,8 @@ class Translator:
         link = self.link
         text = msg[5:]
         # A malformed text is not read: the server fails it as it is.
+        if kind == 70:  # FunctionCall: any function, set_config included
+            self.effects.append((OPAQUE, "FunctionCall", ""))
         hit = kind == 81 and might_affect_session(text) and _well_formed_text(text)
         if hit and link.limit:
             freed = self._deallocated(text)
