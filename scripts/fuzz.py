@@ -9,9 +9,9 @@ types, stray PasswordMessages, CopyData outside COPY, Terminate in the middle), 
 random pieces, and reads until ReadyForQuery, an error that ends the session, EOF or a
 timeout. A case that gets no answer is replayed straight to PostgreSQL, and counts as a
 hang only if PostgreSQL answers it. A control client runs a query every 200 cases: it must
-always be answered. At the end the script reports cases, hangs (no answer within the timeout while one was due),
-control failures, Python tracebacks in the pooler's log, and the pooler's RSS before and
-after. It exits non-zero on any traceback, hang or control failure.
+always be answered. At the end the script reports cases, outcomes, hangs, control failures,
+Python tracebacks in the pooler's log, and the pooler's RSS before and after. It exits
+non-zero on any traceback, hang or control failure.
 """
 
 from __future__ import annotations
