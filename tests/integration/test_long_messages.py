@@ -225,9 +225,9 @@ def test_long_query_is_read_back(pg: PgCluster, pooler: PoolerFactory, mode: str
 
 def test_query_over_postgres_limit_gets_postgres_error(pg: PgCluster,
                                                       pooler: PoolerFactory) -> None:
-    """Under max_packet_size but over PostgreSQL's 1 GiB: the server closes its connection
-    at the header (it logs "invalid message length" and tells its client nothing); the client
-    is told and disconnected, everyone else is served."""
+    """Under max_packet_size but over PostgreSQL's 1 GiB: refused at the header, as the
+    server would refuse it, before any server sees it; the client is told and disconnected,
+    everyone else is served."""
     proc = start(pooler, "transaction")
     with RawConn.tcp(proc.port, timeout=60) as conn:
         conn.login()
@@ -238,7 +238,7 @@ def test_query_over_postgres_limit_gets_postgres_error(pg: PgCluster,
         except OSError:
             pass  # the pooler may close first
         replies = conn.read_to_eof()
-        assert replies[0][:3] == ("E", "FATAL", "08006") and replies[-1] == ("EOF",), replies
+        assert replies[0][:3] == ("E", "FATAL", "08P01") and replies[-1] == ("EOF",), replies
     with RawConn.tcp(proc.port) as other:
         other.login()
         other.send(query("select 1"))
