@@ -36,3 +36,32 @@ def pooler_backends(pg: PgCluster, since: str, user: str = "postgres") -> int:
 
 def pg_now(pg: PgCluster) -> str:
     return pg.sql("select now()::text", "postgres")
+
+
+LOW_ROLE = "hidden_low"  # a role scram_user may SET ROLE to
+
+
+def create_session_changers(pg: PgCluster) -> None:
+    """Schemas hs_a and hs_b, the role LOW_ROLE (granted to scram_user), and a function, a
+    function and a procedure that change the session where no SQL text shows it."""
+    pg.sql(f"""
+        do $$ begin
+          if not exists (select 1 from pg_roles where rolname = '{LOW_ROLE}') then
+            create role {LOW_ROLE};
+          end if;
+        end $$;
+        grant {LOW_ROLE} to scram_user;
+        create schema if not exists hs_a;
+        create schema if not exists hs_b;
+        grant usage on schema hs_a, hs_b to public;
+        create or replace function public.hs_setrole() returns void language plpgsql
+          as $f$begin execute 'SET ROLE {LOW_ROLE}'; end$f$;
+        create or replace function public.hs_settings() returns void language plpgsql
+          as $f$begin perform set_config('search_path', 'hs_a, public', false);
+                      perform set_config('work_mem', '7MB', false);
+                      perform set_config('statement_timeout', '41s', false); end$f$;
+        create or replace procedure public.hs_proc() language plpgsql
+          as $f$begin perform set_config('search_path', 'hs_a', false); end$f$;
+        grant execute on function public.hs_setrole(), public.hs_settings() to public;
+        grant execute on procedure public.hs_proc() to public;
+    """)

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import asyncpg
 import psycopg
 import pytest
-from poolcase import start
+from poolcase import LOW_ROLE, create_session_changers, start
 
 from support import PgCluster, PoolerFactory, PoolerProc
 
 USER = "scram_user"  # not a superuser: no ParameterStatus reveals a change of role
-LOW = "hidden_low"
+LOW = LOW_ROLE
 
 
 def one(conn: psycopg.Connection, sql: str, params: object = None, **kw: object) -> object:
@@ -26,26 +26,7 @@ def one(conn: psycopg.Connection, sql: str, params: object = None, **kw: object)
 
 @pytest.fixture
 def setup(pg: PgCluster) -> None:
-    pg.sql(f"""
-        do $$ begin
-          if not exists (select 1 from pg_roles where rolname = '{LOW}') then
-            create role {LOW};
-          end if;
-        end $$;
-        grant {LOW} to {USER};
-        create schema if not exists hs_a;
-        grant usage on schema hs_a to public;
-        create or replace function public.hs_setrole() returns void language plpgsql
-          as $f$begin execute 'SET ROLE {LOW}'; end$f$;
-        create or replace function public.hs_settings() returns void language plpgsql
-          as $f$begin perform set_config('search_path', 'hs_a, public', false);
-                      perform set_config('work_mem', '7MB', false);
-                      perform set_config('statement_timeout', '41s', false); end$f$;
-        create or replace procedure public.hs_proc() language plpgsql
-          as $f$begin perform set_config('search_path', 'hs_a', false); end$f$;
-        grant execute on function public.hs_setrole(), public.hs_settings() to public;
-        grant execute on procedure public.hs_proc() to public;
-    """)
+    create_session_changers(pg)
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 
 import psycopg
-from poolcase import start
+from poolcase import LOW_ROLE, create_session_changers, start
 
 from support import PgCluster, PoolerFactory
 
-LOW = "hidden_low"
+LOW = LOW_ROLE
 CLIENTS = 20
 ROUNDS = 500  # per client: 10,000 transactions in all
 
@@ -141,27 +141,7 @@ def _client(index: int, pooled_dsn: str, direct_dsn: str, superuser: bool,
 
 def test_twenty_clients_see_what_a_direct_connection_shows(pg: PgCluster,
                                                           pooler: PoolerFactory) -> None:
-    pg.sql(f"""
-        do $$ begin
-          if not exists (select 1 from pg_roles where rolname = '{LOW}') then
-            create role {LOW};
-          end if;
-        end $$;
-        grant {LOW} to scram_user;
-        create schema if not exists hs_a;
-        create schema if not exists hs_b;
-        grant usage on schema hs_a, hs_b to public;
-        create or replace function public.hs_setrole() returns void language plpgsql
-          as $f$begin execute 'SET ROLE {LOW}'; end$f$;
-        create or replace function public.hs_settings() returns void language plpgsql
-          as $f$begin perform set_config('search_path', 'hs_a, public', false);
-                      perform set_config('work_mem', '7MB', false);
-                      perform set_config('statement_timeout', '41s', false); end$f$;
-        create or replace procedure public.hs_proc() language plpgsql
-          as $f$begin perform set_config('search_path', 'hs_a', false); end$f$;
-        grant execute on function public.hs_setrole(), public.hs_settings() to public;
-        grant execute on procedure public.hs_proc() to public;
-    """)
+    create_session_changers(pg)
     proc = start(pooler, pool_size=2)
     violations: list[str] = []
     done = [0] * CLIENTS
