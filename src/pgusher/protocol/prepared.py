@@ -120,8 +120,8 @@ class Tag:
     one object serves every message of its kind (per statement, when it has a key).
     """
 
-    __slots__ = ("clears", "count", "data", "errored", "holds", "key", "kind", "name", "owner",
-                 "read", "restores", "seg", "undo", "watch")
+    __slots__ = ("count", "data", "holds", "key", "kind", "name", "owner", "read", "restores",
+                 "seg", "undo", "watch")
 
     def __init__(self, kind: int, key: str | None = None) -> None:
         self.kind = kind
@@ -134,8 +134,6 @@ class Tag:
         self.restores: _Effect | None = None
         self.count = 0
         self.data = b""
-        self.errored = False
-        self.clears = False
         self.owner: dict[bytes, Statement] | None = None
         self.name = b""
         self.undo: Callable[[], None] | None = None  # what to take back if this fails
@@ -729,7 +727,6 @@ class Translator:
             self.effects.extend(effects)
         if link.tags or clears or effects:
             tag = Tag(T_QUERY)
-            tag.clears = clears
             tag.undo = undo
             tag.restores = dropped
             self._push(tag)
@@ -1098,7 +1095,6 @@ class ReplyTracker:
         tags = link.tags
         hk = head.kind
         if hk in (T_QUERY, T_SKIPZ, T_INJ_QUERY):
-            head.errored = True
             if head.undo is not None:
                 head.undo()
                 head.undo = None
