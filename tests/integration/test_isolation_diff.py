@@ -130,7 +130,13 @@ def _client(index: int, pooled_dsn: str, direct_dsn: str, superuser: bool,
                 except psycopg.Error as exc:
                     outcome.append(f"{type(exc).__name__}")
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        conn.execute("rollback")
+                        try:
+                            conn.execute("rollback")
+                        except psycopg.Error as again:
+                            which = "pooled" if conn is pooled else "direct"
+                            violations.append(f"client {index} round {n}: rollback failed on "
+                                              f"{which}: {again} after {history[-8:]}")
+                            return
             seen = [conn.execute(PROBE).fetchone() for conn in (pooled, direct)]
             if outcome[0] != outcome[1] or seen[0] != seen[1]:
                 violations.append(f"client {index} round {n}: {outcome} pooled={seen[0]} "

@@ -440,3 +440,24 @@ def test_sql_level_prepare_execute_deallocate(pg: PgCluster, pooler: PoolerFacto
     finally:
         for conn in (a, b, c):
             conn.finish()
+
+
+def test_prepared_rollback_in_a_failed_transaction(pg: PgCluster, pooler: PoolerFactory) -> None:
+    """psycopg prepares ROLLBACK after five uses, often inside a failed transaction. When the
+    server already has the text (another client prepared it), PostgreSQL still parses a
+    ROLLBACK in a failed transaction, so the pooler's answer must be a success too."""
+    proc = start(pooler, pool_size=1)
+    dsn = proc.dsn("scram_user", "scram_pass")
+    with psycopg.connect(dsn, autocommit=True) as first, \
+            psycopg.connect(dsn, autocommit=True) as second:
+        result = first.pgconn.prepare(b"theirs", b"rollback")
+        assert result.status == pq.ExecStatus.COMMAND_OK, result.error_message
+        second.execute("begin")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            second.execute("select 1/0")
+        result = second.pgconn.prepare(b"mine", b"rollback")
+        assert result.status == pq.ExecStatus.COMMAND_OK, result.error_message
+        result = second.pgconn.exec_prepared(b"mine", [])
+        assert result.status == pq.ExecStatus.COMMAND_OK, result.error_message
+        assert second.info.transaction_status == pq.TransactionStatus.IDLE
+        assert second.execute("select 1").fetchone() == (1,)

@@ -82,10 +82,17 @@ def test_duplicate_name_becomes_an_in_sequence_error() -> None:
     stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
     out = Translator(link, mine).feed([parse(b"d", b"select 2"), SYNC])
     assert b"pgusher_error" in out
+    # The text is parsed first, under a stand-in name (and closed again): its own error
+    # (a syntax error, an aborted transaction) would come before the name's.
+    assert out.startswith(m.message(b"P", b"pgusher_duplicate\0select 2\0\0\0"))
     server_error = m.error_response("ERROR", "42601", "syntax error")
-    shown = stream.feed(server_error + m.ready_for_query(b"I"))
+    shown = stream.feed(PARSE_OK + m.message(b"3") + server_error + m.ready_for_query(b"I"))
     assert b"42P05" in shown and b"42601" not in shown
-    assert shown.endswith(m.ready_for_query(b"I"))
+    assert shown == m.error_response("ERROR", "42P05", 'prepared statement "d" already exists') \
+        + m.ready_for_query(b"I")
+    Translator(link, mine).feed([parse(b"d", b"select from"), SYNC])
+    shown = stream.feed(server_error + m.ready_for_query(b"I"))
+    assert shown == server_error + m.ready_for_query(b"I")  # the text's own error
 
 
 def test_failed_parse_registers_nothing() -> None:
@@ -149,6 +156,7 @@ def test_bind_and_describe_rewritten_exactly() -> None:
     link = LinkState(10)
     mine: dict[bytes, Statement] = {}
     Translator(link, mine).feed([parse(b"s1", b"select $1"), SYNC])
+    stream_for(link).feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
     key = statement_key(b"select $1", b"\0\0").encode()
     rest = b"\0\x01\0\0\0\0\0\x03abc\0\x01\0\0"
     bind_msg = (ord("B"), m.message(b"B", b"portal\0s1\0" + rest))
@@ -209,17 +217,38 @@ def test_error_at_sync_keeps_the_next_batch_tags() -> None:
     """The same with the next batch already sent: its tags must all stay in place."""
     link = LinkState(10)
     mine: dict[bytes, Statement] = {}
-    Translator(link, mine).feed([parse(b"s1", b"insert"), bind(b"s1"), EXECUTE, SYNC])
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"insert"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([bind(b"s1"), EXECUTE, SYNC])
     out = Translator(link, mine).feed([parse(b"s2", b"select 2"), bind(b"s1"), EXECUTE, SYNC])
     assert b"s1\0" not in out and b"s2\0" not in out
-    stream = stream_for(link)
     first = (BIND_OK + m.command_complete("INSERT 0 1") + COMMIT_FAILED
              + m.ready_for_query(b"I"))
     second = BIND_OK + m.command_complete("INSERT 0 1") + m.ready_for_query(b"I")
-    reply = PARSE_OK + LEARNED + first + PARSE_OK + LEARNED + second
-    assert stream.feed(reply) == PARSE_OK + first + PARSE_OK + second and stream.ready == 2
+    reply = first + PARSE_OK + LEARNED + second
+    assert stream.feed(reply) == first + PARSE_OK + second and stream.ready == 2
     assert not link.tags and not link.skipping and len(link.statements) == 2
     assert b"s1" in mine and b"s2" in mine
+
+
+def test_names_changed_before_an_unanswered_sync_wait_for_its_reply() -> None:
+    """A Parse whose name an earlier Parse took, before a Sync not answered yet: that Parse
+    may yet be skipped by an error, and then this one is no duplicate. It waits."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    error = m.error_response("ERROR", "22012", "division by zero")
+    Translator(link, mine).feed([bind(b""), EXECUTE, parse(b"s1", b"select 1"), SYNC])
+    out = Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    assert out == m.message(b"H") and link.deferred  # only a Flush: the Parse waits
+    assert stream.feed(BIND_OK + error + m.ready_for_query(b"I")) == (
+        BIND_OK + error + m.ready_for_query(b"I"))
+    assert b"s1" not in mine and not link.tags  # the first Parse was skipped
+    waiting = link.take_deferred()
+    assert waiting == [parse(b"s1", b"select 1"), SYNC]
+    out = Translator(link, mine).feed(waiting)
+    assert b"pgusher_error" not in out and b"s1" in mine  # parsed, not a duplicate
 
 
 def test_error_in_simple_query_skips_nothing() -> None:
@@ -238,18 +267,23 @@ def test_error_in_simple_query_skips_nothing() -> None:
     assert key in out and b"s1\0" not in out
 
 
+ROW = m.row_description([("a", 23), ("b", 25)])
+
+
 def _after_skip_batch() -> tuple[LinkState, ServerStream, bytes]:
-    """s1 on the server; then Bind s1, Execute, a Parse the pooler answers itself (its text is
-    known), Sync. The pooler's ParseComplete must come right after the CommandComplete."""
+    """s1 on the server; then Bind s1, Describe the portal, a Close the pooler answers
+    itself, Sync. The pooler's CloseComplete must come right after the RowDescription, a
+    reply whose body the scanner streams without reading it."""
     link = LinkState(10)
     mine: dict[bytes, Statement] = {}
     stream = stream_for(link)
-    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
-    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), parse(b"s2", b"select 2"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + PARSE_OK + LEARNED + m.ready_for_query(b"I"))
     translator = Translator(link, mine)
-    translator.feed([bind(b"s1"), EXECUTE, parse(b"s2", b"select 1"), SYNC])
-    assert not translator.direct  # queued behind the Bind and the Execute
-    return link, stream, BIND_OK + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    close = (ord("C"), m.message(b"C", b"Ss2\0"))
+    translator.feed([bind(b"s1"), describe(b"P"), close, SYNC])
+    assert not translator.direct  # queued behind the Bind and the Describe
+    return link, stream, BIND_OK + ROW + m.ready_for_query(b"I")
 
 
 def _feed_chunks(stream: ServerStream, chunks: list[bytes]) -> bytes:
@@ -260,15 +294,15 @@ def _check_after_skip(chunks: list[bytes]) -> None:
     link, stream, reply = _after_skip_batch()
     assert b"".join(chunks) == reply
     out = _feed_chunks(stream, chunks)
-    cut = len(BIND_OK) + len(m.command_complete("SELECT 1"))
-    assert out == reply[:cut] + PARSE_OK + reply[cut:]
+    cut = len(BIND_OK) + len(ROW)
+    assert out == reply[:cut] + m.message(b"3") + reply[cut:]
     assert not link.tags and stream.at_boundary and not stream._after_skip
 
 
 def test_reply_added_after_a_body_that_ends_at_a_chunk_end() -> None:
-    """The CommandComplete's body straddles two chunks and ends where the second one does."""
+    """The RowDescription's body straddles two chunks and ends where the second one does."""
     _, _, reply = _after_skip_batch()
-    body_cut = len(BIND_OK) + 8  # the CommandComplete's header and part of its body
+    body_cut = len(BIND_OK) + 8  # the RowDescription's header and part of its body
     _check_after_skip([reply[:body_cut], reply[body_cut:-6], reply[-6:]])
 
 
@@ -365,9 +399,124 @@ def test_failed_deallocate_all_keeps_the_names() -> None:
         assert not mine
         error = m.error_response("ERROR", "25001", "cannot run inside a transaction block")
         assert stream.feed(error + m.ready_for_query(b"E")) == error + m.ready_for_query(b"E")
-        assert b"s1" in mine and list(link.statements) and not link.needs_reset
+        assert b"s1" in mine and not link.needs_reset
+        assert mine[b"s1"].key in link.needs_close  # closed, then parsed again, at next use
     # Of several statements, the failing one may have come after it: reset the server.
     Translator(link, mine).feed([(ord("Q"), m.query("deallocate all; select 1/0"))])
     error = m.error_response("ERROR", "22012", "division by zero")
     stream.feed(error + m.ready_for_query(b"I"))
     assert not mine and link.needs_reset
+
+
+def test_pooler_answer_skipped_after_an_error_takes_back_its_name() -> None:
+    """A Close the pooler answers itself, behind an error in the same batch: the server
+    skips it, so the name stays, as PostgreSQL would keep it."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    close = (ord("C"), m.message(b"C", b"Ss1\0"))
+    Translator(link, mine).feed([bind(b"nope"), close, SYNC])
+    assert b"s1" not in mine
+    error = m.error_response("ERROR", "42601", "syntax error")  # the failing stand-in
+    shown = stream.feed(error + m.ready_for_query(b"I"))
+    assert b"26000" in shown and m.message(b"3") not in shown
+    assert b"s1" in mine and not link.tags
+
+
+def test_parse_of_a_known_text_fails_in_a_failed_transaction() -> None:
+    """With replies still due, the transaction may have failed by the time a Parse runs: a
+    Parse of the text already on the server is answered by a stand-in's, which fails where
+    the client's would (25P02), and the name is not taken."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([(ord("Q"), m.query("select 1/0"))])
+    translator = Translator(link, mine)
+    out = translator.feed([parse(b"s2", b"select 1"), SYNC])
+    assert out.startswith(m.message(b"P", b"pgusher_parse\0select 1\0\0\0"))
+    assert not translator.direct
+    aborted = m.error_response("ERROR", "25P02", "current transaction is aborted")
+    failed = m.error_response("ERROR", "22012", "division by zero")
+    reply = failed + m.ready_for_query(b"E") + aborted + m.ready_for_query(b"E")
+    assert stream.feed(reply) == reply
+    assert b"s2" not in mine and not link.tags
+
+
+def test_parse_of_a_known_rollback_in_a_failed_transaction_succeeds() -> None:
+    """PostgreSQL parses COMMIT and ROLLBACK in a failed transaction: the stand-in Parse is of
+    the client's own text, so it succeeds where the client's would (psycopg prepares its
+    ROLLBACK after five uses, often in a failed transaction)."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"rollback"), SYNC])
+    stream.feed(PARSE_OK + m.message(b"t", b"\0\0") + m.message(b"n") + m.ready_for_query(b"I"))
+    Translator(link, mine).feed([(ord("Q"), m.query("begin; select 1/0"))])
+    out = Translator(link, mine).feed([parse(b"s2", b"rollback"), SYNC])
+    assert out.startswith(m.message(b"P", b"pgusher_parse\0rollback\0\0\0"))
+    failed = m.error_response("ERROR", "22012", "division by zero")
+    stream.feed(failed + m.ready_for_query(b"E"))
+    reply = PARSE_OK + m.message(b"3") + m.ready_for_query(b"E")
+    assert stream.feed(reply) == PARSE_OK + m.ready_for_query(b"E")
+    assert b"s2" in mine and not link.tags
+
+
+def test_deallocate_all_sent_before_a_parse_leaves_the_statement_parsed() -> None:
+    """DEALLOCATE ALL then a Parse, in one batch: the Parse runs after it, so its statement
+    is on the server afterwards; the ones from before are parsed again (closed first)."""
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    old = mine[b"s1"].key
+    Translator(link, mine).feed([(ord("Q"), m.query("DEALLOCATE ALL")),
+                                 parse(b"s2", b"select 2"), SYNC])
+    assert link.deferred  # whether s2 is a duplicate depends on how DEALLOCATE ALL ends
+    stream.feed(m.command_complete("DEALLOCATE ALL") + m.ready_for_query(b"I"))
+    Translator(link, mine).feed(link.take_deferred())
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    assert mine[b"s2"].key in link.statements and old in link.needs_close
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    assert old not in link.needs_close  # closed before it is parsed again
+
+
+def test_skipped_eviction_leaves_the_statement_to_close() -> None:
+    """An eviction the server skipped (an error before it) did not close the statement: it
+    is closed before it is parsed again, not parsed on top of itself (42P05)."""
+    link = LinkState(1)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"s1", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    first = mine[b"s1"].key
+    Translator(link, mine).feed([bind(b""), parse(b"s2", b"select 2"), SYNC])  # evicts s1
+    error = m.error_response("ERROR", "26000", "unnamed prepared statement does not exist")
+    stream.feed(error + m.ready_for_query(b"I"))
+    assert first in link.needs_close and first not in link.statements
+    out = Translator(link, mine).feed([bind(b"s1"), EXECUTE, SYNC])
+    assert out.startswith(m.message(b"C", b"S" + first.encode() + b"\0"))
+
+
+def test_deallocate_as_the_unnamed_statement_frees_the_name_when_executed() -> None:
+    link = LinkState(10)
+    mine: dict[bytes, Statement] = {}
+    stream = stream_for(link)
+    Translator(link, mine).feed([parse(b"_pg3_0", b"select 1"), SYNC])
+    stream.feed(PARSE_OK + LEARNED + m.ready_for_query(b"I"))
+    dealloc = (ord("P"), m.message(b"P", b"\0DEALLOCATE _pg3_0\0\0\0"))
+    out = Translator(link, mine).feed([dealloc])
+    assert out == m.message(b"P", b"\0DEALLOCATE pgusher_deallocate\0\0\0")
+    assert b"_pg3_0" in mine  # parsed, not run yet
+    out = Translator(link, mine).feed([bind(b""), describe(b"P"), EXECUTE, SYNC])
+    assert b"_pg3_0" not in mine
+    assert m.message(b"P", b"pgusher_deallocate\0SELECT\0\0\0") in out
+    reply = (PARSE_OK + BIND_OK + m.message(b"n") + m.message(b"3") + PARSE_OK
+             + m.command_complete("DEALLOCATE") + m.ready_for_query(b"I"))
+    assert stream.feed(reply) == (PARSE_OK + BIND_OK + m.message(b"n")
+                                  + m.command_complete("DEALLOCATE") + m.ready_for_query(b"I"))
+    assert not link.tags

@@ -122,9 +122,15 @@ def streamed(msg: bytes, cut: int) -> list[tuple[int, bytes]]:
 
 
 def prepared(link: LinkState) -> dict[bytes, Statement]:
+    """A client's statement s1, parsed and answered (so a Bind to it need not wait)."""
     mine: dict[bytes, Statement] = {}
     parse = m.message(b"P", b"s1\0select length($1)\0\0\0")
     Translator(link, mine).feed([(ord("P"), parse), (ord("S"), m.SYNC)])
+    stream = ServerStream(lambda *a: None)
+    stream.track(link)
+    learned = m.message(b"t", b"\0\x01\0\0\0\x19") + m.message(b"n")
+    stream.feed(m.message(b"1") + learned + m.message(b"Z", b"I"))
+    assert not link.tags
     return mine
 
 

@@ -122,7 +122,7 @@ class ClientLink:
                     server.transport.write(prefix + msg if prefix else msg)
                     return
             else:
-                syncs = untagged_syncs(msgs)
+                syncs = untagged_syncs(msgs, link)
                 if syncs:
                     # The extended protocol with the unnamed statement: nothing to rewrite.
                     link.untagged_z += syncs

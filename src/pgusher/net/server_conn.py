@@ -281,6 +281,11 @@ class ServerConn(ServerSession, asyncio.Protocol):
                 client.on_server_ready(stream.ready, stream.status)
                 if self.cancels:
                     cancel_mod.settle(self)  # a cancel still connecting for work now done
+            if link is not None and link.deferred and client.server is self:
+                waiting = link.take_deferred()
+                if waiting:
+                    # Client messages whose meaning waited for these replies.
+                    client._send_translated(self, waiting)
         if stream.swallowed and stream.swallow == 0 and self._internal_cb is not None:
             done, self._internal_cb = self._internal_cb, None
             ok = stream.last_error is None and stream.status == 73  # 'I'

@@ -192,9 +192,11 @@ class ServerStream:
             pos = end
         self.ready = ready
         self.swallowed = 0
-        if ready and link is not None and link.untagged_z:
-            left = link.untagged_z - ready
-            link.untagged_z = left if left > 0 else 0
+        if ready and link is not None:
+            link.status = self.status
+            if link.untagged_z:
+                left = link.untagged_z - ready
+                link.untagged_z = left if left > 0 else 0
         if pos == n:
             return data
         self._hold(data[pos:])
@@ -332,6 +334,8 @@ class ServerStream:
             pos = end
         if pos < n:
             self._hold(data[pos:])
+        if link is not None:
+            link.status = self.status
         if not pieces:
             if out_from == 0 and pos == n:
                 return data

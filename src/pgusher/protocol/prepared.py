@@ -37,6 +37,7 @@ import re
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from functools import partial
 from itertools import pairwise
 
 from ..errors import ProtocolError
@@ -87,9 +88,17 @@ _FAILING_QUERY = b"pgusher: this statement stands in for an error\0"
 _FAILING_NAME = b"pgusher_error"
 _FAILING_PARSE = message(b"P", _FAILING_NAME + b"\0" + _FAILING_QUERY + b"\0\0")
 _FLUSH = message(b"H")
+_DUPLICATE_NAME = b"pgusher_duplicate"
+_CLOSE_DUPLICATE = message(b"C", b"S" + _DUPLICATE_NAME + b"\0")
+_PROBE_NAME = b"pgusher_parse"
+_CLOSE_PROBE = message(b"C", b"S" + _PROBE_NAME + b"\0")
+_FAILED = ord("E")  # ReadyForQuery status of a failed transaction block
 _NO_DATA = message(b"n")
 _PLAN_CHANGED_TEXT = "cached plan must not change result type"
 _PLAN_CHANGED_ERROR = error_response("ERROR", "0A000", _PLAN_CHANGED_TEXT)
+
+# A query that may change the catalog (see schema_changed); more is harmless.
+_DDL_TEXT = re.compile(rb"(?:^|;)\s*(?:create|alter|drop)\b", re.I)
 
 # Statements whose execution drops every prepared statement of the session.
 _DROPS_ALL = re.compile(rb"\b(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\b", re.I)
@@ -113,8 +122,8 @@ class Tag:
     one object serves every message of its kind (per statement, when it has a key).
     """
 
-    __slots__ = ("clears", "count", "data", "errored", "holds", "key", "kind", "name", "owner",
-                 "read", "undo", "watch")
+    __slots__ = ("count", "data", "holds", "key", "kind", "name", "owner", "read", "restores",
+                 "seg", "undo", "watch")
 
     def __init__(self, kind: int, key: str | None = None) -> None:
         self.kind = kind
@@ -122,10 +131,11 @@ class Tag:
         self.watch = _WATCHED.get(kind, b"")
         self.read = _READ.get(kind, b"")
         self.holds = False  # what the client sent after it waits for its reply
+        self.seg = -1  # for a message that changed the client's names: the Syncs before it
+        # A query's: the unnamed statement's effect it dropped, back if the query is skipped.
+        self.restores: _Effect | None = None
         self.count = 0
         self.data = b""
-        self.errored = False
-        self.clears = False
         self.owner: dict[bytes, Statement] | None = None
         self.name = b""
         self.undo: Callable[[], None] | None = None  # what to take back if this fails
@@ -319,15 +329,16 @@ def _text_hit(query: bytes) -> bool:
     return hit
 
 
-def untagged_syncs(messages: list[tuple[int, bytes]]) -> int:
+def untagged_syncs(messages: list[tuple[int, bytes]], link: LinkState | None = None) -> int:
     """How many Syncs a batch holds if it can go to the server as it is, untagged; else 0.
 
     Such a batch ends with a Sync and uses only the unnamed statement (a Parse whose text
     cannot change the session, Bind and Describe of it), portals, Execute and Flush. The
     Translator would not rewrite any of it, and every error it can cause ends at one of its
-    own Syncs, so its replies only need counting, like those of a plain simple query.
+    own Syncs, so its replies only need counting, like those of a plain simple query. Not
+    while the unnamed statement or a portal of ``link`` would deallocate a client's name.
     """
-    if messages[-1][0] != 83:
+    if messages[-1][0] != 83 or (link is not None and (link.unnamed or link.portals)):
         return 0
     syncs = 0
     try:
@@ -352,11 +363,79 @@ def untagged_syncs(messages: list[tuple[int, bytes]]) -> int:
     return syncs
 
 
+Undo = Callable[[], None]
+
+
+def _free(statements: dict[bytes, Statement], wire: bytes) -> Undo | None:
+    """A DEALLOCATE of the client's protocol-level statement ``wire`` runs: forget the name;
+    return what puts it back if the DEALLOCATE fails or is skipped (None: no such name)."""
+    stmt = statements.pop(wire, None)
+    if stmt is None:
+        return None
+
+    def undo() -> None:
+        if stmt is not None:
+            statements.setdefault(wire, stmt)
+
+    return undo
+
+
+def _clear_all(statements: dict[bytes, Statement], sql: dict[str, SqlStatement] | None,
+               link: LinkState, single: bool) -> Undo:
+    """DISCARD ALL or DEALLOCATE ALL runs: forget the client's statements; return what puts
+    them back if it fails. A failed query of several statements may or may not have run it:
+    the server is then reset before reuse and the client's names stay forgotten."""
+    link.doubt_all()
+    saved = dict(statements)
+    saved_sql = dict(sql) if sql is not None else {}
+    statements.clear()
+    if sql is not None:
+        sql.clear()
+
+    def undo() -> None:
+        if not single:
+            link.needs_reset = True
+            return
+        for name, stmt in saved.items():
+            statements.setdefault(name, stmt)
+        if sql is not None:
+            for sql_name, sql_stmt in saved_sql.items():
+                sql.setdefault(sql_name, sql_stmt)
+
+    return undo
+
+
+class _Effect:
+    """What executing a statement does to the client's names: ``run`` does it and returns
+    what takes it back (None: the name it deallocates does not exist)."""
+
+    __slots__ = ("run", "shown")
+
+    def __init__(self, run: Callable[[], Undo | None], name: bytes = b"") -> None:
+        self.run = run
+        self.shown = name.decode("utf-8", "replace")
+
+
+def _names_matter(kind: int, msg: bytes) -> bool:
+    """Whether a message depends on (or changes) which names the client has prepared."""
+    if kind == 67 or kind == 68:  # Close or Describe of a statement
+        return msg[5:6] == b"S" and len(msg) > 7
+    if kind == 66:  # Bind: to a named statement, or to an unnamed one that may deallocate
+        return True
+    if kind == 80 and msg[5:6] != b"\0":  # Parse of a named statement (or malformed)
+        return True
+    if kind == 81 or kind == 80:  # DEALLOCATE, DISCARD, as a query or the unnamed statement
+        low = msg.lower()
+        return low.find(b"deallocate") >= 0 or low.find(b"discard") >= 0
+    return False
+
+
 class LinkState:
     """What the pooler knows about one server connection's statements and pending replies."""
 
-    __slots__ = ("errors", "held", "known", "limit", "lost_queries", "needs_close",
-                 "needs_reset", "release", "skipping", "statements", "tags", "untagged_z")
+    __slots__ = ("deferred", "errors", "held", "known", "limit", "lost_queries", "name_seg",
+                 "needs_close", "needs_reset", "parsing", "portals", "release", "segment",
+                 "skipping", "statements", "status", "tags", "unnamed", "untagged_z")
 
     def __init__(self, limit: int, known: KnownStatements | None = None) -> None:
         self.limit = limit
@@ -374,10 +453,47 @@ class LinkState:
         # check, in order), and what the checks let go: the connection writes it to the server.
         self.held: deque[bytes] = deque()
         self.release = b""
+        self.status = 73  # the last ReadyForQuery's status (the server stream keeps it)
+        # Syncs sent, and for each statement whose Parse is not answered yet, how many had
+        # been sent before it (see Translator._settled).
+        self.segment = 0
+        self.parsing: dict[str, int] = {}
+        # The oldest segment that may hold a change to the client's names not answered yet
+        # (-1: none), and the client messages whose meaning waits for those answers: the
+        # connection translates them once no reply is pending.
+        self.name_seg = -1
+        self.deferred: list[tuple[int, bytes]] = []
+        # What running the unnamed statement, or a portal, does to the client's names
+        # (an SQL DEALLOCATE parsed with the extended protocol): done at its Execute.
+        self.unnamed: _Effect | None = None
+        self.portals: dict[bytes, _Effect] = {}
 
     def forget_all(self) -> None:
         self.statements.clear()
         self.needs_close.clear()
+        self.parsing.clear()
+        self.unnamed = None
+        self.portals.clear()
+
+    def doubt_all(self) -> None:
+        """A DEALLOCATE ALL or DISCARD ALL is on its way: whether the server will still have
+        its statements is known only later, so each is closed before it is parsed again."""
+        self.needs_close.update(self.statements)
+        self.statements.clear()
+        self.parsing.clear()
+
+    def take_deferred(self) -> list[tuple[int, bytes]]:
+        """The client messages that waited, once every reply is in (else nothing)."""
+        if self.tags or not self.deferred:
+            return []
+        deferred, self.deferred = self.deferred, []
+        return deferred
+
+    def parse_done(self, tag: Tag) -> None:
+        """A Parse of ``tag.key`` was answered, or skipped."""
+        key = tag.key
+        if key is not None and self.parsing.get(key) == tag.count:
+            del self.parsing[key]
 
 
 class Translator:
@@ -403,15 +519,39 @@ class Translator:
             skip.count = link.untagged_z
             link.untagged_z = 0
             link.tags.append(skip)
+        if tag.undo is not None or tag.owner is not None or tag.restores is not None:
+            tag.seg = link.segment  # it changes the client's names, unless skipped
+            if link.name_seg < 0:
+                link.name_seg = link.segment
+            if tag.kind in (T_QUERY, T_INJ_QUERY):
+                # A query's error skips nothing after it: what follows depends on how it
+                # ends as much as on what a Sync ends.
+                link.segment += 1
         link.tags.append(tag)
 
-    def _synth(self, data: bytes) -> None:
+    def _unsettled(self) -> bool:
+        """Whether a change to the client's names made before the last Sync may still be
+        taken back (an error before that Sync would skip it)."""
+        link = self.link
+        if link.name_seg < 0 or link.name_seg >= link.segment:
+            return False
+        oldest = -1
+        for tag in link.tags:
+            if tag.seg >= 0 and (oldest < 0 or tag.seg < oldest):
+                oldest = tag.seg
+        link.name_seg = oldest
+        return 0 <= oldest < link.segment
+
+    def _synth(self, data: bytes, undo: Callable[[], None] | None = None) -> None:
+        """A reply of the pooler's own, in its place; ``undo`` takes back what the message
+        did if an earlier error makes the server skip past it."""
         link = self.link
         if not link.tags and not link.untagged_z:
             self.direct += data  # nothing ahead of it: it can go now
             return
         tag = Tag(T_SYNTH)
         tag.data = data
+        tag.undo = undo
         self._push(tag)
 
     def _fail(self, sqlstate: str, text: str) -> None:
@@ -434,17 +574,35 @@ class Translator:
             return False
         if key in link.statements:
             link.statements.move_to_end(key)
-            return True
-        if key in link.needs_close:
-            link.needs_close.discard(key)
-            self._inject_close(key)
-        self._make_room()
-        link.statements[key] = None
-        tag = Tag(T_INJ_PARSE, key)
-        self._push(tag)
+            if self._settled(key):
+                return True
+            self._inject_close(key)  # its Parse may be skipped, and may not: parse it again
+        else:
+            if key in link.needs_close:
+                link.needs_close.discard(key)
+                self._inject_close(key)
+            self._make_room()
+            link.statements[key] = None
+        self._push(self._parse_tag(T_INJ_PARSE, key))
         self.out.append(message(b"P", self._parse_body(stmt)))
         self._follow_parse(stmt, None, b"")
         return True
+
+    def _settled(self, key: str) -> bool:
+        """Whether a statement on this server's list can be used by what is sent now: its
+        Parse has been answered, or it was sent since the last Sync (an error that skips it
+        skips this too). One sent before a Sync whose reply is still to come may yet be
+        skipped by an error before that Sync."""
+        started = self.link.parsing.get(key)
+        return started is None or started == self.link.segment
+
+    def _parse_tag(self, kind: int, key: str) -> Tag:
+        """The tag of a Parse of ``key`` on this server, noting it as not yet answered."""
+        link = self.link
+        tag = Tag(kind, key)
+        tag.count = link.segment
+        link.parsing[key] = link.segment
+        return tag
 
     def _parse_body(self, stmt: Statement) -> bytes:
         """The Parse for this server: with the parameter types the pool's first server gave
@@ -496,7 +654,16 @@ class Translator:
     def feed(self, messages: list[tuple[int, bytes]]) -> bytes:
         link = self.link
         out = self.out
+        deferred = link.deferred
         for kind, msg in messages:
+            if deferred:
+                deferred.append((kind, msg))
+                continue
+            if link.name_seg >= 0 and _names_matter(kind & 255, msg) and self._unsettled():
+                # What this message means depends on replies still to come: it waits.
+                out.append(_FLUSH)  # the server answers what it has now
+                deferred.append((kind, msg))
+                continue
             if kind in _NO_REPLY:
                 out.append(msg)  # raw CopyData pieces, CopyDone/CopyFail, Flush: no reply
                 continue
@@ -518,11 +685,27 @@ class Translator:
                 except ProtocolError:
                     self._as_is(kind, msg)
             elif kind == 69:  # 'E'
-                self._push(_EXECUTE_TAG)
+                effect = link.portals.pop(msg[5:msg.find(0, 5)], None) if link.portals else None
+                if effect is None:
+                    self._push(_EXECUTE_TAG)
+                else:
+                    tag = Tag(T_EXECUTE)  # a DEALLOCATE runs: the names change now
+                    tag.undo = effect.run()
+                    self._push(Tag(T_INJ_CLOSE))
+                    out.append(_CLOSE_STAND_IN)
+                    if tag.undo is None:
+                        # No such name: the server fails it, on a stand-in it does not have.
+                        tag.data = error_response(
+                            "ERROR", "26000", f'prepared statement "{effect.shown}" does not exist')
+                    else:
+                        self._push(Tag(T_INJ_PARSE))  # the stand-in it deallocates
+                        out.append(_PARSE_STAND_IN)
+                    self._push(tag)
                 out.append(msg)
             elif kind == 83:  # 'S'
                 self._push(_SYNC_TAG)
                 link.skipping = False
+                link.segment += 1
                 out.append(msg)
             else:
                 out.append(msg)
@@ -565,13 +748,19 @@ class Translator:
         if kind == 70:  # FunctionCall: any function, set_config included
             self.effects.append((OPAQUE, "FunctionCall", ""))
         hit = kind == 81 and might_affect_session(text) and _well_formed_text(text)
+        dropped, link.unnamed = link.unnamed, None  # a simple query drops the unnamed statement
+        if kind == 81 and _DDL_TEXT.search(text) is not None:
+            # A Parse sent behind it must not share a statement analysed before it (the
+            # scanner moves the generation on again at its command tag and its commit).
+            schema_changed()
         if hit and link.limit:
-            freed = self._deallocated(text)
-            if freed is not None:
+            wire = self._protocol_name(text)
+            if wire is not None:
                 self._push(Tag(T_INJ_CLOSE))
                 self._push(Tag(T_INJ_QUERY))
                 tag = Tag(T_QUERY)
-                tag.undo = freed
+                tag.undo = _free(self.statements, wire)
+                tag.restores = dropped
                 self._push(tag)
                 self.out += (_CLOSE_STAND_IN, _PREPARE_STAND_IN, _DEALLOCATE_STAND_IN_QUERY)
                 return
@@ -583,23 +772,23 @@ class Translator:
         clears = hit and drops_all_statements(text)
         undo = None
         if clears:
-            undo = self._clear_all(len(split_statements(text.decode("utf-8", "replace"))) == 1)
+            single = len(split_statements(text.decode("utf-8", "replace"))) == 1
+            undo = _clear_all(self.statements, self.sql, link, single)
         effects = inspect_text(text) if hit else []
         if effects:
             self.effects.extend(effects)
         if link.tags or clears or effects:
             tag = Tag(T_QUERY)
-            tag.clears = clears
             tag.undo = undo
+            tag.restores = dropped
             self._push(tag)
         else:
             link.untagged_z += 1
         self.out.append(msg)
 
-    def _deallocated(self, text: bytes) -> Callable[[], None] | None:
-        """If ``text`` is one SQL DEALLOCATE of a protocol-level statement of the client's,
-        forget the name and return what puts it back (the DEALLOCATE failed or was skipped).
-        """
+    def _protocol_name(self, text: bytes, known: bool = True) -> bytes | None:
+        """The client's protocol-level statement that ``text``, one SQL DEALLOCATE, names
+        (with ``known`` false: the name, if it is not an SQL-level one of the client's)."""
         if text.lower().find(b"deallocate") < 0:
             return None
         found = sql_prepared(text)
@@ -611,38 +800,7 @@ class Translator:
         if name.startswith('"'):
             name = name[1:-1].replace('""', '"')
         wire = name.encode()
-        statements = self.statements
-        stmt = statements.pop(wire, None)
-        if stmt is None:
-            return None
-
-        def undo() -> None:
-            statements.setdefault(wire, stmt)
-
-        return undo
-
-    def _clear_all(self, single: bool) -> Callable[[], None]:
-        """DISCARD ALL or DEALLOCATE ALL: forget the client's statements; return what puts
-        them back if it fails. A failed query of several statements may or may not have run
-        it: the server is then reset before reuse and the client's names stay forgotten."""
-        statements, sql, link = self.statements, self.sql, self.link
-        saved = dict(statements)
-        saved_sql = dict(sql) if sql is not None else {}
-        statements.clear()
-        if sql is not None:
-            sql.clear()
-
-        def undo() -> None:
-            if not single:
-                link.needs_reset = True
-                return
-            for name, stmt in saved.items():
-                statements.setdefault(name, stmt)
-            if sql is not None:
-                for sql_name, sql_stmt in saved_sql.items():
-                    sql.setdefault(sql_name, sql_stmt)
-
-        return undo
+        return wire if wire in self.statements or not known else None
 
     # ---- SQL-level PREPARE / EXECUTE / DEALLOCATE (one statement per query)
 
@@ -763,42 +921,76 @@ class Translator:
         if not name or not self.link.limit:
             if hit:  # the unnamed statement runs in this batch; a named one at each Bind
                 self.effects.extend(inspect_text(query))
+            link = self.link
             tag = Tag(T_PARSE)
-            if hit and not name and self.link.limit:
-                freed = self._deallocated(query)
-                if freed is not None:
-                    # Executed later: the name comes back if this Parse fails or is skipped.
-                    self._push(Tag(T_INJ_CLOSE))
-                    self._push(Tag(T_INJ_PARSE))
-                    tag.undo = freed
-                    self._push(tag)
-                    self.out += (_CLOSE_STAND_IN, _PARSE_STAND_IN,
-                                 message(b"P", b"\0" + _DEALLOCATE_STAND_IN + b"\0" + types))
-                    return
-            tag.clears = hit and drops_all_statements(query)
-            if tag.clears:
-                tag.undo = self._clear_all(True)
-                self.link.needs_reset = True  # executed later, maybe: settle it at release
+            if not name:
+                previous = link.unnamed
+                link.unnamed = None
+            if hit and not name and link.limit:
+                # What it does to the client's names happens when it is executed.
+                statements = self.statements
+                wire = self._protocol_name(query, known=False)
+                if wire is not None:
+                    link.unnamed = _Effect(partial(_free, statements, wire), wire)
+                    msg = message(b"P", b"\0" + _DEALLOCATE_STAND_IN + b"\0" + types)
+                elif drops_all_statements(query):
+                    link.unnamed = _Effect(partial(_clear_all, statements, self.sql, link, True))
+                    link.needs_reset = True  # executed later, maybe: settle it at release
+            if not name and (previous is not None or link.unnamed is not None):
+
+                def restore() -> None:  # the Parse failed or was skipped: the old one stays
+                    link.unnamed = previous
+
+                tag.undo = restore
             self._push(tag)
             self.out.append(msg)
             return
         if name in self.statements:
+            # PostgreSQL parses and analyses the text before it finds the name taken: a
+            # syntax error, an aborted transaction or a missing table is the error then.
+            self._push(Tag(T_INJ_PARSE))
+            self.out.append(message(b"P", _DUPLICATE_NAME + b"\0" + query + b"\0" + types))
+            self._push(Tag(T_INJ_CLOSE))
+            self.out.append(_CLOSE_DUPLICATE)
             shown = name.decode("utf-8", "replace")
             self._fail("42P05", f'prepared statement "{shown}" already exists')
             return
         stmt = Statement(statement_key(query, types), query, types)
-        self.statements[name] = stmt
+        statements = self.statements
+        statements[name] = stmt
         link = self.link
-        if stmt.key in link.statements and stmt.key not in link.needs_close:
+        if (stmt.key in link.statements and stmt.key not in link.needs_close
+                and self._settled(stmt.key)):
             link.statements.move_to_end(stmt.key)
-            self._synth(PARSE_COMPLETE)
+            if not link.tags and not link.untagged_z and link.status != _FAILED:
+                self.direct += PARSE_COMPLETE  # nothing ahead of it, and no failed block
+                return
+
+            def undo() -> None:
+                if statements.get(name) is stmt:
+                    del statements[name]
+
+            # Whether the transaction will have failed by then is not known yet: the same
+            # text parsed under a stand-in name fails where the client's would (in a failed
+            # transaction, unless it is COMMIT or ROLLBACK), and answers for it otherwise.
+            tag = Tag(T_PARSE)
+            tag.undo = undo
+            self._push(tag)
+            self._push(Tag(T_INJ_CLOSE))
+            self.out += (message(b"P", _PROBE_NAME + b"\0" + query + b"\0" + types),
+                         _CLOSE_PROBE)
             return
-        if stmt.key in link.needs_close:
+        if stmt.key in link.statements:
+            self._inject_close(stmt.key)  # parsed before a Sync not answered yet, or unusable
             link.needs_close.discard(stmt.key)
-            self._inject_close(stmt.key)
-        self._make_room()
-        link.statements[stmt.key] = None
-        tag = Tag(T_PARSE, stmt.key)
+            link.statements.move_to_end(stmt.key)
+        else:
+            if stmt.key in link.needs_close:
+                link.needs_close.discard(stmt.key)
+                self._inject_close(stmt.key)
+            self._make_room()
+            link.statements[stmt.key] = None
+        tag = self._parse_tag(T_PARSE, stmt.key)
         tag.owner = self.statements
         tag.name = name
         self._push(tag)
@@ -835,7 +1027,15 @@ class Translator:
         name_end = msg.find(0, portal_end + 1) if portal_end >= 0 else -1
         if name_end < 0:
             raise ProtocolError(INVALID_STRING)
-        if name_end == portal_end + 1 or not self.link.limit:
+        link = self.link
+        if link.portals or link.unnamed is not None:
+            # The portal runs what the statement does to the client's names, if anything.
+            portal = msg[5:portal_end]
+            if name_end == portal_end + 1 and link.unnamed is not None:
+                link.portals[portal] = link.unnamed
+            else:
+                link.portals.pop(portal, None)
+        if name_end == portal_end + 1 or not link.limit:
             if name_end != portal_end + 1:
                 # A named statement the pooler does not follow: its text is unknown here.
                 self.effects.append((OPAQUE, "prepared statement", ""))
@@ -880,8 +1080,14 @@ class Translator:
         what, name = split_target(msg)
         if what == b"S" and name and self.link.limit:
             # The server-side statement is shared; only the client's name goes away.
-            self.statements.pop(name, None)
-            self._synth(CLOSE_COMPLETE)
+            statements = self.statements
+            stmt = statements.pop(name, None)
+
+            def undo() -> None:
+                if stmt is not None:
+                    statements.setdefault(name, stmt)
+
+            self._synth(CLOSE_COMPLETE, undo)
             return
         self._push(_CLOSE_TAG)
         self.out.append(msg)
@@ -939,9 +1145,9 @@ class ReplyTracker:
         if hk == T_INJ_DESCRIBE:
             return False, self._described(head, kind, body or b"")
         tags.popleft()
-        if hk == T_QUERY and head.clears and not head.errored:
-            self.link.forget_all()
-        elif (hk in (T_PARSE, T_INJ_PARSE)) and head.key is not None:
+        # (DEALLOCATE ALL and DISCARD ALL: the statements were set aside when it was sent.)
+        if (hk in (T_PARSE, T_INJ_PARSE)) and head.key is not None:
+            self.link.parse_done(head)
             known = self.link.known
             if len(known) >= KNOWN_LIMIT:
                 known.clear()
@@ -1013,7 +1219,6 @@ class ReplyTracker:
         tags = link.tags
         hk = head.kind
         if hk in (T_QUERY, T_SKIPZ, T_INJ_QUERY):
-            head.errored = True
             if head.undo is not None:
                 head.undo()
                 head.undo = None
@@ -1024,24 +1229,11 @@ class ReplyTracker:
             # Sync's ReadyForQuery follows and nothing is skipped. The tag is shared: no marks.
             return True, b""
         tags.popleft()
-        if head.undo is not None:
-            head.undo()
-            head.undo = None
         found = _SQLSTATE.search(body)
         code = found.group(1).decode() if found else ""
         replacement = b""
-        if hk == T_FAIL:
-            replacement = head.data
-        elif hk in (T_INJ_PARSE, T_PARSE):
-            if head.undo is not None:
-                head.undo()
-                head.undo = None
-            if head.key is not None:
-                link.statements.pop(head.key, None)
-            if head.owner is not None:
-                head.owner.pop(head.name, None)
-        elif hk == T_INJ_CLOSE and head.key is not None:
-            link.needs_close.add(head.key)
+        if hk == T_FAIL or (hk == T_EXECUTE and head.data and code == "26000"):
+            replacement = head.data  # (an Execute's own error, no portal say, stays)
         if head.key is not None and hk in (T_BIND, T_DESCRIBE, T_INJ_DESCRIBE, T_INJ_PARSE):
             if code == "26000" and head.key in link.known.stale:
                 replacement = _PLAN_CHANGED_ERROR  # closed on its server when it changed
@@ -1050,20 +1242,35 @@ class ReplyTracker:
                 # from now on; new Parses of the text get a statement of their own.
                 link.known.mark_stale(head.key)
                 schema_changed()
-            elif code.startswith("42"):
+            elif code.startswith("42") and code != "42P05":
                 schema_changed()  # analysing it again failed: the catalog changed
-        # The server now skips to the next Sync: undo what the skipped messages stood for.
+        # The server now skips to the next Sync. What the failed message and the skipped ones
+        # stood for is taken back, the latest first.
+        undone = [head]
         while tags and tags[0].kind != T_SYNC:
             skipped = tags.popleft()
-            if skipped.undo is not None:
-                skipped.undo()
-                skipped.undo = None
-            if skipped.kind in (T_INJ_PARSE, T_PARSE) and skipped.key is not None:
-                link.statements.pop(skipped.key, None)
-                if skipped.owner is not None:
-                    skipped.owner.pop(skipped.name, None)
-            elif skipped.kind == T_QUERY:
+            undone.append(skipped)
+            if skipped.kind == T_QUERY:
                 link.lost_queries += 1
+        for tag in reversed(undone):
+            if tag.undo is not None:
+                tag.undo()
+                tag.undo = None
+            if tag.restores is not None:
+                link.unnamed = tag.restores  # a skipped query dropped nothing
+            if tag.kind in (T_INJ_PARSE, T_PARSE):
+                if tag.key is not None:
+                    # Not parsed; unless a Parse before the last Sync did it: close first.
+                    link.statements.pop(tag.key, None)
+                    link.needs_close.add(tag.key)
+                    link.parse_done(tag)
+                owner = tag.owner
+                if owner is not None:
+                    stmt = owner.get(tag.name)
+                    if stmt is not None and stmt.key == tag.key:
+                        del owner[tag.name]
+            elif tag.kind == T_INJ_CLOSE and tag.key is not None:
+                link.needs_close.add(tag.key)  # not closed: the server still has it
         if not tags:
             link.skipping = True  # its Sync has not been sent yet
         if replacement:
