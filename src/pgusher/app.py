@@ -31,6 +31,7 @@ from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
 from .net.client_auth import FailedLogins, load_security
 from .net.client_conn import ClientConn
+from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
 from .pooling.pool import Pool
 from .workers import WorkerInfo
@@ -201,7 +202,7 @@ class Application:
             fresh = self._resolve_target(name)
             if fresh is None or not fresh.same_server(target):
                 for pool in [p for p in self.pools.values() if p.target is target]:
-                    for server in list(pool.active):
+                    for server in pool.in_use():
                         server.dirty = True
                     for server in list(pool.idle):
                         server.close("database configuration changed")
@@ -267,6 +268,10 @@ class Application:
             if target is not None:
                 self.targets[name] = target
         return target
+
+    def new_server(self, pool: Pool) -> ServerConn:
+        """A server connection for ``pool``, not yet connected (pools open them)."""
+        return new_server(pool)
 
     def get_pool(self, db_name: str, client_user: str) -> Pool:
         target = self.find_target(db_name)
@@ -337,7 +342,7 @@ class Application:
                     other.db_name == pool.db_name or other.user == pool.user):
                 surplus = len(pool.idle) > self.effective_min_pool_size(pool)
                 if surplus and not other._may_open():
-                    pool.idle.pop(0).close("released for another pool")
+                    pool.idle[0].close("released for another pool")
                 other.grow()
 
     def _apply_limits_shared(self) -> None:
@@ -577,7 +582,7 @@ class Application:
 
     def _check_shutdown(self) -> None:
         if self.shutdown_mode == "servers":
-            if not any(p.active or p.connecting for p in self.pools.values()):
+            if not any(p.in_use() or p.login for p in self.pools.values()):
                 self.stop()
         elif self.shutdown_mode == "clients" and not self.clients:
             self.stop()
@@ -600,7 +605,7 @@ class Application:
             client.fatal(ClientFatal("database shutting down", sqlstate="57P01"),
                          log_as="pooler shutting down")
         for pool in self.pools.values():
-            for srv in list(pool.idle) + list(pool.active):
+            for srv in [*pool.idle, *pool.in_use(), *pool.login]:
                 srv.close("pooler shutting down")
         for path in self._unix_paths:
             with contextlib.suppress(OSError):

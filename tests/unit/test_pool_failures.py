@@ -1,6 +1,7 @@
 """Pool policy when server logins fail: who waits, who is refused, when the next attempt comes.
 
-A fake application and clock stand in for the event loop; no connection is opened.
+A fake application and clock stand in for the event loop (poolfakes.py); no connection is
+opened.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import itertools
 from typing import Any
 
 import pytest
+from poolfakes import App, Client, Target
 
-from pgusher.config import Settings
-from pgusher.errors import PgusherError, ServerError
+from pgusher.errors import ServerError
 from pgusher.pooling.pool import Pool
+from pgusher.pooling.states import CONNECTING
 
 REFUSED = ServerError("pgusher cannot connect to server", transient=True)
 SHUTTING_DOWN = ServerError("the database system is shutting down", sqlstate="57P03",
@@ -20,87 +22,10 @@ SHUTTING_DOWN = ServerError("the database system is shutting down", sqlstate="57
 BAD_PASSWORD = ServerError('password authentication failed for user "app"', sqlstate="28P01")
 
 
-class Timer:
-    def __init__(self, loop: Loop, when: float, callback: Any) -> None:
-        self.loop, self.when, self.callback, self.cancelled = loop, when, callback, False
+class Server:
+    """A connection attempt: it only sits in the pool's login container."""
 
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class Loop:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.timers: list[Timer] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_later(self, delay: float, callback: Any) -> Timer:
-        timer = Timer(self, self.now + delay, callback)
-        self.timers.append(timer)
-        return timer
-
-    def run_until(self, when: float) -> None:
-        """Advance the clock, firing the timers due on the way."""
-        while True:
-            due = sorted((t for t in self.timers if not t.cancelled and t.when <= when),
-                         key=lambda t: t.when)
-            if not due:
-                break
-            timer = due[0]
-            self.timers.remove(timer)
-            self.now = max(self.now, timer.when)
-            timer.callback()
-        self.now = when
-
-
-class Target:
-    name = "app"
-    dbname = "app"
-
-
-class App:
-    def __init__(self, **settings: Any) -> None:
-        self.loop = Loop()
-        self.config = type("Config", (), {"settings": Settings(**settings)})()
-        self.paused = False
-        self.paused_dbs: set[str] = set()
-        self.shutting_down = False
-        self.shared = None
-        self.pool_size = 3
-
-    def effective_pool_mode(self, target: Target, user: str) -> str:
-        return "transaction"
-
-    def effective_pool_size(self, pool: Pool) -> int:
-        return self.pool_size
-
-    def effective_reserve_size(self, pool: Pool) -> int:
-        return 0
-
-    def effective_max_db_connections(self, target: Target) -> int:
-        return 0
-
-    def effective_max_user_connections(self, user: str) -> int:
-        return 0
-
-
-class Client:
-    def __init__(self) -> None:
-        self.closed = False
-        self.waiting = False
-        self.error: PgusherError | None = None
-
-    def start_wait(self) -> None:
-        self.waiting = True
-
-    def stop_wait(self) -> None:
-        self.waiting = False
-
-    def fatal(self, exc: PgusherError, log_as: str | None = None) -> None:
-        self.closed = True
-        self.error = exc
+    state = CONNECTING
 
 
 class CountingPool(Pool):
@@ -109,7 +34,7 @@ class CountingPool(Pool):
     __slots__ = ("attempts",)
 
     def open_server(self) -> None:
-        self.connecting += 1
+        self.login.add(Server())  # type: ignore[arg-type]
         self.attempts.append(self.app.loop.time())
 
 
@@ -126,8 +51,8 @@ class Harness:
         return self.app.loop.now
 
     def fail_all(self, error: ServerError) -> None:
-        while self.pool.connecting:
-            self.pool.server_failed(error, during_login=True)
+        while self.pool.login:
+            self.pool.server_failed(next(iter(self.pool.login)), error)
 
     def worked_until_now(self) -> None:
         """A logged-in server of the pool has just been lost (as in a restart)."""
@@ -240,7 +165,7 @@ def test_a_login_ends_the_failures() -> None:
     h.fail_all(REFUSED)
     h.app.loop.run_until(h.pool.retry_at)
     assert h.pool.connecting == 1
-    h.pool.connecting -= 1
+    h.pool.login.clear()  # it logged in (and went to a waiter)
     h.pool.forget_failure()
     h.pool.grow()  # what server_logged_in does after handing the new server over
     assert h.pool.connecting == 3

@@ -62,7 +62,7 @@ def _servers_gone(app: Application, db: str | None) -> Wait:
     def done() -> bool:
         pools = _pools_of(app, db)
         _close_idle([p for p in pools if p.paused], "pause")
-        return not any(p.active or p.connecting for p in pools)
+        return not any(p.in_use() or p.login for p in pools)
 
     return done
 
@@ -164,7 +164,7 @@ def kill(app: Application, arg: str) -> None:
     for client in [c for c in app.clients if c.pool in pools]:
         client.fatal(ClientFatal("database removed"), log_as="database removed")
     for pool in pools:
-        for server in [*pool.active, *pool.idle]:
+        for server in [*pool.in_use(), *pool.idle]:
             server.close("database removed")
 
 
@@ -202,7 +202,7 @@ def reconnect(app: Application, arg: str) -> None:
     log.info("RECONNECT%s command issued", f" '{db}'" if db else "")
     pools = _pools_of(app, db)
     for pool in pools:
-        for server in pool.active:
+        for server in pool.in_use():
             server.dirty = True
     _close_idle(pools, "database configuration changed")
     for pool in pools:
@@ -215,7 +215,7 @@ def wait_close(app: Application, arg: str) -> Wait | None:
     log.info("WAIT_CLOSE%s command issued", f" '{db}'" if db else "")
 
     def done() -> bool:
-        return not any(s.dirty for p in _pools_of(app, db) for s in (*p.active, *p.idle))
+        return not any(s.dirty for p in _pools_of(app, db) for s in (*p.in_use(), *p.idle))
 
     return None if done() else done
 

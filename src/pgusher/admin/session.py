@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..errors import ClientFatal
 from ..log import log
-from ..net.client_conn import CLOSED
+from ..pooling.states import AUTH, CLOSED, move_client
 from ..protocol import messages as m
 from ..workers.siblings import SiblingCall
 from . import cluster, control
@@ -122,9 +122,7 @@ class Console:
                 log.info("%s pgbouncer access from unix socket", client.prefix())
             self.attach(client, trusted=True)
             return True
-        from ..net.client_conn import AUTH
-
-        client.state = AUTH
+        move_client(client, AUTH)
         client._begin_auth()
         return True
 
@@ -151,7 +149,7 @@ class Console:
             client.fatal(ClientFatal("not allowed"), log_as="not allowed")
             return
         client.closed = True
-        client.state = CLOSED
+        move_client(client, CLOSED)
         self.app.client_is_cancel(client)  # no longer a pool client
         session = ConsoleSession(self, client, is_admin, internal)
         client.transport.set_protocol(session)

@@ -18,9 +18,10 @@ from ..config import SETTINGS_TABLE
 from ..metrics.counters import Counters
 from ..metrics.registry import AVERAGE_NAMES
 from ..metrics.snapshot import Scan, scan
-from ..net.client_conn import AUTH, LOGIN_WAIT, READY, STARTUP, ClientConn
+from ..net.client_conn import ClientConn
 from ..net.server_conn import ServerConn
 from ..pooling.pool import Pool
+from ..pooling.states import AUTH, LOGIN_WAIT, READY, STARTUP
 from . import columns as c
 
 if TYPE_CHECKING:
@@ -287,7 +288,10 @@ def _servers(app: Application) -> Iterator[tuple[ServerConn, str]]:
         delay = pool.check_delay
         for server in sorted(pool.active, key=lambda s: s.created):
             seen.append(server)
-            yield server, "active" if server.client is not None else "tested"
+            yield server, "active"
+        for server in sorted(pool.tested, key=lambda s: s.created):
+            seen.append(server)
+            yield server, "tested"
         for server in pool.idle:
             seen.append(server)
             used = delay is not None and app.now - server.idle_since >= delay
@@ -327,7 +331,7 @@ def show_sockets(app: Application, active_only: bool = False) -> Result:
 
 
 def _all_servers(app: Application) -> list[ServerConn]:
-    return [s for p in app.pools.values() for s in (*p.active, *p.idle)]
+    return [s for p in app.pools.values() for s in (*p.in_use(), *p.idle)]
 
 
 def show_lists(app: Application) -> Result:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import VERSION_STRING
-from ..net.client_conn import LOGIN_WAIT, READY
+from ..pooling.states import LOGIN_WAIT, READY
 from .counters import Counters
 
 if TYPE_CHECKING:
@@ -83,12 +83,8 @@ def scan(app: Application) -> Scan:
 
 
 def pool_servers(app: Application, pool: Pool) -> PoolFigures:
-    figures = PoolFigures(sv_login=pool.connecting)
-    for server in pool.active:
-        if server.client is not None:
-            figures.sv_active += 1
-        else:
-            figures.sv_tested += 1  # running the reset or check query
+    figures = PoolFigures(sv_login=len(pool.login), sv_active=len(pool.active),
+                          sv_tested=len(pool.tested))
     delay = pool.check_delay
     now = app.now
     for server in pool.idle:

@@ -30,6 +30,7 @@ from ..auth.scram import ScramClient, is_scram_secret
 from ..config import Config
 from ..errors import AuthError, ConfigError, PgusherError
 from ..log import log
+from ..pooling.states import AUTH_FAILED, move_client
 from .tls import TlsContexts, build_contexts, peer_common_name
 
 if TYPE_CHECKING:
@@ -205,8 +206,6 @@ def _source(client: ClientConn) -> str:
 
 def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
     """Log a failed login with address and user; answer now, or later after repeated ones."""
-    from .client_conn import AUTH_FAILED
-
     app = client.app
     source = _source(client)
     count = app.failed_logins.note(source, app.loop.time())
@@ -218,7 +217,7 @@ def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
     else:
         log.warning("%s %s", client.prefix(), what)
     if delay > 0:
-        client.state = AUTH_FAILED
+        move_client(client, AUTH_FAILED)
         client.transport.pause_reading()
         client.app.loop.call_later(delay, client.fatal, err, "auth failed")
     else:

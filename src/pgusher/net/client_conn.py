@@ -25,19 +25,21 @@ from ..auth.scram import ScramServer
 from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
 from ..metrics.counters import UNCOUNTED
-from ..pooling.pool import SESSION
+from ..pooling.states import (
+    AUTH,
+    CLIENT_LOGIN,
+    CLOSED,
+    LOGIN_WAIT,
+    READY,
+    SESSION,
+    STARTUP,
+    move_client,
+)
 from ..protocol import messages as m
 from ..protocol.framing import ClientStream
 from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import might_affect_session
 from .client_link import PAUSE_PEER, PAUSE_WAIT, ClientLink
-from .client_login import AUTH as AUTH
-from .client_login import AUTH_FAILED as AUTH_FAILED
-from .client_login import CLOSED as CLOSED
-from .client_login import LOGIN_WAIT as LOGIN_WAIT
-from .client_login import READY as READY
-from .client_login import STARTUP as STARTUP
-from .client_login import TLS_HANDSHAKE as TLS_HANDSHAKE
 from .client_login import ClientLogin
 from .sockopts import tune_socket
 
@@ -207,7 +209,7 @@ class ClientConn(ClientLink, ClientLogin):
 
     def _login_timeout(self) -> None:
         self._login_timer = None
-        if self.state in (STARTUP, AUTH, LOGIN_WAIT):
+        if self.state in CLIENT_LOGIN:
             self.fatal(ClientFatal("client_login_timeout"), log_as="client_login_timeout")
 
     def data_received(self, data: bytes) -> None:
@@ -333,7 +335,7 @@ class ClientConn(ClientLink, ClientLogin):
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         out.append(m.READY_IDLE)
         self.transport.write(b"".join(out))
-        self.state = READY
+        move_client(self, READY)
         if self.app.config.settings.log_connections:
             log.debug("%s login ok", self.prefix())
         if self._buf:
@@ -406,7 +408,7 @@ class ClientConn(ClientLink, ClientLogin):
             return
         self.closed = True
         was = self.state
-        self.state = CLOSED
+        move_client(self, CLOSED)
         app = self.app
         if app.config.settings.log_disconnections and not quiet:
             age = app.loop.time() - self.connected_at

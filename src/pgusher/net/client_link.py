@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from ..errors import ClientFatal
 from ..log import log
 from ..metrics.counters import Counters
-from ..pooling.pool import SESSION, STATEMENT
+from ..pooling.internal import ROLLBACK as POOLER_ROLLBACK
+from ..pooling.states import SESSION, STATEMENT, TESTED
 from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
 from ..protocol.framing import ClientStream
@@ -43,7 +44,6 @@ from ..protocol.session import (
     SET,
     might_affect_session,
 )
-from .server_conn import ACTIVE as SERVER_ACTIVE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -214,7 +214,6 @@ class ClientLink:
                 and server.custom_owner is None):
             # The usual case, inlined: nothing to SET first.
             server.client = self.conn
-            server.state = SERVER_ACTIVE
             prefix = b""
         else:
             prefix = server.attach(self.conn)
@@ -302,6 +301,7 @@ class ClientLink:
 
     def _read_back(self, server: ServerConn) -> None:
         """Ask the server what the session holds before it goes back to the pool."""
+        server.pool.move(server, TESTED)
         self.settling = server
         server.run_capture(capture_query(self.custom_names, full=self.opaque > 1),
                            self._settled)
@@ -371,7 +371,8 @@ class ClientLink:
         server.detach()
         if (self.outstanding <= ready and not self.stream.unsynced
                 and not self.stream.mid_message and server.stream.at_boundary):
-            server.run_internal("ROLLBACK", pool.after_rollback)
+            pool.move(server, TESTED)
+            server.run_internal(POOLER_ROLLBACK, "ROLLBACK")
         else:
             server.close("transaction blocks not allowed in statement pooling mode",
                          abort=True)

@@ -21,6 +21,7 @@ from ..auth.md5 import md5_check, md5_password_hash
 from ..auth.scram import ScramServer, is_scram_secret, make_scram_secret, parse_scram_secret
 from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
+from ..pooling.states import AUTH, CANCEL, LOGIN_WAIT, STARTUP, ClientState, move_client
 from ..protocol import messages as m
 from ..protocol.session import parse_options
 from . import client_auth, tls
@@ -31,14 +32,6 @@ if TYPE_CHECKING:
     from ..pooling.pool import Pool
     from .client_conn import ClientConn
 
-STARTUP = "startup"
-TLS_HANDSHAKE = "tls_handshake"
-AUTH = "auth"
-AUTH_FAILED = "auth_failed"
-LOGIN_WAIT = "login_wait"
-READY = "ready"
-CANCEL = "cancel"  # a CancelRequest: the connection stays open until it is delivered
-CLOSED = "closed"
 
 
 def _canonical_encoding(value: str) -> str:
@@ -56,7 +49,7 @@ class ClientLogin(asyncio.Protocol):
     else:
         app: Application
         transport: asyncio.Transport
-        state: str
+        state: ClientState
         user: str
         db_name: str
         addr: str
@@ -124,7 +117,7 @@ class ClientLogin(asyncio.Protocol):
             pid, key = struct.unpack_from("!ii", packet, 4)
             conn = self.conn
             self.app.client_is_cancel(conn)
-            self.state = CANCEL
+            move_client(self, CANCEL)
             # Closed only once the server has the request (or it was dropped), as PostgreSQL
             # closes a cancel connection only after signalling the backend.
             self.app.forward_cancel(pid, key, lambda: conn.close("cancel request", quiet=True),
@@ -191,7 +184,7 @@ class ClientLogin(asyncio.Protocol):
         if target is None:
             raise ClientFatal(f"no such database: {self.db_name}", sqlstate="3D000")
         app.check_client_limits(self.conn, target)
-        self.state = AUTH
+        move_client(self, AUTH)
         self._begin_auth()
 
     def _startup_setting(self, name: str, value: str) -> None:
@@ -345,7 +338,7 @@ class ClientLogin(asyncio.Protocol):
         self._secret = ""
         # AuthenticationOk goes out with the welcome (finish_login): one write, and the
         # client reads its whole login reply at once.
-        self.state = LOGIN_WAIT
+        move_client(self, LOGIN_WAIT)
         if self.admin:
             self.transport.write(m.AUTH_OK_MSG)
             self.app.console.attach(self.conn)

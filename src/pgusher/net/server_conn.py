@@ -17,13 +17,23 @@ from ..auth.md5 import md5_salted_response
 from ..auth.scram import ScramClient, is_scram_secret
 from ..errors import AuthError, ProtocolError, ServerError
 from ..log import log
+from ..pooling.internal import CHECK, CONNECT, READ_BACK, Internal
+from ..pooling.states import (
+    ACTIVE,
+    CONNECTING,
+    IDLE,
+    LOGIN,
+    SERVER_CLOSED,
+    TESTED,
+    ServerState,
+    move_server,
+)
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
 from . import cancel as cancel_mod
 from .client_auth import scram_login
-from .server_session import ACTIVE as _SESSION_ACTIVE
-from .server_session import CaptureDone, InternalDone, ServerSession
+from .server_session import CaptureDone, ServerSession
 from .server_session import sql_ident as sql_ident
 from .server_session import sql_literal as sql_literal
 from .sockopts import tune_socket
@@ -33,12 +43,6 @@ if TYPE_CHECKING:
     from ..net.client_conn import ClientConn
     from ..pooling.pool import Pool
     from .cancel import Attempt
-
-CONNECTING = "connecting"
-LOGIN = "login"
-IDLE = "idle"
-ACTIVE = _SESSION_ACTIVE
-CLOSED = "closed"
 
 
 # Reported by the server but not the client's to carry: fixed at start, or derived from the
@@ -53,20 +57,23 @@ _TRANSIENT_CLASSES = frozenset(("08", "53", "57"))
 
 
 class ServerConn(ServerSession, asyncio.Protocol):
-    __slots__ = ("_capture_cb", "_internal_cb", "_login_buf", "_login_timer", "_scram", "addr",
+    __slots__ = ("_capture_cb", "_host", "_internal", "_login_buf", "_login_timer", "_port",
+                 "_scram", "addr",
                  "app", "cancel_hold", "cancels", "client", "close_reason", "closed", "created",
                  "custom_owner", "dirty", "dirty_reason", "expires_at", "ident",
                  "identity_reported", "idle_since", "initial_params", "key", "link", "local_addr",
                  "needs_reset", "params", "paused_by_peer", "pid", "pool", "session_sets",
                  "state", "stream", "tracked", "transport")
 
-    def __init__(self, pool: Pool, addr: str) -> None:
+    def __init__(self, pool: Pool, addr: str, host: str | None, port: int) -> None:
         self.pool = pool
         self.app = pool.app
         self.addr = addr
+        self._host = host  # None: a Unix socket, at addr
+        self._port = port
         self.local_addr = ""
         self.transport: asyncio.Transport | None = None
-        self.state = CONNECTING
+        self.state: ServerState = CONNECTING
         settings = self.app.config.settings
         self.stream = ServerStream(self._on_param, settings.max_packet_size)
         self.client: ClientConn | None = None
@@ -101,15 +108,42 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self._login_buf = b""
         self._login_timer: asyncio.TimerHandle | None = None
         self._scram: ScramClient | None = None
-        self._internal_cb: InternalDone | None = None
+        self._internal: Internal | None = None  # the query of the pooler's own under way
         self.paused_by_peer = False
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
 
     # ------------------------------------------------------------------ login
 
+    async def connect(self) -> None:
+        """Open the connection; login continues in the protocol's callbacks."""
+        app = self.app
+        timeout = app.config.settings.server_connect_timeout or None
+        try:
+            if self._host is None:
+                await asyncio.wait_for(
+                    app.loop.create_unix_connection(lambda: self, self.addr[5:]), timeout)
+            else:
+                await asyncio.wait_for(connect_server(app.loop, self, self._host, self._port,
+                                                      app.config.settings, app.tls.server),
+                                       timeout)
+        except ServerError as exc:  # TLS refused or failed where the mode forbids plain text
+            self._connect_failed(exc.message, exc)
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc) or exc.__class__.__name__
+            self._connect_failed(f"connect failed: {reason}",
+                                 ServerError("pgusher cannot connect to server", transient=True))
+
+    def _connect_failed(self, reason: str, error: ServerError) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        move_server(self, SERVER_CLOSED)
+        log.warning("%s closing because: %s (age=0s)", self.ident, reason)
+        self.pool.server_failed(self, error)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.state = LOGIN
+        move_server(self, LOGIN)
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
             tune_socket(self.transport, self.app.config.settings)
@@ -218,14 +252,14 @@ class ServerConn(ServerSession, asyncio.Protocol):
             self._login_timer = None
         self._scram = None
         self._login_buf = b""
-        self.state = IDLE
         connect_query = self.pool.target.connect_query
         if connect_query:
-            self.run_internal(connect_query, self._after_connect_query)
+            self.pool.move(self, TESTED)
+            self.run_internal(CONNECT, connect_query)
         else:
             self.pool.server_logged_in(self)
 
-    def _after_connect_query(self, server: ServerConn, ok: bool) -> None:
+    def _after_connect_query(self, ok: bool) -> None:
         if not ok:
             err = self.stream.last_error or {}
             self._fail_login(ServerError("connect_query failed: " + err.get("M", "")))
@@ -238,13 +272,13 @@ class ServerConn(ServerSession, asyncio.Protocol):
         word = f"{server_said} " if server_said else ""
         log.warning("%s server login failed: %s%s", self.ident, word, err.message)
         self.closed = True
-        self.state = CLOSED
+        move_server(self, SERVER_CLOSED)
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
         if self.transport is not None:
             self.transport.close()
-        self.pool.server_failed(err, during_login=True)
+        self.pool.server_failed(self, err)
 
     # ------------------------------------------------------------------ data path
 
@@ -286,13 +320,18 @@ class ServerConn(ServerSession, asyncio.Protocol):
                 if waiting:
                     # Client messages whose meaning waited for these replies.
                     client._send_translated(self, waiting)
-        if stream.swallowed and stream.swallow == 0 and self._internal_cb is not None:
-            done, self._internal_cb = self._internal_cb, None
+        if stream.swallowed and stream.swallow == 0 and self._internal is not None:
+            kind, self._internal = self._internal, None
             ok = stream.last_error is None and stream.status == 73  # 'I'
             if stream.last_error is not None:
                 log.warning("%s internal query failed: %s", self.ident,
                             stream.last_error.get("M", ""))
-            done(self, ok)
+            if kind is READ_BACK:
+                self._captured(ok)
+            elif kind is CONNECT:
+                self._after_connect_query(ok)
+            else:
+                self.pool.internal_done(self, kind, ok)
 
     def _session_ended(self, client: ClientConn | None, out: bytes) -> None:
         """The backend sent a FATAL (pg_terminate_backend, a shutdown, a timeout of its own):
@@ -329,19 +368,24 @@ class ServerConn(ServerSession, asyncio.Protocol):
                               self.pool.known_statements)
         self.stream.track(self.link)
 
-    def run_internal(self, sql: str, done: InternalDone) -> None:
-        """Send a query of the pooler's own; ``done(server, ok)`` runs when its reply is in."""
-        self.run_internal_msg(m.query(sql), done)
+    def run_internal(self, kind: Internal, sql: str) -> None:
+        """Send a query of the pooler's own; its reply is swallowed, and what follows is
+        decided by ``kind`` once it is in."""
+        self.run_internal_msg(kind, m.query(sql))
 
-    def run_internal_msg(self, msg: bytes, done: InternalDone) -> None:
+    def run_internal_msg(self, kind: Internal, msg: bytes) -> None:
         assert self.transport is not None
-        self._internal_cb = done
+        self._internal = kind
         self.stream.last_error = None
         self.stream.swallow += 1
         self.transport.write(msg)
 
+    def held_for_cancel(self) -> bool:
+        """Whether a cancel for its last client's query keeps it from the next one."""
+        return cancel_mod.holds(self)
+
     def run_check(self) -> None:
-        self.run_internal(self.app.config.settings.server_check_query, self.pool.check_done)
+        self.run_internal(CHECK, self.app.config.settings.server_check_query)
 
     def should_close(self) -> bool:
         if self.dirty:
@@ -362,7 +406,6 @@ class ServerConn(ServerSession, asyncio.Protocol):
                 self.transport.resume_reading()
 
     def make_idle(self) -> None:
-        self.state = IDLE
         self.client = None
         self.idle_since = self.app.now
 
@@ -401,7 +444,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
             return
         self.closed = True
         was = self.state
-        self.state = CLOSED
+        move_server(self, SERVER_CLOSED)
         if self.app.config.settings.log_disconnections:
             age = self.app.loop.time() - self.created
             log.info("%s closing because: %s (age=%ds)", self.ident, reason, age)
@@ -410,19 +453,19 @@ class ServerConn(ServerSession, asyncio.Protocol):
             if abort:
                 transport.abort()
             else:
-                if was in (IDLE, ACTIVE):
+                if was is IDLE or was is ACTIVE or was is TESTED:
                     transport.write(m.TERMINATE)
                 transport.close()
         if self.cancels:
             cancel_mod.settle(self)
         self._forget(was, reason if relayed else "")
 
-    def _forget(self, was: str, relayed: str = "") -> None:
+    def _forget(self, was: ServerState, relayed: str = "") -> None:
         client = self.client
         self.client = None
-        if was in (CONNECTING, LOGIN):
-            self.pool.server_failed(ServerError("server closed the connection during login",
-                                                transient=True), during_login=True)
+        if was is CONNECTING or was is LOGIN:
+            self.pool.server_failed(self, ServerError("server closed the connection during login",
+                                                      transient=True))
         else:
             self.pool.server_gone(self)
         if client is not None:
@@ -440,37 +483,11 @@ class ServerConn(ServerSession, asyncio.Protocol):
                        "server closed the connection")
 
 
-async def open_server_connection(pool: Pool) -> None:
-    """Connect a new server for ``pool``; login continues in the protocol's callbacks."""
-    app = pool.app
-    target = pool.target
-    host, port = target.next_address()
-    unix = host is None or host.startswith("/")
-    if unix:
-        directory = host or app.config.settings.unix_socket_dir or "/tmp"
-        addr = f"unix:{directory}/.s.PGSQL.{port}"
-    else:
-        addr = f"{host}:{port}"
-    server = ServerConn(pool, addr)
-    timeout = app.config.settings.server_connect_timeout or None
-    try:
-        if unix:
-            path = f"{directory}/.s.PGSQL.{port}"
-            await asyncio.wait_for(app.loop.create_unix_connection(lambda: server, path),
-                                   timeout)
-        else:
-            assert host is not None
-            await asyncio.wait_for(connect_server(app.loop, server, host, port,
-                                                  app.config.settings, app.tls.server), timeout)
-    except ServerError as exc:  # TLS refused or failed where the mode forbids plain text
-        server.closed = True
-        server.state = CLOSED
-        log.warning("%s closing because: %s (age=0s)", server.ident, exc.message)
-        pool.server_failed(exc, during_login=True)
-    except (OSError, TimeoutError) as exc:
-        server.closed = True
-        server.state = CLOSED
-        reason = str(exc) or exc.__class__.__name__
-        log.warning("%s closing because: connect failed: %s (age=0s)", server.ident, reason)
-        pool.server_failed(ServerError("pgusher cannot connect to server", transient=True),
-                           during_login=True)
+def new_server(pool: Pool) -> ServerConn:
+    """A server connection for ``pool`` to the target's next address, not yet connected
+    (see :meth:`ServerConn.connect`)."""
+    host, port = pool.target.next_address()
+    if host is None or host.startswith("/"):
+        directory = host or pool.app.config.settings.unix_socket_dir or "/tmp"
+        return ServerConn(pool, f"unix:{directory}/.s.PGSQL.{port}", None, port)
+    return ServerConn(pool, f"{host}:{port}", host, port)

@@ -13,8 +13,9 @@ the server without one first.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from ..pooling.internal import READ_BACK, Internal
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
 from ..protocol.prepared import LinkState
@@ -22,13 +23,12 @@ from ..protocol.session import order_key, replay_sql
 
 if TYPE_CHECKING:
     from ..app import Application
+    from ..pooling.states import ServerState
     from .client_conn import ClientConn
     from .server_conn import ServerConn
 
-InternalDone = Callable[["ServerConn", bool], None]
 CaptureDone = Callable[["ServerConn", bool, list[bytes]], None]
 
-ACTIVE = "active"
 _AUTH = "session_authorization"
 _IDENTITY_SETS = frozenset(("role", _AUTH))
 _RESET_ALL = m.query("RESET ALL")
@@ -51,7 +51,7 @@ class ServerSession:
     else:
         app: Application
         client: ClientConn | None
-        state: str
+        state: ServerState
         stream: ServerStream
         link: LinkState | None
         params: dict[str, str]
@@ -62,7 +62,7 @@ class ServerSession:
         custom_owner: object | None
         identity_reported: bool
         _capture_cb: CaptureDone | None
-        run_internal_msg: Callable[[bytes, InternalDone], None]
+        run_internal_msg: Callable[[Internal, bytes], None]
 
     def statements_reset(self) -> None:
         """The server ran a reset: no prepared statements, no client settings any more."""
@@ -80,14 +80,14 @@ class ServerSession:
         rows)`` gets its DataRow bodies."""
         self._capture_cb = done
         self.stream.collect = []
-        self.run_internal_msg(msg, self._captured)
+        self.run_internal_msg(READ_BACK, msg)
 
-    def _captured(self, server: ServerConn, ok: bool) -> None:
+    def _captured(self, ok: bool) -> None:
         rows = self.stream.collect or []
         self.stream.collect = None
         done, self._capture_cb = self._capture_cb, None
         if done is not None:
-            done(server, ok, rows)
+            done(cast("ServerConn", self), ok, rows)
 
     def attach(self, client: ClientConn) -> bytes:
         """Link to a client; returns the queries to send first when its settings differ.
@@ -96,7 +96,6 @@ class ServerSession:
         RESET ROLE sent with it, which is what would happen inside one multi-statement query.
         """
         self.client = client
-        self.state = ACTIVE
         wanted = client.params
         queries: list[bytes] = []
         if self.custom_owner is not None and self.custom_owner is not client:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, cast
 from ..config import Settings
 from ..errors import ClientFatal, ConfigError, ProtocolError, ServerError
 from ..log import log
+from ..pooling.states import STARTUP, TLS_HANDSHAKE, move_client
 from ..protocol import messages as m
 
 if TYPE_CHECKING:
@@ -269,17 +270,13 @@ def client_direct_tls(client: ClientConn, data: bytes) -> bool:
 
 def _begin_upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes,
                    direct: bool = False) -> None:
-    from .client_conn import TLS_HANDSHAKE
-
-    client.state = TLS_HANDSHAKE
+    move_client(client, TLS_HANDSHAKE)
     # Nothing more may be read in the clear; start_tls resumes reading through TLS.
     client.transport.pause_reading()
     client.app.loop.create_task(_upgrade(client, ctx, early, direct))
 
 
 async def _upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes, direct: bool) -> None:
-    from .client_conn import STARTUP
-
     loop = client.app.loop
     raw = client.transport
     holding = _Holding()
@@ -312,7 +309,7 @@ async def _upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes, direct
         return
     client.transport = transport
     client.tls = describe(transport)
-    client.state = STARTUP
+    move_client(client, STARTUP)
     transport.set_protocol(client)
     if direct and transport.get_extra_info("ssl_object").selected_alpn_protocol() != ALPN:
         client.fatal(ProtocolError("received direct SSL connection request without ALPN "

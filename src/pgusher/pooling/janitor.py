@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal
-from ..net.client_conn import AUTH, LOGIN_WAIT, READY, STARTUP
+from .states import AUTH, LOGIN_WAIT, READY, STARTUP
 
 if TYPE_CHECKING:
     from ..app import Application

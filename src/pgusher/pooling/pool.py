@@ -1,10 +1,13 @@
-"""One pool per (database, login user): idle servers, FIFO waiters, limits.
+"""One pool per (database, login user): servers by state, FIFO waiters, limits.
 
-Herding happens here and nowhere else. A server is in exactly one place: connecting,
-idle (a LIFO stack, so the warmest connection is reused and surplus ones age out), or linked
-to a client. Waiting clients form a FIFO deque. Every transition is synchronous and runs
-inside a transport callback, so a server offered to a waiter is linked in the same call: there
-is no window in which it could be lost or given twice.
+Herding happens here and nowhere else. A server is in exactly one container, the one its
+state names (pooling/states.py): ``login`` (connecting or logging in), ``idle`` (a LIFO
+stack, so the warmest connection is reused and surplus ones age out), ``active`` (linked to a
+client, or held for a cancel) or ``tested`` (running the pooler's own query with no client).
+:meth:`Pool.move` is the one place both change, so SHOW POOLS reads the containers' sizes.
+Waiting clients form a FIFO deque. Every transition is synchronous and runs inside a
+transport callback, so a server offered to a waiter is linked in the same call: there is no
+window in which it could be lost or given twice.
 
 Limits are checked when a connection is about to be opened: the pool size (plus the reserve
 once a client has waited reserve_pool_timeout), max_db_connections across the database's pools
@@ -23,17 +26,23 @@ from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal, ServerError
 from ..log import log
-from ..net.cancel import holds as cancel_holds
 from ..protocol.prepared import KnownStatements
+from .internal import RESET, Internal
+from .states import (
+    ACTIVE,
+    CONNECTING,
+    IDLE,
+    LOGIN,
+    SERVER_MOVES,
+    TESTED,
+    IllegalMove,
+    ServerState,
+)
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
     from ..net.client_conn import ClientConn
     from ..net.server_conn import ServerConn
-
-SESSION = "session"
-TRANSACTION = "transaction"
-STATEMENT = "statement"
 
 # A server that worked this recently (or within server_login_retry, if longer) and now
 # refuses connections is taken to be restarting: its clients are held for it.
@@ -42,11 +51,11 @@ _RECENT = 10.0
 
 class Pool:
     __slots__ = ("_retry_handle", "active", "alive_at", "app", "blocked", "check_delay",
-                 "connecting", "db_name", "failing_since", "give_back", "held", "idle",
+                 "db_name", "failing_since", "give_back", "held", "idle",
                  "known_statements", "last_login_error", "last_login_failed_at", "limit",
-                 "login_waiters", "mode", "name", "others_want", "password", "paused",
+                 "login", "login_waiters", "mode", "name", "others_want", "password", "paused",
                  "reserve_active", "reset_always", "retry_at", "share_cap", "shared_slots",
-                 "target", "user", "waiting", "welcome_params")
+                 "target", "tested", "user", "waiting", "welcome_params")
 
     def __init__(self, app: Application, target: DbTarget, user: str, password: str | None,
                  mode: str) -> None:
@@ -57,9 +66,11 @@ class Pool:
         self.password = password
         self.mode = mode
         self.name = f"{target.name}/{user}"
+        # The servers, by state (see move).
+        self.login: set[ServerConn] = set()
         self.idle: list[ServerConn] = []
         self.active: set[ServerConn] = set()
-        self.connecting = 0
+        self.tested: set[ServerConn] = set()
         self.waiting: deque[ClientConn] = deque()
         self.login_waiters: list[ClientConn] = []
         self.welcome_params: dict[str, str] | None = None
@@ -111,7 +122,47 @@ class Pool:
 
     @property
     def total(self) -> int:
-        return len(self.idle) + len(self.active) + self.connecting
+        return len(self.login) + len(self.idle) + len(self.active) + len(self.tested)
+
+    @property
+    def connecting(self) -> int:
+        return len(self.login)
+
+    def in_use(self) -> list[ServerConn]:
+        """The servers that are neither idle nor logging in: linked, or running a query of
+        the pooler's own."""
+        return [*self.active, *self.tested]
+
+    # ----------------------------------------------------------- states
+
+    def move(self, server: ServerConn, new: ServerState) -> None:
+        """Give ``server`` the state ``new`` and put it in that state's container."""
+        old = server.state
+        if new not in SERVER_MOVES[old]:
+            raise IllegalMove(f"server state {old.value} cannot become {new.value}")
+        server.state = new
+        if old is new:
+            return
+        if old is IDLE:
+            idle = self.idle
+            if idle and idle[-1] is server:
+                idle.pop()
+            else:
+                idle.remove(server)
+        elif old is ACTIVE:
+            self.active.discard(server)
+        elif old is TESTED:
+            self.tested.discard(server)
+        elif old is LOGIN or old is CONNECTING:
+            self.login.discard(server)
+        if new is ACTIVE:
+            self.active.add(server)
+        elif new is IDLE:
+            self.idle.append(server)
+        elif new is TESTED:
+            self.tested.add(server)
+        elif new is LOGIN or new is CONNECTING:
+            self.login.add(server)
 
     def _may_open(self) -> bool:
         app = self.app
@@ -188,10 +239,9 @@ class Pool:
             self.open_server()
 
     def open_server(self) -> None:
-        from ..net.server_conn import open_server_connection
-
-        self.connecting += 1
-        self.app.loop.create_task(open_server_connection(self))
+        server = self.app.new_server(self)
+        self.login.add(server)
+        self.app.loop.create_task(server.connect())
 
     # ----------------------------------------------------------- client requests
 
@@ -218,16 +268,16 @@ class Pool:
         if self.idle and not self.paused:
             # LIFO keeps the warmest connection busy and lets surplus ones age out;
             # server_round_robin spreads the load evenly instead.
-            server = (self.idle.pop(0) if self.app.config.settings.server_round_robin
-                      else self.idle.pop())
+            server = (self.idle[0] if self.app.config.settings.server_round_robin
+                      else self.idle[-1])
             delay = self.check_delay
             if delay is not None and self.app.now - server.idle_since >= delay:
                 self.waiting.appendleft(client)
                 client.start_wait()
-                self.active.add(server)
+                self.move(server, TESTED)
                 server.run_check()
                 return
-            self.active.add(server)
+            self.move(server, ACTIVE)
             client.attach(server)
             return
         if self.failing_since and not self.paused and self.fails_fast():
@@ -256,7 +306,6 @@ class Pool:
     # ----------------------------------------------------------- servers coming back
 
     def server_logged_in(self, server: ServerConn) -> None:
-        self.connecting -= 1
         self.alive_at = self.app.loop.time()
         if self.failing_since:
             log.info("%s server login works again, after %.1fs of failures", self.name,
@@ -281,7 +330,7 @@ class Pool:
         for client in waiters:
             client.finish_login(self.welcome_params)
 
-    def server_failed(self, error: ServerError, *, during_login: bool) -> None:
+    def server_failed(self, server: ServerConn, error: ServerError) -> None:
         """A connection attempt failed (connect or login).
 
         A server that worked until recently and now refuses connections, or says it is
@@ -292,9 +341,8 @@ class Pool:
         unknown database) fails the waiting clients at once, and the next attempt comes after
         server_login_retry.
         """
-        if during_login:
-            self.connecting -= 1
-            self._uncount()
+        self._take_out(server)
+        self._uncount()
         now = self.app.loop.time()
         retry = self.app.config.settings.server_login_retry
         if not self.failing_since:
@@ -335,14 +383,13 @@ class Pool:
 
     def release(self, server: ServerConn) -> None:
         """A server has no client: reset it if needed, then hand it on or park it."""
-        self.active.discard(server)
         if server.closed:
             return
-        if server.cancels and cancel_holds(server):
+        if server.cancels and server.held_for_cancel():
             # A cancel request for its last client's query is with the postmaster: no one
             # else gets the server (nor its reset query, which the cancel could hit) until
             # the postmaster is done; net/cancel.py releases it then.
-            self.active.add(server)
+            self.move(server, ACTIVE)
             return
         # Two attribute tests per release; should_close() words the reason.
         if (server.dirty or server.expires_at <= self.app.now) and server.should_close():
@@ -355,36 +402,26 @@ class Pool:
             if not query and server.link is not None and server.link.needs_reset:
                 query = "DEALLOCATE ALL"  # its statements are in doubt: start clean
             if query:
-                self.active.add(server)
-                server.run_internal(query, self.after_reset)
+                self.move(server, TESTED)
+                server.run_internal(RESET, query)
                 return
         self.give(server)
 
-    def after_reset(self, server: ServerConn, ok: bool) -> None:
-        if ok:
-            server.statements_reset()
-        self._back_from_internal(server, ok, "server reset query failed")
-
-    def after_rollback(self, server: ServerConn, ok: bool) -> None:
-        """A ROLLBACK of the pooler's own: it undoes the transaction, nothing before it."""
-        self._back_from_internal(server, ok, "server rollback failed")
-
-    def check_done(self, server: ServerConn, ok: bool) -> None:
-        self._back_from_internal(server, ok, "server check query failed")
-
-    def _back_from_internal(self, server: ServerConn, ok: bool, failure: str) -> None:
-        """A query of the pooler's own finished on an unlinked server: pass it on or drop it."""
-        self.active.discard(server)
+    def internal_done(self, server: ServerConn, kind: Internal, ok: bool) -> None:
+        """A query of the pooler's own (a reset, a check, a rollback) finished on an unlinked
+        server: pass the server on, or drop it."""
         if not ok:
-            server.close(failure)
+            server.close(kind.failure)
             self.grow()
             return
+        if kind is RESET:
+            server.statements_reset()
         self.give(server)
 
     def give(self, server: ServerConn) -> None:
         """Hand a clean, unlinked server to the first waiter, or put it on the idle stack."""
-        if server.cancels and cancel_holds(server):
-            self.active.add(server)  # as in release: after a ROLLBACK of the pooler's own
+        if server.cancels and server.held_for_cancel():
+            self.move(server, ACTIVE)  # as in release: after a ROLLBACK of the pooler's own
             return
         if self.give_back:
             # Another worker's clients wait and this one holds more than its share.
@@ -397,11 +434,11 @@ class Pool:
             if client.closed:
                 continue
             client.stop_wait()
-            self.active.add(server)
+            self.move(server, ACTIVE)
             client.attach(server)
             return
         server.make_idle()
-        self.idle.append(server)
+        self.move(server, IDLE)
         self.app.on_server_idle(self)
 
     def resume(self) -> None:
@@ -409,15 +446,21 @@ class Pool:
         if self.paused:
             return
         while self.waiting and self.idle:
-            self.give(self.idle.pop())
+            self.give(self.idle[-1])
         self.grow()
 
     def server_gone(self, server: ServerConn) -> None:
-        """A server connection closed; forget it wherever it was."""
+        """A server connection that had logged in closed; forget it wherever it was."""
         self.alive_at = self.app.loop.time()
-        self.active.discard(server)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(server)
+        self._take_out(server)
         self._uncount()
         if self.waiting:
             self.grow()
+
+    def _take_out(self, server: ServerConn) -> None:
+        """A closed server leaves whichever container still holds it."""
+        self.login.discard(server)
+        self.active.discard(server)
+        self.tested.discard(server)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(server)

@@ -45,7 +45,7 @@ def balance(app: Application) -> None:
             pool.give_back = False
             continue
         if pool.idle and not waiting and app.now - pool.idle[0].idle_since >= IDLE_BEFORE_HANDOVER:
-            pool.idle.pop(0).close("released for another worker")
+            pool.idle[0].close("released for another worker")
         # Even while its own clients wait, a worker above its share gives one back.
         pool.give_back = pool.total > pool.share_cap
 
