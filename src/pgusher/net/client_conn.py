@@ -48,6 +48,29 @@ if TYPE_CHECKING:
     from ..net.server_conn import ServerConn
     from ..pooling.pool import Pool
 
+class _Gone(asyncio.Transport):
+    """The transport of a client that left after its Terminate, while its last work runs."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+_GONE = _Gone()
 _CLIENT_NUMBERS = itertools.count(1)
 _INT32_FROM = m.INT32.unpack_from
 
@@ -84,6 +107,7 @@ class ClientConn(ClientLink, ClientLogin):
         "effects_mark",
         "ident",
         "is_unix",
+        "leaving",
         "namespace",
         "opaque",
         "outstanding",
@@ -148,6 +172,7 @@ class ClientConn(ClientLink, ClientLogin):
         self.settling: ServerConn | None = None
         self.custom_names: set[str] = set()  # custom settings its texts named, to read back
         self.outstanding = 0
+        self.leaving = False  # sent Terminate behind work still to be answered
         self.waiting = False
         self.wait_started = 0.0
         self.closed = False
@@ -241,7 +266,7 @@ class ClientConn(ClientLink, ClientLogin):
                     # waiter would cost two epoll_ctl calls per waited transaction.
                     self._pause(PAUSE_WAIT)
             if stream.terminated:
-                self.close("client close request")
+                self._terminated()
             return
         try:
             if self.state == STARTUP:
@@ -309,11 +334,30 @@ class ClientConn(ClientLink, ClientLogin):
                 # which the messages are sent): a client that keeps sending is paused.
                 self._pause(PAUSE_WAIT)
         if stream.terminated:
+            self._terminated()
+
+    def _terminated(self) -> None:
+        """The client sent Terminate. PostgreSQL runs what came before it first, so work still
+        waiting for a server, or for its replies, is finished before the client goes."""
+        if self.outstanding or self.pending or self.pending_msgs:
+            self.leaving = True
+            self.transport.pause_reading()  # nothing after Terminate is read
+            return
+        self.close("client close request")
+
+    def leave_if_done(self) -> None:
+        """A client that sent Terminate behind its work goes once all of it is answered."""
+        if not self.outstanding and not self.pending and not self.pending_msgs:
             self.close("client close request")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            self.close("client unexpected eof")
+        if self.closed:
+            return
+        if self.leaving:
+            # Gone after its Terminate: its work still runs, and its replies go nowhere.
+            self.transport = _GONE
+            return
+        self.close("client unexpected eof")
 
     def finish_login(self, welcome: dict[str, str]) -> None:
         """The pool knows its server's parameters: send the welcome and go live."""

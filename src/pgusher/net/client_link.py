@@ -91,6 +91,7 @@ class ClientLink:
         settling: ServerConn | None
         custom_names: set[str]
         outstanding: int
+        leaving: bool
         waiting: bool
         stats: Counters
         state_since: float
@@ -355,6 +356,8 @@ class ClientLink:
                 self.transport.write(reply)
             if self._paused & PAUSE_WAIT:
                 self._resume(PAUSE_WAIT)
+            if self.leaving:
+                self.conn.leave_if_done()
         else:
             pool.request(self.conn)
 

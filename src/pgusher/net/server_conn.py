@@ -320,6 +320,8 @@ class ServerConn(ServerSession, asyncio.Protocol):
                 if waiting:
                     # Client messages whose meaning waited for these replies.
                     client._send_translated(self, waiting)
+            if client.leaving and stream.ready:
+                client.leave_if_done()
         if stream.swallowed and stream.swallow == 0 and self._internal is not None:
             kind, self._internal = self._internal, None
             ok = stream.last_error is None and stream.status == 73  # 'I'
