@@ -20,12 +20,11 @@ from pgusher.protocol.prepared import (
     SqlStatement,
     Statement,
     Translator,
-    answer_without_server,
     split_parse,
     split_target,
     statement_key,
-    untagged_syncs,
 )
+from pgusher.protocol.shortcuts import answer_without_server, untagged_syncs
 
 SYNC = (ord("S"), m.SYNC)
 KNOWN = statement_key(b"select 1", b"\0\0")
