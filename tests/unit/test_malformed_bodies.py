@@ -19,12 +19,12 @@ from pgusher.protocol.prepared import (
     LinkState,
     SqlStatement,
     Statement,
-    Translator,
     split_parse,
     split_target,
     statement_key,
 )
 from pgusher.protocol.shortcuts import answer_without_server, untagged_syncs
+from pgusher.protocol.translator import Translator
 
 SYNC = (ord("S"), m.SYNC)
 KNOWN = statement_key(b"select 1", b"\0\0")

@@ -12,11 +12,11 @@ from pgusher.protocol.prepared import (
     KnownStatements,
     LinkState,
     Statement,
-    Translator,
     row_shape,
     schema_generation,
     statement_key,
 )
+from pgusher.protocol.translator import Translator
 
 
 def parse(name: bytes, query: bytes, types: bytes = b"\0\0") -> tuple[int, bytes]:

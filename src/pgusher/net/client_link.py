@@ -26,7 +26,7 @@ from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
 from ..protocol.framing import ClientStream
 from ..protocol.opaque import named_settings
-from ..protocol.prepared import SqlStatement, Statement, Translator
+from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import (
     DIRTY,
     DISCARD_ALL,
@@ -38,6 +38,7 @@ from ..protocol.session import (
     might_affect_session,
 )
 from ..protocol.shortcuts import answer_without_server, untagged_syncs
+from ..protocol.translator import Translator
 from .server_conn import ACTIVE as SERVER_ACTIVE
 
 if TYPE_CHECKING:
