@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from pgusher.errors import ProtocolError
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
+from pgusher.protocol.link import LinkState
 from pgusher.protocol.prepared import (
     KnownStatements,
-    LinkState,
     SqlStatement,
     Statement,
     split_parse,

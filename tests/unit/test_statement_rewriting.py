@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
-from pgusher.protocol.prepared import LinkState, SqlStatement, Statement, statement_key
+from pgusher.protocol.link import LinkState
+from pgusher.protocol.prepared import SqlStatement, Statement, statement_key
 from pgusher.protocol.shortcuts import answer_without_server, untagged_syncs
 from pgusher.protocol.translator import Translator
 

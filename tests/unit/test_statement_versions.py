@@ -8,9 +8,9 @@ import pytest
 
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
+from pgusher.protocol.link import LinkState
 from pgusher.protocol.prepared import (
     KnownStatements,
-    LinkState,
     Statement,
     row_shape,
     schema_generation,

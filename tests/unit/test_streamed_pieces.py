@@ -10,7 +10,8 @@ import pytest
 
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import BIG, NAMED_PARSE_LIMIT, ClientStream, ServerStream
-from pgusher.protocol.prepared import T_FAIL, LinkState, Statement, statement_key
+from pgusher.protocol.link import LinkState
+from pgusher.protocol.prepared import T_FAIL, Statement, statement_key
 from pgusher.protocol.session import OPAQUE
 from pgusher.protocol.translator import Translator
 

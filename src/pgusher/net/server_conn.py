@@ -19,7 +19,7 @@ from ..errors import AuthError, ProtocolError, ServerError
 from ..log import log
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
-from ..protocol.prepared import LinkState
+from ..protocol.link import LinkState
 from . import cancel as cancel_mod
 from .client_auth import scram_login
 from .server_session import ACTIVE as _SESSION_ACTIVE

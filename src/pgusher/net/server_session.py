@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
-from ..protocol.prepared import LinkState
+from ..protocol.link import LinkState
 from ..protocol.session import order_key, replay_sql
 
 if TYPE_CHECKING:

@@ -20,8 +20,9 @@ from collections import deque
 from collections.abc import Callable
 
 from ..errors import ProtocolError
+from .link import LinkState
 from .messages import TYPE_LEN, parse_error_fields, parse_parameter_status
-from .prepared import LinkState, Tag, schema_changed
+from .prepared import Tag, schema_changed
 from .replies import ReplyTracker
 
 _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one call

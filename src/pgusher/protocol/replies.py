@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 
+from .link import LinkState
 from .messages import error_response, message
 from .prepared import (
     FAILING_PARSE,
@@ -39,7 +40,6 @@ from .prepared import (
     T_SKIPZ,
     T_SYNC,
     T_SYNTH,
-    LinkState,
     Statement,
     Tag,
     row_shape,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import pairwise
 
+from .link import LinkState
 from .messages import error_response, message, query
 from .prepared import (
     FAILING_PARSE,
@@ -34,7 +35,6 @@ from .prepared import (
     T_QUERY,
     T_SKIPZ,
     T_SYNTH,
-    LinkState,
     SqlStatement,
     Statement,
     Tag,

@@ -10,12 +10,12 @@ server already accepted, closes statements and syncs is answered by the pooler i
 from __future__ import annotations
 
 from ..errors import ProtocolError
+from .link import LinkState
 from .messages import message
 from .prepared import (
     CLOSE_COMPLETE,
     NO_REPLY,
     PARSE_COMPLETE,
-    LinkState,
     Statement,
     split_parse,
     split_target,

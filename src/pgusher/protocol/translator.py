@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import partial
 
 from ..errors import ProtocolError
+from .link import LinkState
 from .messages import HEADER, error_response, message, query
 from .prepared import (
     BIND_TAG,
@@ -38,7 +39,6 @@ from .prepared import (
     T_PARSE,
     T_QUERY,
     Effect,
-    LinkState,
     SqlStatement,
     Statement,
     Tag,
