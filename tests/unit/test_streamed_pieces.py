@@ -9,7 +9,8 @@ import struct
 import pytest
 
 from pgusher.protocol import messages as m
-from pgusher.protocol.framing import BIG, NAMED_PARSE_LIMIT, ClientStream, ServerStream
+from pgusher.protocol.client_stream import BIG, NAMED_PARSE_LIMIT, ClientStream
+from pgusher.protocol.framing import ServerStream
 from pgusher.protocol.link import LinkState
 from pgusher.protocol.prepared import T_FAIL, Statement, statement_key
 from pgusher.protocol.session import OPAQUE

@@ -24,7 +24,7 @@ from ..metrics.counters import Counters
 from ..pooling.pool import SESSION, STATEMENT
 from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
-from ..protocol.framing import ClientStream
+from ..protocol.client_stream import ClientStream
 from ..protocol.opaque import named_settings
 from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import (
