@@ -1,16 +1,17 @@
 """Server replies matched to the reply tags of what was sent (sans-IO).
 
-The ReplyTracker reads the head of a link's tag FIFO (see prepared.Tag) against each reply
-that may end it, and decides what goes to the client: forwarded, dropped (the replies to the
+The ReplyTracker reads the head of a link's tag FIFO (see link.py) against each reply that
+may end it, and decides what goes to the client: forwarded, dropped (the replies to the
 pooler's own Parse, Close, Describe and queries), replaced (the error of a failing Parse
 stands for the one the pooler must raise) or followed by the pooler's own replies, held
 until their place in the stream comes up.
 
-* The pooler's Describe after a Parse of a shared statement (see
-  Translator._follow_parse) is answered here: the pool's first server tells its parameter
-  types and result row; on any other server a result row unlike that one fails what the
-  client sent behind the Parse with 0A000, as PostgreSQL fails a statement whose result type
-  changed.
+* The pooler's Describe after a Parse of a shared statement (see Rewriter._follow_parse) is
+  answered here. The pool's first server tells its parameter types and result row; on another
+  server a different row makes the key stale. When the Parse was the pooler's, making ready a
+  statement the client parsed before, what the client sent behind it fails with 0A000, as
+  PostgreSQL fails a statement whose result type changed; when it was the client's own, the
+  client's name moves to a statement of its own.
 * After an error the server skips to the next Sync; the tags of the skipped messages are
   dropped and whatever they would have registered is undone. An error raised by a Sync itself
   (the implicit commit) or by a simple query skips nothing: that message's ReadyForQuery

@@ -4,7 +4,8 @@ Plain simple queries, and extended-protocol batches on the unnamed statement tha
 sent while nothing is tagged are not tagged at all (untagged_syncs): their replies are only
 counted, on the scanner's fast path. An idle client's batch that only parses statements some
 server already accepted, closes statements and syncs is answered by the pooler itself
-(answer_without_server), with no server linked for it.
+(answer_without_server), with no server linked for it; a Flush or a copy message in it,
+which no server would answer, is dropped.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ Close are rewritten to match. Some messages the pooler answers itself, in their 
 reply stream: ParseComplete for a statement the server already has, CloseComplete for a
 client's Close (the server-side statement is shared; only the client's name goes away).
 
-What a query does to the client's names (DEALLOCATE, DISCARD ALL, an SQL-level PREPARE) is
-done when it is sent and taken back if it fails or is skipped; a message whose meaning depends
-on such a change before a Sync not answered yet waits until the replies are in.
+What SQL does to the client's names (DEALLOCATE, DISCARD ALL, an SQL-level PREPARE) is done
+when it is sent, or executed for the unnamed statement, and taken back if it fails or is
+skipped; a message whose meaning depends on such a change before a Sync not answered yet waits
+until the replies are in.
 """
 
 from __future__ import annotations
