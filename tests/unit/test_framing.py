@@ -6,7 +6,8 @@ import pytest
 
 from pgusher.errors import ProtocolError
 from pgusher.protocol import messages as m
-from pgusher.protocol.framing import ClientStream, ServerStream
+from pgusher.protocol.client_stream import ClientStream
+from pgusher.protocol.framing import ServerStream
 
 
 def splits(data: bytes) -> list[list[bytes]]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pgusher.errors import ProtocolError
 from pgusher.protocol import messages as m
-from pgusher.protocol.framing import ClientStream
+from pgusher.protocol.client_stream import ClientStream
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -14,18 +14,17 @@ from hypothesis import strategies as st
 from pgusher.errors import ProtocolError
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
+from pgusher.protocol.link import LinkState
 from pgusher.protocol.prepared import (
     KnownStatements,
-    LinkState,
     SqlStatement,
     Statement,
-    Translator,
-    answer_without_server,
     split_parse,
     split_target,
     statement_key,
-    untagged_syncs,
 )
+from pgusher.protocol.shortcuts import answer_without_server, untagged_syncs
+from pgusher.protocol.translator import Translator
 
 SYNC = (ord("S"), m.SYNC)
 KNOWN = statement_key(b"select 1", b"\0\0")

@@ -31,15 +31,11 @@ from hypothesis import strategies as st
 
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
-from pgusher.protocol.prepared import (
-    KnownStatements,
-    LinkState,
-    Statement,
-    Translator,
-    answer_without_server,
-    untagged_syncs,
-)
+from pgusher.protocol.link import LinkState
+from pgusher.protocol.prepared import KnownStatements, Statement
 from pgusher.protocol.session import might_affect_session
+from pgusher.protocol.shortcuts import answer_without_server, untagged_syncs
+from pgusher.protocol.translator import Translator
 
 _HEADER = struct.Struct("!ci")
 _QUIET = b"SELECT"  # a statement of the pooler's own: no rows, nothing to fail on

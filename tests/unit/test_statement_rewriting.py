@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
-from pgusher.protocol.prepared import (
-    LinkState,
-    SqlStatement,
-    Statement,
-    Translator,
-    answer_without_server,
-    statement_key,
-    untagged_syncs,
-)
+from pgusher.protocol.link import LinkState
+from pgusher.protocol.prepared import SqlStatement, Statement, statement_key
+from pgusher.protocol.shortcuts import answer_without_server, untagged_syncs
+from pgusher.protocol.translator import Translator
 
 
 def parse(name: bytes, query: bytes) -> tuple[int, bytes]:

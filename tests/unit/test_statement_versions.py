@@ -8,15 +8,15 @@ import pytest
 
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
+from pgusher.protocol.link import LinkState
 from pgusher.protocol.prepared import (
     KnownStatements,
-    LinkState,
     Statement,
-    Translator,
     row_shape,
     schema_generation,
     statement_key,
 )
+from pgusher.protocol.translator import Translator
 
 
 def parse(name: bytes, query: bytes, types: bytes = b"\0\0") -> tuple[int, bytes]:

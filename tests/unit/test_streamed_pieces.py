@@ -9,15 +9,12 @@ import struct
 import pytest
 
 from pgusher.protocol import messages as m
-from pgusher.protocol.framing import BIG, NAMED_PARSE_LIMIT, ClientStream, ServerStream
-from pgusher.protocol.prepared import (
-    T_FAIL,
-    LinkState,
-    Statement,
-    Translator,
-    statement_key,
-)
+from pgusher.protocol.client_stream import BIG, NAMED_PARSE_LIMIT, ClientStream
+from pgusher.protocol.framing import ServerStream
+from pgusher.protocol.link import LinkState
+from pgusher.protocol.prepared import T_FAIL, Statement, statement_key
 from pgusher.protocol.session import OPAQUE
+from pgusher.protocol.translator import Translator
 
 STREAM_FROM = 64 * 1024
 PIECE = 1 << 20

@@ -36,7 +36,7 @@ from ..pooling.states import (
     move_client,
 )
 from ..protocol import messages as m
-from ..protocol.framing import ClientStream
+from ..protocol.client_stream import ClientStream
 from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import might_affect_session
 from .client_link import PAUSE_PEER, PAUSE_WAIT, ClientLink

@@ -25,15 +25,9 @@ from ..pooling.internal import ROLLBACK as POOLER_ROLLBACK
 from ..pooling.states import SESSION, STATEMENT, TESTED
 from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
-from ..protocol.framing import ClientStream
+from ..protocol.client_stream import ClientStream
 from ..protocol.opaque import named_settings
-from ..protocol.prepared import (
-    SqlStatement,
-    Statement,
-    Translator,
-    answer_without_server,
-    untagged_syncs,
-)
+from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import (
     DIRTY,
     DISCARD_ALL,
@@ -44,6 +38,8 @@ from ..protocol.session import (
     SET,
     might_affect_session,
 )
+from ..protocol.shortcuts import answer_without_server, untagged_syncs
+from ..protocol.translator import Translator
 
 if TYPE_CHECKING:
     from collections.abc import Callable

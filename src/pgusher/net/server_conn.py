@@ -30,7 +30,7 @@ from ..pooling.states import (
 )
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
-from ..protocol.prepared import LinkState
+from ..protocol.link import LinkState
 from . import cancel as cancel_mod
 from .client_auth import scram_login
 from .server_session import CaptureDone, ServerSession

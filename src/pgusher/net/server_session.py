@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 from ..pooling.internal import READ_BACK, Internal
 from ..protocol import messages as m
 from ..protocol.framing import ServerStream
-from ..protocol.prepared import LinkState
+from ..protocol.link import LinkState
 from ..protocol.session import order_key, replay_sql
 
 if TYPE_CHECKING:

@@ -21,33 +21,36 @@ the server as they come, like CopyData. The head decides for the whole message:
   no server has, to be discarded.
 * Describe, Close, Execute, Sync, Flush of that size are malformed: they go as they came,
   with the tag of their kind, and the server answers them as it answers its own clients.
+
+The Translator hands each such head to :func:`feed_big`, which works with the Translator's
+base, the Rewriter (rewriter.py): this module does not import the Translator.
 """
 
 from __future__ import annotations
 
-from .messages import INT32
+from .messages import HEADER, INT32
 from .prepared import (
-    _BIND_TAG,
-    _CLOSE_TAG,
-    _DESCRIBE_TAG,
-    _EXECUTE_TAG,
-    _FAILING_NAME,
-    _HEADER,
-    _SYNC_TAG,
+    BIND_TAG,
+    CLOSE_TAG,
+    DESCRIBE_TAG,
+    EXECUTE_TAG,
+    FAILING_NAME,
+    SYNC_TAG,
     T_PARSE,
     T_QUERY,
     Tag,
-    Translator,
 )
+from .rewriter import Rewriter
 from .session import OPAQUE
 
-_TAGS = {68: _DESCRIBE_TAG, 67: _CLOSE_TAG, 69: _EXECUTE_TAG, 83: _SYNC_TAG}
-_NOWHERE = _FAILING_NAME + b"\0"  # a statement name no server ever has
+_HEADER = HEADER.pack  # type byte and length of a message
+_TAGS = {68: DESCRIBE_TAG, 67: CLOSE_TAG, 69: EXECUTE_TAG, 83: SYNC_TAG}
+_NOWHERE = FAILING_NAME + b"\0"  # a statement name no server ever has
 
 TOO_LONG_TO_READ = "a text too long to read"
 
 
-def feed_big(tr: Translator, kind: int, head: bytes) -> None:
+def feed_big(tr: Rewriter, kind: int, head: bytes) -> None:
     """The head of a long client message of type ``kind``; its rest follows as raw pieces."""
     link = tr.link
     out = tr.out
@@ -75,7 +78,7 @@ def feed_big(tr: Translator, kind: int, head: bytes) -> None:
         out.append(head)
 
 
-def _parse(tr: Translator, head: bytes) -> None:
+def _parse(tr: Rewriter, head: bytes) -> None:
     link = tr.link
     name_end = head.find(0, 5)
     if name_end > 5 and link.limit:
@@ -91,7 +94,7 @@ def _parse(tr: Translator, head: bytes) -> None:
     tr.out.append(head)
 
 
-def _bind(tr: Translator, head: bytes) -> None:
+def _bind(tr: Rewriter, head: bytes) -> None:
     link = tr.link
     portal_end = head.find(0, 5)
     name_end = head.find(0, portal_end + 1) if portal_end >= 0 else -1
@@ -99,7 +102,7 @@ def _bind(tr: Translator, head: bytes) -> None:
         if name_end > portal_end + 1:
             # A named statement the pooler does not follow: its text is unknown here.
             tr.effects.append((OPAQUE, "prepared statement", ""))
-        tr._push(_BIND_TAG)
+        tr._push(BIND_TAG)
         tr.out.append(head)
         return
     name = head[portal_end + 1:name_end]
