@@ -460,7 +460,7 @@ class Application:
             done()
             return
         server = client.server
-        if server is None or client.outstanding == 0 or server.transport is None:
+        if server is None or client.lease.outstanding == 0 or server.transport is None:
             log.debug("%s cancel request while nothing runs, ignored", client.prefix())
             done()
             return

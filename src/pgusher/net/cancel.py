@@ -182,7 +182,7 @@ class Attempt:
         server = self.server
         client = self.client
         return (not server.closed and server.client is client and client.server is server
-                and client.outstanding > 0 and not client.closed)
+                and client.lease.outstanding > 0 and not client.closed)
 
 
 def send_cancel(app: Application, client: ClientConn, server: ServerConn,

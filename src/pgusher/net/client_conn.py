@@ -37,6 +37,7 @@ from ..pooling.states import (
 )
 from ..protocol import messages as m
 from ..protocol.client_stream import ClientStream
+from ..protocol.lease import Lease, releasable
 from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import might_affect_session
 from .client_link import PAUSE_PEER, PAUSE_WAIT, ClientLink
@@ -101,22 +102,16 @@ class ClientConn(ClientLink, ClientLogin):
         "closed",
         "connected_at",
         "counted",
-        "custom_names",
         "db_name",
-        "effects_failed",
-        "effects_mark",
         "ident",
         "is_unix",
+        "lease",
         "leaving",
         "namespace",
-        "opaque",
-        "outstanding",
         "params",
         "pending",
-        "pending_effects",
         "pending_msgs",
         "pool",
-        "saw_rollback",
         "server",
         "session_defaults",
         "session_sets",
@@ -161,17 +156,11 @@ class ClientConn(ClientLink, ClientLogin):
         # startup defaults, and effects waiting for their transaction to end.
         self.session_sets: dict[str, str] = {}
         self.session_defaults: dict[str, str] = {}
-        self.pending_effects: list[tuple[str, str, str]] = []
-        self.effects_mark = 0
-        self.effects_failed = False
-        self.saw_rollback = False
+        self.lease = Lease()  # its work on the server it is linked to (protocol/lease.py)
         # The transaction ran code whose session effects cannot be read from its text: the
         # server's session is read back before release (protocol/capture.py), meanwhile
         # ``settling`` holds that server and the client's new messages wait.
-        self.opaque = 0
         self.settling: ServerConn | None = None
-        self.custom_names: set[str] = set()  # custom settings its texts named, to read back
-        self.outstanding = 0
         self.leaving = False  # sent Terminate behind work still to be answered
         self.waiting = False
         self.wait_started = 0.0
@@ -282,10 +271,9 @@ class ClientConn(ClientLink, ClientLogin):
 
     def _expect(self, replies: int) -> None:
         """The client sent work that ``replies`` ReadyForQuery messages will close."""
-        if not self.outstanding:
+        if self.lease.expect(replies):
             self.state_since = self.app.now
             self.busy_since = monotonic()
-        self.outstanding += replies
 
     def _data_translating(self, data: bytes) -> None:
         """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
@@ -339,7 +327,7 @@ class ClientConn(ClientLink, ClientLogin):
     def _terminated(self) -> None:
         """The client sent Terminate. PostgreSQL runs what came before it first, so work still
         waiting for a server, or for its replies, is finished before the client goes."""
-        if self.outstanding or self.pending or self.pending_msgs:
+        if self.lease.outstanding or self.pending or self.pending_msgs:
             self.leaving = True
             self.transport.pause_reading()  # nothing after Terminate is read
             return
@@ -347,7 +335,7 @@ class ClientConn(ClientLink, ClientLogin):
 
     def leave_if_done(self) -> None:
         """A client that sent Terminate behind its work goes once all of it is answered."""
-        if not self.outstanding and not self.pending and not self.pending_msgs:
+        if not self.lease.outstanding and not self.pending and not self.pending_msgs:
             self.close("client close request")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -470,12 +458,12 @@ class ClientConn(ClientLink, ClientLogin):
         if server is not None and pool is not None:
             self.server = None
             server.detach()
-            clean = (self.outstanding == 0 and not self.stream.unsynced
-                     and not self.stream.mid_message
-                     and server.stream.status == 73 and server.stream.at_boundary
-                     and server.stream.swallow == 0
-                     and (server.link is None or not server.link.tags))
-            if clean:
+            lease = self.lease
+            if lease.opaque and pool.mode != SESSION:
+                # Its last transaction may have changed the session unseen, and there is no
+                # client left to read it back for.
+                server.close("client left after work whose effects are unknown")
+            elif not lease.outstanding and releasable(self.stream, server.stream, server.link):
                 if pool.mode == SESSION or app.config.settings.server_reset_query_always:
                     server.needs_reset = True
                 pool.release(server)

@@ -26,18 +26,9 @@ from ..pooling.states import SESSION, STATEMENT, TESTED
 from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
 from ..protocol.client_stream import ClientStream
-from ..protocol.opaque import named_settings
+from ..protocol.lease import Effect, Lease, apply_effects, releasable
 from ..protocol.prepared import SqlStatement, Statement
-from ..protocol.session import (
-    DIRTY,
-    DISCARD_ALL,
-    OPAQUE,
-    RESET,
-    RESET_ALL,
-    ROLLBACK,
-    SET,
-    might_affect_session,
-)
+from ..protocol.session import might_affect_session
 from ..protocol.shortcuts import answer_without_server, untagged_syncs
 from ..protocol.translator import Translator
 
@@ -54,8 +45,6 @@ if TYPE_CHECKING:
 SERVERLESS_FIRST = frozenset(b"PCSHdcf\0")
 PAUSE_WAIT = 1  # reading paused: waiting for a server
 PAUSE_PEER = 2  # reading paused: the server's side cannot take more
-_CUSTOM_LIMIT = 64  # custom setting names read back per client
-_IDENTITY_SETS = ("session_authorization", "role")
 
 
 class ClientLink:
@@ -79,14 +68,8 @@ class ClientLink:
         params: dict[str, str]
         session_sets: dict[str, str]
         session_defaults: dict[str, str]
-        pending_effects: list[tuple[str, str, str]]
-        effects_mark: int
-        effects_failed: bool
-        saw_rollback: bool
-        opaque: int
+        lease: Lease
         settling: ServerConn | None
-        custom_names: set[str]
-        outstanding: int
         leaving: bool
         waiting: bool
         stats: Counters
@@ -135,74 +118,17 @@ class ClientLink:
         if prefix or out:
             server.transport.write(prefix + out)
 
-    def _note_effects(self, server: ServerConn, effects: list[tuple[str, str, str]]) -> None:
+    def _note_effects(self, server: ServerConn, effects: list[Effect]) -> None:
         link = server.link
         assert link is not None
-        for effect in effects:
-            kind = effect[0]
-            if kind == DIRTY:
-                # State that cannot follow the client: the server is reset before reuse.
-                if not server.dirty_reason:
-                    log.debug("%s left %s on %s", self.prefix(), effect[1], server.ident)
-                server.dirty_reason = effect[1]
-            elif kind == ROLLBACK:
-                self.saw_rollback = True
-            elif kind == OPAQUE:
-                # Level 1: only set_config with literal names ran, those names are enough to
-                # read back; level 2: anything may have changed.
-                level = 1 if named_settings(effect[1]) else 2
-                if level > self.opaque:
-                    log.debug("%s ran %s: its session is read back", self.prefix(), effect[1])
-                    self.opaque = level
-                if effect[2] and len(self.custom_names) < _CUSTOM_LIMIT:
-                    self.custom_names.update(n for n in effect[2].split(",")
-                                             if n not in _IDENTITY_SETS)
-            else:
-                if not self.pending_effects:
-                    self.effects_mark = link.errors
-                self.pending_effects.append(effect)
-
-    def _settle_effects(self, server: ServerConn | None, committed: bool) -> None:
-        """A transaction ended: keep its SET/RESET effects, or forget them if it failed."""
-        effects, self.pending_effects = self.pending_effects, []
-        self.effects_failed = False
-        self.saw_rollback = False
-        if not committed or not effects:
-            return
-        mine = self.session_sets
-        theirs = server.session_sets if server is not None else {}
-        tracked = self.app.tracked_params
-        for kind, name, value in effects:
-            if name in tracked:
-                continue  # reported by the server with ParameterStatus: already followed
-            if kind == SET:
-                mine[name] = value
-                theirs[name] = value
-                if name == "session_authorization":
-                    mine.pop("role", None)  # PostgreSQL resets the role with it
-                    theirs.pop("role", None)
-            elif kind == RESET:
-                default = self.session_defaults.get(name)
-                if default is None:
-                    mine.pop(name, None)
-                else:
-                    mine[name] = default
-                theirs.pop(name, None)
-                if name == "session_authorization":
-                    mine.pop("role", None)
-                    theirs.pop("role", None)
-            elif kind == RESET_ALL:
-                # RESET ALL leaves the role and the session authorization alone.
-                for sets in (mine, theirs):
-                    kept = {n: sets[n] for n in _IDENTITY_SETS if n in sets}
-                    sets.clear()
-                    sets.update(kept)
-                for n, v in self.session_defaults.items():
-                    mine.setdefault(n, v)
-            elif kind == DISCARD_ALL:
-                mine.clear()
-                mine.update(self.session_defaults)
-                theirs.clear()
+        dirty, opaque = self.lease.note(effects, link.errors)
+        if dirty:
+            # State that cannot follow the client: the server is reset before reuse.
+            if not server.dirty_reason:
+                log.debug("%s left %s on %s", self.prefix(), dirty, server.ident)
+            server.dirty_reason = dirty
+        if opaque:
+            log.debug("%s ran %s: its session is read back", self.prefix(), opaque)
 
     def attach(self, server: ServerConn) -> None:
         self.server = server
@@ -234,22 +160,13 @@ class ClientLink:
     def on_server_ready(self, count: int, status: int) -> None:
         """ReadyForQuery came back from the linked server (``count`` of them in one chunk)."""
         server = self.server
-        if server is not None and server.link is not None and server.link.lost_queries:
-            # Queries the server skipped after an error: their ReadyForQuery never comes.
-            count += server.link.lost_queries
-            server.link.lost_queries = 0
-        outstanding = self.outstanding - count
-        if outstanding < 0:
-            outstanding = 0
-        self.outstanding = outstanding
-        if self.pending_effects or self.saw_rollback:
-            if status == 69:  # 'E': the transaction failed; its SETs will be undone
-                self.effects_failed = True
-            elif status == 73 and not outstanding:
-                link = server.link if server is not None else None
-                failed = (self.effects_failed or self.saw_rollback
-                          or (link is not None and link.errors != self.effects_mark))
-                self._settle_effects(server, not failed)
+        lease = self.lease
+        committed = lease.ready(count, status, server.link if server is not None else None)
+        if committed is not None:
+            apply_effects(committed, self.session_sets,
+                          server.session_sets if server is not None else {},
+                          self.session_defaults, self.app.tracked_params)
+        outstanding = lease.outstanding
         pool = self.pool
         assert pool is not None
         stats = self.stats
@@ -268,19 +185,13 @@ class ClientLink:
         elif not self.xact_since:
             self.xact_since = now
             self.xact_start = self.busy_since
-        if status != 73 or pool.mode == SESSION:
+        if status != 73 or pool.mode == SESSION or server is None:
             return
-        if server is None or self.stream.unsynced or self.stream.mid_message:
-            return
-        sstream = server.stream
-        if sstream.held or sstream.skip:
-            return  # the server is mid-message: keep it until the next boundary
         link = server.link
-        if link is not None:
-            if link.tags:
-                return
-            if link.needs_reset:
-                server.needs_reset = True
+        if not releasable(self.stream, server.stream, link):
+            return
+        if link is not None and link.needs_reset:
+            server.needs_reset = True
         if server.dirty_reason or (server.identity_reported and server.identity_drifted()):
             server.needs_reset = True
         self.server = None
@@ -291,7 +202,7 @@ class ClientLink:
             self._resume(PAUSE_PEER)
         if pool.reset_always:
             server.needs_reset = True
-        if self.opaque:
+        if lease.opaque:
             self._read_back(server)
             return
         pool.release(server)
@@ -300,15 +211,16 @@ class ClientLink:
         """Ask the server what the session holds before it goes back to the pool."""
         server.pool.move(server, TESTED)
         self.settling = server
-        server.run_capture(capture_query(self.custom_names, full=self.opaque > 1),
+        lease = self.lease
+        server.run_capture(capture_query(lease.custom_names, full=lease.opaque > 1),
                            self._settled)
 
     def _settled(self, server: ServerConn, ok: bool, rows: list[bytes]) -> None:
         pool = server.pool
         if self.settling is server:
             self.settling = None
-        full = self.opaque > 1
-        self.opaque = 0
+        level, custom_names = self.lease.take_read_back()
+        full = level > 1
         got = None
         if ok:
             try:
@@ -326,7 +238,7 @@ class ClientLink:
                 # Custom settings nobody named may remain: RESET ALL before another client.
                 server.custom_owner = self
             else:
-                sets = merge_named(self.session_sets, got, self.custom_names, login, tracked)
+                sets = merge_named(self.session_sets, got, custom_names, login, tracked)
             if not self.closed:
                 self.session_sets = sets
             server.session_sets = dict(sets)
@@ -346,7 +258,7 @@ class ClientLink:
         reply = (answer_without_server(pending, self.statements, pool.known_statements)
                  if pending[0][0] in SERVERLESS_FIRST else None)
         if reply is not None:
-            self.outstanding -= sum(1 for kind, _ in pending if kind == 83)
+            self.lease.answered(sum(1 for kind, _ in pending if kind == 83))
             pending.clear()
             if reply:
                 self.transport.write(reply)
@@ -368,7 +280,7 @@ class ClientLink:
         assert server is not None and pool is not None
         self.server = None
         server.detach()
-        if (self.outstanding <= ready and not self.stream.unsynced
+        if (self.lease.outstanding <= ready and not self.stream.unsynced
                 and not self.stream.mid_message and server.stream.at_boundary):
             pool.move(server, TESTED)
             server.run_internal(POOLER_ROLLBACK, "ROLLBACK")

@@ -61,7 +61,7 @@ def tick(app: Application) -> None:
                 client.fatal(ClientFatal("client_idle_timeout", sqlstate="08P01"),
                              log_as="client_idle_timeout")
             continue
-        if client.outstanding:
+        if client.lease.outstanding:
             if s.query_timeout > 0 and now - client.state_since >= s.query_timeout:
                 client.fatal(ClientFatal("query_timeout", sqlstate="57014"),
                              log_as="query_timeout")
