@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..config import SETTINGS_TABLE, apply_setting
 from ..errors import ClientFatal, ConfigError
 from ..log import log
+from ..net.flow import SUSPEND
 from .parse import ConsoleError
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from ..pooling.pool import Pool
 
 CONSOLE_DBS = ("pgbouncer", "pgusher")
-_SUSPEND_BIT = 4  # ClientConn pause reason: the console's SUSPEND (1 and 2 are its own)
 
 Wait = Callable[[], bool]
 
@@ -112,7 +112,7 @@ def full_resume(app: Application) -> None:
         console.suspended = False
         for client in console.suspended_clients:
             if not client.closed:
-                client._resume(_SUSPEND_BIT)
+                client.flow.resume(SUSPEND)
         console.suspended_clients = []
     app.paused = False
     app.paused_dbs.clear()
@@ -134,7 +134,7 @@ def suspend(app: Application) -> Wait:
     paused: list[ClientConn] = []
     for client in app.clients:
         if not client.closed:
-            client._pause(_SUSPEND_BIT)
+            client.flow.pause(SUSPEND)
             paused.append(client)
     console.suspended_clients = paused
 

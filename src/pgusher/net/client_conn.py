@@ -40,8 +40,10 @@ from ..protocol.client_stream import ClientStream
 from ..protocol.lease import Lease, releasable
 from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import might_affect_session
-from .client_link import PAUSE_PEER, PAUSE_WAIT, ClientLink
+from . import flow
+from .client_link import ClientLink
 from .client_login import ClientLogin
+from .flow import FlowControl
 from .sockopts import tune_socket
 
 if TYPE_CHECKING:
@@ -89,7 +91,6 @@ class ClientConn(ClientLink, ClientLogin):
         "_buf",
         "_login_secret",
         "_login_timer",
-        "_paused",
         "_salt",
         "_scram",
         "_secret",
@@ -103,6 +104,7 @@ class ClientConn(ClientLink, ClientLogin):
         "connected_at",
         "counted",
         "db_name",
+        "flow",
         "ident",
         "is_unix",
         "lease",
@@ -176,7 +178,7 @@ class ClientConn(ClientLink, ClientLogin):
         self.cancel_pid = 0
         self.cancel_key = 0
         self._buf = b""
-        self._paused = 0
+        self.flow = FlowControl()
         self._login_timer: asyncio.TimerHandle | None = None
         self._scram: ScramServer | None = None
         self._salt = b""
@@ -199,6 +201,7 @@ class ClientConn(ClientLink, ClientLogin):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.transport = self.transport
         if self.is_unix:
             sock = transport.get_extra_info("socket")
             pid = 0
@@ -253,7 +256,7 @@ class ClientConn(ClientLink, ClientLogin):
                 elif len(pending) > 1 and sum(map(len, pending)) > _PENDING_LIMIT:
                     # Only a client that keeps sending while it waits is paused: pausing every
                     # waiter would cost two epoll_ctl calls per waited transaction.
-                    self._pause(PAUSE_WAIT)
+                    self.flow.pause(flow.WAIT)
             if stream.terminated:
                 self._terminated()
             return
@@ -320,7 +323,7 @@ class ClientConn(ClientLink, ClientLogin):
                   and sum(len(m) for _, m in pending) > _PENDING_LIMIT):
                 # Waiting for a server, or for the read-back of its last transaction (after
                 # which the messages are sent): a client that keeps sending is paused.
-                self._pause(PAUSE_WAIT)
+                self.flow.pause(flow.WAIT)
         if stream.terminated:
             self._terminated()
 
@@ -343,7 +346,7 @@ class ClientConn(ClientLink, ClientLogin):
             return
         if self.leaving:
             # Gone after its Terminate: its work still runs, and its replies go nowhere.
-            self.transport = _GONE
+            self.transport = self.flow.transport = _GONE
             return
         self.close("client unexpected eof")
 
@@ -389,38 +392,21 @@ class ClientConn(ClientLink, ClientLogin):
             stats.wait_count += 1
             if waited > stats.wait_max:
                 stats.wait_max = waited
-            if self._paused:
-                self._resume(PAUSE_WAIT)
+            self.flow.resume(flow.WAIT)
 
     # ------------------------------------------------------------------ backpressure
 
-    def _pause(self, bit: int) -> None:
-        if not self._paused and not self.closed:
-            self.transport.pause_reading()
-        self._paused |= bit
-
-    def _resume(self, bit: int) -> None:
-        if not self._paused & bit:
-            return
-        self._paused &= ~bit
-        if not self._paused and not self.closed:
-            self.transport.resume_reading()
-
-    def pause_by_peer(self) -> None:
-        self._pause(PAUSE_PEER)
-
-    def resume_by_peer(self) -> None:
-        self._resume(PAUSE_PEER)
-
     def pause_writing(self) -> None:
+        self.flow.write_paused = True
         server = self.server
         if server is not None:
-            server.pause_by_peer()
+            server.flow.pause(flow.PEER)
 
     def resume_writing(self) -> None:
+        self.flow.write_paused = False
         server = self.server
         if server is not None:
-            server.resume_by_peer()
+            server.flow.resume(flow.PEER)
 
     # ------------------------------------------------------------------ errors and closing
 
@@ -439,6 +425,7 @@ class ClientConn(ClientLink, ClientLogin):
         if self.closed:
             return
         self.closed = True
+        self.flow.closed = True
         was = self.state
         move_client(self, CLOSED)
         app = self.app
@@ -459,16 +446,16 @@ class ClientConn(ClientLink, ClientLogin):
             self.server = None
             server.detach()
             lease = self.lease
-            if lease.opaque and pool.mode != SESSION:
+            if lease.outstanding or not releasable(self.stream, server.stream, server.link):
+                server.close("client disconnect while server was not ready", abort=True)
+            elif lease.opaque and pool.mode != SESSION:
                 # Its last transaction may have changed the session unseen, and there is no
                 # client left to read it back for.
                 server.close("client left after work whose effects are unknown")
-            elif not lease.outstanding and releasable(self.stream, server.stream, server.link):
+            else:
                 if pool.mode == SESSION or app.config.settings.server_reset_query_always:
                     server.needs_reset = True
                 pool.release(server)
-            else:
-                server.close("client disconnect while server was not ready", abort=True)
         app.client_closed(self)
         self.pending.clear()
         self.transport.close()

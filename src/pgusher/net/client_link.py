@@ -31,6 +31,9 @@ from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import might_affect_session
 from ..protocol.shortcuts import answer_without_server, untagged_syncs
 from ..protocol.translator import Translator
+from .flow import WAIT, FlowControl
+from .flow import link as link_flows
+from .flow import unlink as unlink_flows
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,8 +46,6 @@ if TYPE_CHECKING:
 # Message types that can start a batch the pooler may answer itself: Parse, Close, Sync, and
 # those no server answers (Flush, CopyData, CopyDone, CopyFail, 0 for a piece of CopyData).
 SERVERLESS_FIRST = frozenset(b"PCSHdcf\0")
-PAUSE_WAIT = 1  # reading paused: waiting for a server
-PAUSE_PEER = 2  # reading paused: the server's side cannot take more
 
 
 class ClientLink:
@@ -77,13 +78,12 @@ class ClientLink:
         busy_since: float
         xact_since: float
         xact_start: float
-        _paused: int
+        flow: FlowControl
         conn: ClientConn  # ClientLogin's: this connection, typed as what it always is
 
         prefix: Callable[[], str]
         fatal: Callable[..., None]
         close: Callable[..., None]
-        _resume: Callable[[int], None]
 
     def _send_translated(self, server: ServerConn, msgs: list[tuple[int, bytes]],
                          prefix: bytes = b"") -> None:
@@ -140,8 +140,10 @@ class ClientLink:
             prefix = b""
         else:
             prefix = server.attach(self.conn)
-        if self._paused & PAUSE_WAIT:
-            self._resume(PAUSE_WAIT)  # paused while its last transaction was read back
+        client_flow = self.flow
+        if client_flow.reasons or client_flow.write_paused or server.flow.write_paused:
+            link_flows(client_flow, server.flow)
+            client_flow.resume(WAIT)  # paused while waiting, or while its last was read back
         if self.translating:
             if server.link is None:
                 server.start_tracking()
@@ -196,10 +198,8 @@ class ClientLink:
             server.needs_reset = True
         self.server = None
         server.client = None
-        if server.paused_by_peer:
-            server.detach()
-        if self._paused & PAUSE_PEER:
-            self._resume(PAUSE_PEER)
+        if self.flow.reasons or server.flow.reasons:
+            unlink_flows(self.flow, server.flow)
         if pool.reset_always:
             server.needs_reset = True
         if lease.opaque:
@@ -262,8 +262,7 @@ class ClientLink:
             pending.clear()
             if reply:
                 self.transport.write(reply)
-            if self._paused & PAUSE_WAIT:
-                self._resume(PAUSE_WAIT)
+            self.flow.resume(WAIT)
             if self.leaving:
                 self.conn.leave_if_done()
         else:

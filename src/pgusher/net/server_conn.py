@@ -33,6 +33,8 @@ from ..protocol.framing import ServerStream
 from ..protocol.link import LinkState
 from . import cancel as cancel_mod
 from .client_auth import scram_login
+from .flow import PEER, FlowControl
+from .flow import unlink as unlink_flows
 from .server_session import CaptureDone, ServerSession
 from .server_session import sql_ident as sql_ident
 from .server_session import sql_literal as sql_literal
@@ -57,13 +59,44 @@ _TRANSIENT_CLASSES = frozenset(("08", "53", "57"))
 
 
 class ServerConn(ServerSession, asyncio.Protocol):
-    __slots__ = ("_capture_cb", "_host", "_internal", "_login_buf", "_login_timer", "_port",
-                 "_scram", "addr",
-                 "app", "cancel_hold", "cancels", "client", "close_reason", "closed", "created",
-                 "custom_owner", "dirty", "dirty_reason", "expires_at", "ident",
-                 "identity_reported", "idle_since", "initial_params", "key", "link", "local_addr",
-                 "needs_reset", "params", "paused_by_peer", "pid", "pool", "session_sets",
-                 "state", "stream", "tracked", "transport")
+    __slots__ = (
+        "_capture_cb",
+        "_host",
+        "_internal",
+        "_login_buf",
+        "_login_timer",
+        "_port",
+        "_scram",
+        "addr",
+        "app",
+        "cancel_hold",
+        "cancels",
+        "client",
+        "close_reason",
+        "closed",
+        "created",
+        "custom_owner",
+        "dirty",
+        "dirty_reason",
+        "expires_at",
+        "flow",
+        "ident",
+        "identity_reported",
+        "idle_since",
+        "initial_params",
+        "key",
+        "link",
+        "local_addr",
+        "needs_reset",
+        "params",
+        "pid",
+        "pool",
+        "session_sets",
+        "state",
+        "stream",
+        "tracked",
+        "transport",
+    )
 
     def __init__(self, pool: Pool, addr: str, host: str | None, port: int) -> None:
         self.pool = pool
@@ -109,7 +142,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self._scram: ScramClient | None = None
         self._internal: Internal | None = None  # the query of the pooler's own under way
-        self.paused_by_peer = False
+        self.flow = FlowControl()
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
 
     # ------------------------------------------------------------------ login
@@ -143,6 +176,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.transport = self.transport
         move_server(self, LOGIN)
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
@@ -401,35 +435,26 @@ class ServerConn(ServerSession, asyncio.Protocol):
     # ------------------------------------------------------------------ linking
 
     def detach(self) -> None:
+        client = self.client
         self.client = None
-        if self.paused_by_peer:
-            self.paused_by_peer = False
-            if self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+        if client is not None:
+            unlink_flows(client.flow, self.flow)
 
     def make_idle(self) -> None:
         self.client = None
         self.idle_since = self.app.now
 
     def pause_writing(self) -> None:
+        self.flow.write_paused = True
         client = self.client
         if client is not None:
-            client.pause_by_peer()
+            client.flow.pause(PEER)
 
     def resume_writing(self) -> None:
+        self.flow.write_paused = False
         client = self.client
         if client is not None:
-            client.resume_by_peer()
-
-    def pause_by_peer(self) -> None:
-        if not self.paused_by_peer and self.transport is not None and not self.closed:
-            self.paused_by_peer = True
-            self.transport.pause_reading()
-
-    def resume_by_peer(self) -> None:
-        if self.paused_by_peer and self.transport is not None and not self.closed:
-            self.paused_by_peer = False
-            self.transport.resume_reading()
+            client.flow.resume(PEER)
 
     # ------------------------------------------------------------------ closing
 
@@ -445,6 +470,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.flow.closed = True
         was = self.state
         move_server(self, SERVER_CLOSED)
         if self.app.config.settings.log_disconnections:

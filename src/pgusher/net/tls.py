@@ -307,7 +307,7 @@ async def _upgrade(client: ClientConn, ctx: ssl.SSLContext, early: bytes, direct
         if transport is not None:
             transport.close()
         return
-    client.transport = transport
+    client.transport = client.flow.transport = transport
     client.tls = describe(transport)
     move_client(client, STARTUP)
     transport.set_protocol(client)
