@@ -19,6 +19,11 @@ KNOWN = [
     b"CURRENT_TIMESTAMP)",
     b"select count(*) filter (where x > 1) over (partition by y) from t",
     b"insert into t (a) values (1) on conflict (a) do nothing",
+    b"copy (select i, repeat('x', 10) from generate_series(1, 5) i) to stdout",
+    b"explain (analyze, buffers) select 1",
+    b"vacuum (verbose) t",
+    b"select * from a join (select 1) b on true cross join lateral (select 2) c",
+    b"select a from t group by (a)",
     b"insert into t (a) values (1) on conflict (a) do update set a = excluded.a",
     b"select now(), lower('x'), pg_catalog.upper('y'), x::numeric(10,2), "
     b"y::character varying(3), z::timestamp(3) with time zone",

@@ -53,6 +53,7 @@ _NOT_CALL_WORDS = """
     some substring table then time timestamp to trim union unique using values when where
     window with xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlparse xmlpi xmlroot
     xmlserialize normalize treat
+    copy explain analyze analyse vacuum cluster reindex lateral join by
 """
 _NOT_CALLS = frozenset(_NOT_CALL_WORDS.split())
 # Keywords that are syntax only after a closing parenthesis (``count(*) FILTER (``).
