@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from itertools import chain
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgusher.protocol import messages as m
@@ -470,6 +470,15 @@ def run(batches_: list[Batch], seed: int, limit: int) -> tuple[bytes, Pooled]:
           database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(batches=batches, seed=st.integers(0, 2**32), limit=st.sampled_from([2, 3, 10]))
+# Found by this test: a Bind to a statement gone stale in a failed transaction gets 25P02.
+@example(batches=[
+    ([(80, b"P\x00\x00\x00\x11a\x00select t\x00\x00\x00"), (81, b"Q\x00\x00\x00\nalter\x00"),
+      (66, b"B\x00\x00\x00\r\x00a\x00\x00\x00\x00\x00\x00\x00"),
+      (69, b"E\x00\x00\x00\t\x00\x00\x00\x00\x00"), (83, b"S\x00\x00\x00\x04")], False, False),
+    ([(81, b"Q\x00\x00\x00\nbegin\x00"), (68, b"D\x00\x00\x00\x06S\x00"),
+      (80, b"P\x00\x00\x00\x10\x00select 1\x00\x00\x00"), (68, b"D\x00\x00\x00\x06S\x00"),
+      (83, b"S\x00\x00\x00\x04"), (66, b"B\x00\x00\x00\r\x00a\x00\x00\x00\x00\x00\x00\x00")],
+     False, False)], seed=0, limit=2)
 def test_client_sees_what_a_direct_connection_shows(
         batches: list[Batch], seed: int, limit: int) -> None:
     batches = [*batches, ([_msg(b"S", b"")], False, True)]  # every run ends at a Sync

@@ -228,6 +228,8 @@ class ServerStream:
                     break  # hold the whole message until its body is here
                 if kind == Z_READY:
                     status = self.status = data[pos + 5]
+                    if link is not None:
+                        link.status = status  # what a tagged error just after it meets
                     if dropping:
                         self.swallow -= 1
                         self.swallowed += 1

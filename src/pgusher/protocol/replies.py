@@ -52,6 +52,10 @@ _PLAN_CHANGED_ERROR = error_response("ERROR", "0A000", PLAN_CHANGED_TEXT)
 _ERROR = ord("E")
 _SQLSTATE = re.compile(rb"C([0-9A-Z]{5})\0")
 _PLAN_CHANGED = "0A000"
+_FAILED = ord("E")
+_ABORTED_ERROR = error_response(
+    "ERROR", "25P02",
+    "current transaction is aborted, commands ignored until end of transaction block")
 
 
 class ReplyTracker:
@@ -183,9 +187,15 @@ class ReplyTracker:
         replacement = b""
         if hk == T_FAIL or (hk == T_EXECUTE and head.data and code == "26000"):
             replacement = head.data  # (an Execute's own error, no portal say, stays)
+            if hk == T_FAIL and link.status == _FAILED and b"C26000\0" not in replacement:
+                # In a failed transaction PostgreSQL refuses the message before it looks
+                # further; only an unknown statement name is reported first.
+                replacement = _ABORTED_ERROR
         if head.key is not None and hk in (T_BIND, T_DESCRIBE, T_INJ_DESCRIBE, T_INJ_PARSE):
             if code == "26000" and head.key in link.known.stale:
-                replacement = _PLAN_CHANGED_ERROR  # closed on its server when it changed
+                # Closed on its server when it changed. PostgreSQL, which still has it, says
+                # first that a failed transaction takes nothing but its end.
+                replacement = _ABORTED_ERROR if link.status == _FAILED else _PLAN_CHANGED_ERROR
             elif code == _PLAN_CHANGED:
                 # "cached plan must not change result type": PostgreSQL fails this statement
                 # from now on; new Parses of the text get a statement of their own.
