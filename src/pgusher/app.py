@@ -19,6 +19,7 @@ from typing import Any
 
 from . import VERSION_STRING
 from . import log as logmod
+from .admin import cluster
 from .admin.session import Console
 from .auth.passthrough import ScramKeyStore
 from .auth.userlist import load_userlist
@@ -140,7 +141,8 @@ class Application:
         self.shared: SharedCounts | None = None
         self._client_slots: dict[tuple[str, str], list[int]] = {}
         self.lookups = LookupService(self)
-        self.metrics = Metrics(self)
+        # /metrics and /api/snapshot: this worker's, or every worker's folded together.
+        self.metrics = Metrics(self, cluster.metrics_text, cluster.snapshot)
         self.console = Console(self)
         self._apply_derived()
 
