@@ -12,11 +12,13 @@ __main__). The graph of nodes is printed, lowest first, and the exit status is 1
 
 - there is a cycle between nodes (imports inside one package do not count);
 - a module imports inside a function or method, where an import usually hides a cycle or
-  an order problem, except for the few optional third-party modules in ``ALLOWED_IN_FUNCTION``;
+  an order problem, except for the few optional third-party modules in ``ALLOWED_IN_FUNCTION``
+  imported under ``try: ... except ImportError`` or ``with contextlib.suppress(ImportError)``;
 - a package imports app or cli (the composition root and the command line) at runtime, or
   cli at all except from __main__;
 - a leaf (errors, log, __init__: what every package may import) imports anything else of
-  pgusher.
+  pgusher;
+- a package or top-level module is not one of those named here (a new one must be placed).
 
 tests/unit/test_import_graph.py runs the same check.
 """
@@ -39,8 +41,9 @@ LEAVES = ("errors", "log", "__init__")
 TOP_IMPORTERS = {"app": {"cli"}, "cli": {"__main__"}, "__main__": set()}
 
 # (module, imported name) pairs allowed inside a function. Keep this tiny: each is an
-# optional third-party module that may not be installed, imported under
-# ``try: ... except ImportError`` where it is used.
+# optional third-party module that may not be installed, so it is imported where it is used,
+# under ``try: ... except ImportError`` (or contextlib.suppress(ImportError)); unguarded, the
+# import is reported like any other.
 ALLOWED_IN_FUNCTION = {
     # uvloop is optional (not on Windows, may be missing): version_text reports it if present,
     # _preload_for_user_switch loads it before root is dropped, _run falls back to asyncio.
@@ -57,8 +60,8 @@ class Findings:
     in_function: list[str] = field(default_factory=list)
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -78,29 +81,53 @@ def _is_type_checking(test: ast.expr) -> bool:
             or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
 
 
-def _runtime_imports(body: list[ast.stmt], in_function: bool
-                     ) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Yield (import, is inside a function) for the statements run at runtime."""
+def _names_import_error(node: ast.expr | None) -> bool:
+    if isinstance(node, ast.Tuple):
+        return any(_names_import_error(item) for item in node.elts)
+    name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+    return name in ("ImportError", "ModuleNotFoundError")
+
+
+def _guards_import(stmt: ast.stmt) -> bool:
+    """True for ``try`` catching ImportError and ``with contextlib.suppress(ImportError)``."""
+    if isinstance(stmt, ast.Try):
+        return any(_names_import_error(h.type) for h in stmt.handlers)
+    if isinstance(stmt, ast.With):
+        return any(isinstance(item.context_expr, ast.Call)
+                   and any(_names_import_error(arg) for arg in item.context_expr.args)
+                   for item in stmt.items)
+    return False
+
+
+def _runtime_imports(body: list[ast.stmt], in_function: bool, guarded: bool = False
+                     ) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool]]:
+    """Yield (import, is inside a function, is guarded against ImportError) for the
+    statements run at runtime."""
     for stmt in body:
         if isinstance(stmt, ast.Import | ast.ImportFrom):
-            yield stmt, in_function
+            yield stmt, in_function, guarded
         elif isinstance(stmt, ast.If) and _is_type_checking(stmt.test):
-            yield from _runtime_imports(stmt.orelse, in_function)
+            yield from _runtime_imports(stmt.orelse, in_function, guarded)
         elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
             yield from _runtime_imports(stmt.body, True)
+        elif isinstance(stmt, ast.ClassDef):
+            yield from _runtime_imports(stmt.body, in_function)
         else:
             for name in ("body", "orelse", "finalbody", "handlers", "cases"):
                 children = getattr(stmt, name, None)
                 if not children:
                     continue
+                # Only a try's own body (not its handlers or else) is guarded by it.
+                inner = guarded or (name == "body" and _guards_import(stmt))
                 for child in children:
                     if isinstance(child, ast.ExceptHandler | ast.match_case):
-                        yield from _runtime_imports(child.body, in_function)
+                        yield from _runtime_imports(child.body, in_function, guarded)
                 if isinstance(children[0], ast.stmt):
-                    yield from _runtime_imports(children, in_function)
+                    yield from _runtime_imports(children, in_function, inner)
 
 
-def _targets(module: str, is_package: bool, stmt: ast.Import | ast.ImportFrom) -> list[str]:
+def _targets(root: Path, module: str, is_package: bool, stmt: ast.Import | ast.ImportFrom
+             ) -> list[str]:
     """The absolute names an import statement loads."""
     if isinstance(stmt, ast.Import):
         return [alias.name for alias in stmt.names]
@@ -117,32 +144,31 @@ def _targets(module: str, is_package: bool, stmt: ast.Import | ast.ImportFrom) -
     out = []
     for alias in stmt.names:
         sub = f"{base}.{alias.name}"
-        if _exists(sub):
+        if _exists(root, sub):
             out.append(sub)
         else:
             out.append(base)
     return out
 
 
-def _exists(module: str) -> bool:
+def _exists(root: Path, module: str) -> bool:
     if module != "pgusher" and not module.startswith("pgusher."):
         return False
-    rel = Path(*module.split(".")[1:]) if "." in module else Path()
-    path = ROOT / rel
+    path = root.joinpath(*module.split(".")[1:])
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def scan(root: Path = ROOT) -> Findings:
     found = Findings()
     for path in sorted(root.rglob("*.py")):
-        module = module_name(path)
+        module = module_name(path, root)
         here = node_of(module)
         found.nodes.add(here)
         tree = ast.parse(path.read_text(), filename=str(path))
-        for stmt, in_function in _runtime_imports(tree.body, False):
+        for stmt, in_function, guarded in _runtime_imports(tree.body, False):
             where = f"{path.relative_to(root.parent.parent)}:{stmt.lineno}"
-            for target in _targets(module, path.name == "__init__.py", stmt):
-                if in_function and (module, target) not in ALLOWED_IN_FUNCTION:
+            for target in _targets(root, module, path.name == "__init__.py", stmt):
+                if in_function and not (guarded and (module, target) in ALLOWED_IN_FUNCTION):
                     found.in_function.append(f"{where}: imports {target} inside a function")
                 if target != "pgusher" and not target.startswith("pgusher."):
                     continue
@@ -212,6 +238,9 @@ def problems(found: Findings) -> list[str]:
            + "\n    ".join(found.edges[e] for e in sorted(edges)
                            if e[0] in group and e[1] in group)
            for group in cycles(found.nodes, edges)]
+    known = set(PACKAGES) | set(LEAVES) | set(TOP_IMPORTERS)
+    out += [f"{n} is not in PACKAGES, LEAVES or TOP_IMPORTERS of scripts/import_graph.py"
+            for n in sorted(found.nodes - known)]
     out += found.in_function
     for (a, b), example in sorted(found.edges.items()):
         if b in TOP_IMPORTERS and a not in TOP_IMPORTERS[b]:
