@@ -19,10 +19,11 @@ from typing import Any
 
 from . import VERSION_STRING
 from . import log as logmod
+from .admin import cluster
 from .admin.session import Console
 from .auth.passthrough import ScramKeyStore
 from .auth.userlist import load_userlist
-from .config import Config, DatabaseEntry, Settings, load_config
+from .config import SETTINGS_TABLE, Config, DatabaseEntry, Settings, load_config
 from .errors import ClientFatal, ConfigError, PgusherError
 from .log import log
 from .metrics.service import Metrics
@@ -33,6 +34,7 @@ from .net.client_auth import FailedLogins, load_security
 from .net.client_conn import ClientConn
 from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
+from .pooling import janitor
 from .pooling.pool import Pool
 from .workers import WorkerInfo
 from .workers import shared as shared_mod
@@ -140,7 +142,8 @@ class Application:
         self.shared: SharedCounts | None = None
         self._client_slots: dict[tuple[str, str], list[int]] = {}
         self.lookups = LookupService(self)
-        self.metrics = Metrics(self)
+        # /metrics and /api/snapshot: this worker's, or every worker's folded together.
+        self.metrics = Metrics(self, cluster.metrics_text, cluster.snapshot)
         self.console = Console(self)
         self._apply_derived()
 
@@ -183,8 +186,6 @@ class Application:
         for warning in new.warnings:
             log.warning("%s", warning)
         changed = self.config.reload_changes(new)
-        from .config import SETTINGS_TABLE
-
         fixed = [k for k in changed if k in SETTINGS_TABLE and not SETTINGS_TABLE[k].reloadable]
         for key in fixed:
             log.warning("setting %s cannot be changed by reload; restart to apply it", key)
@@ -624,9 +625,7 @@ class Application:
                 log.error("janitor: %s", exc.message)
 
     def janitor_tick(self) -> None:
-        from .pooling.janitor import tick
-
-        tick(self)
+        janitor.tick(self)
         worker = self.worker
         if worker is not None and not self.shutting_down and (
                 os.getppid() != worker.supervisor_pid):

@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import encodings.idna  # noqa: F401  (host name lookups; loaded here, before -u drops root)
 import os
+import platform
 import pwd
 import sys
+from importlib.metadata import version
 
 from . import VERSION_STRING
+from .app import Application
+from .config import Settings
 from .errors import ConfigError
 from .log import log
+from .net.sockopts import unix_socket_in_use
+from .workers import worker_count
+from .workers.supervisor import supervise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version_text() -> str:
-    import platform
-
     try:
-        from importlib.metadata import version
-
         import uvloop  # noqa: F401
 
         loop = f"uvloop {version('uvloop')}"
@@ -90,14 +94,9 @@ def _check_pidfile(path: str) -> None:
     raise ConfigError(f"pidfile {path} exists and process {old} is running")
 
 
-def _check_unix_socket(settings: object) -> None:
-    from .config import Settings
-
-    assert isinstance(settings, Settings)
+def _check_unix_socket(settings: Settings) -> None:
     if not settings.unix_socket_dir:
         return
-    from .net.sockopts import unix_socket_in_use
-
     path = os.path.join(settings.unix_socket_dir, f".s.PGSQL.{settings.listen_port}")
     if unix_socket_in_use(path):  # a stale file is removed by the listener
         raise ConfigError(f"unix socket {path} is in use, cannot continue")
@@ -122,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("pgusher: error: a configuration file is required", file=sys.stderr)
         return 1
-    from .app import Application
-
     try:
         app = Application(args.config, verbose=args.verbose, quiet=args.quiet or args.daemon)
     except ConfigError as exc:
@@ -154,12 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             # Switched once the listeners are bound, as PgBouncer does (low ports need root).
             _preload_for_user_switch()
             app.after_listen = lambda: _switch_user(user)
-        from .workers import worker_count
-
         count = worker_count(app.config.pgusher.workers)
         if count > 1:
-            from .workers.supervisor import supervise
-
             return supervise(app, count, _run)
         return _run(app)
     except ConfigError as exc:
@@ -180,16 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _preload_for_user_switch() -> None:
     """Import what later code loads lazily: the interpreter's tree may be private to root."""
-    import encodings.idna  # noqa: F401  (host name lookups)
-
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
 
 
-def _run(app: object) -> int:
-    from .app import Application
-
-    assert isinstance(app, Application)
+def _run(app: Application) -> int:
     try:
         import uvloop
     except ImportError:

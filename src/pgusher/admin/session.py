@@ -94,6 +94,8 @@ class Console:
 
     def __init__(self, app: Application) -> None:
         self.app = app
+        # The class attach() makes; SHOW MEM (show.py, which this module imports) reads its size.
+        self.session_type: type[ConsoleSession] = ConsoleSession
         self.sessions: list[ConsoleSession] = []
         # Sessions of sibling workers asking this one (workers > 1); not listed anywhere.
         self.internal_sessions: list[ConsoleSession] = []
@@ -151,7 +153,7 @@ class Console:
         client.closed = True
         move_client(client, CLOSED)
         self.app.client_is_cancel(client)  # no longer a pool client
-        session = ConsoleSession(self, client, is_admin, internal)
+        session = self.session_type(self, client, is_admin, internal)
         client.transport.set_protocol(session)
         (self.internal_sessions if internal else self.sessions).append(session)
         session.welcome()

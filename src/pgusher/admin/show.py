@@ -354,14 +354,12 @@ def show_lists(app: Application) -> Result:
 
 
 def show_mem(app: Application) -> Result:
-    from .session import ConsoleSession
-
     kinds: list[tuple[str, type, int]] = [
         ("client_conn", ClientConn, len(app.clients)),
         ("server_conn", ServerConn, len(_all_servers(app))),
         ("pool", Pool, len(app.pools)),
         ("stats", Counters, len(app.metrics.registry.counters)),
-        ("console", ConsoleSession, len(app.console.sessions)),
+        ("console", app.console.session_type, len(app.console.sessions)),
     ]
     rows = []
     for name, cls, used in kinds:

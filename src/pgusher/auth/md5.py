@@ -14,24 +14,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from pgusher.auth.md5_secret import is_md5_secret
 from pgusher.auth.scram import is_scram_secret
 from pgusher.errors import AuthError
 
-_HEX_DIGITS = frozenset("0123456789abcdef")
-_MD5_SECRET_LEN = 35
+__all__ = ["is_md5_secret", "md5_check", "md5_password_hash", "md5_salted_response"]
 
 
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-def is_md5_secret(secret: str) -> bool:
-    """True if ``secret`` is a stored MD5 hash: ``"md5"`` plus 32 lowercase hex digits."""
-    return (
-        len(secret) == _MD5_SECRET_LEN
-        and secret.startswith("md5")
-        and all(ch in _HEX_DIGITS for ch in secret[3:])
-    )
 
 
 def md5_password_hash(user: str, password: str) -> str:

@@ -37,6 +37,7 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass
 
+from pgusher.auth.md5_secret import is_md5_secret
 from pgusher.errors import AuthError
 
 MECHANISM = "SCRAM-SHA-256"
@@ -411,9 +412,6 @@ class ScramServer:
     _FAILED = 3
 
     def __init__(self, secret: str | ScramSecret, nonce: str | None = None) -> None:
-        # Imported here because the md5 module imports this one at load time.
-        from pgusher.auth.md5 import is_md5_secret
-
         if nonce is None:
             nonce = _make_nonce()
         elif not _is_valid_nonce(nonce):

@@ -3,7 +3,9 @@
 Strategy: a deliberately small HTTP/1.1 server on the pooler's own loop (GET and HEAD, one
 request per connection, bounded request size and read time). It serves operators and scrapers
 a few times a minute, so simplicity beats throughput; it never touches the data path, and
-every page is built from the same scan the console uses.
+every page is built from the same scan the console uses. The text of /metrics and
+/api/snapshot comes from the two functions the Application passes in (admin/cluster.py's, which
+ask every worker when there are several): this package sits below admin and does not import it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..log import log
@@ -28,10 +31,16 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             503: "Service Unavailable"}
 
 
-async def start_http(app: Application, host: str, port: int) -> asyncio.AbstractServer:
+async def start_http(app: Application, host: str, port: int,
+                     metrics_text: Callable[[Application], Awaitable[str]],
+                     snapshot: Callable[[Application], Awaitable[dict[str, object]]]
+                     ) -> asyncio.AbstractServer:
+    """Listen on host:port; /metrics and /api/snapshot are ``metrics_text(app)`` and
+    ``snapshot(app)``."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _serve_one(app, reader, writer)
+            await _serve_one(app, reader, writer, metrics_text, snapshot)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
         finally:
@@ -49,7 +58,9 @@ async def start_http(app: Application, host: str, port: int) -> asyncio.Abstract
 
 
 async def _serve_one(app: Application, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+                     writer: asyncio.StreamWriter,
+                     metrics_text: Callable[[Application], Awaitable[str]],
+                     snapshot: Callable[[Application], Awaitable[dict[str, object]]]) -> None:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
     request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = request_line.split()
@@ -63,8 +74,6 @@ async def _serve_one(app: Application, reader: asyncio.StreamReader,
     path = target.split("?", 1)[0]
     head_only = method == "HEAD"
     if path == "/metrics":
-        from ..admin.cluster import metrics_text
-
         body = (await metrics_text(app)).encode()
         _respond(writer, 200, prometheus.CONTENT_TYPE, body, head_only)
     elif path == "/health":
@@ -74,8 +83,6 @@ async def _serve_one(app: Application, reader: asyncio.StreamReader,
         body = json.dumps({"ready": ready, "reason": reason}).encode() + b"\n"
         _respond(writer, 200 if ready else 503, "application/json", body, head_only)
     elif path in ("/api/snapshot", "/snapshot.json"):
-        from ..admin.cluster import snapshot
-
         body = json.dumps(await snapshot(app)).encode()
         _respond(writer, 200, "application/json", body, head_only)
     elif path in ("/", "/dashboard"):

@@ -1,13 +1,18 @@
-"""The Application's statistics service: the registry, the stats_period timer, the HTTP port."""
+"""The Application's statistics service: the registry, the stats_period timer, the HTTP port.
+
+The Application passes in what /metrics and /api/snapshot serve (see http.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .counters import Counters
+from .http import start_http
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -16,8 +21,12 @@ if TYPE_CHECKING:
 
 
 class Metrics:
-    def __init__(self, app: Application) -> None:
+    def __init__(self, app: Application,
+                 metrics_text: Callable[[Application], Awaitable[str]],
+                 snapshot: Callable[[Application], Awaitable[dict[str, object]]]) -> None:
         self.app = app
+        self._metrics_text = metrics_text
+        self._snapshot = snapshot
         self.registry = Registry()
         self._timer: asyncio.TimerHandle | None = None
         self._http: asyncio.AbstractServer | None = None
@@ -34,10 +43,9 @@ class Metrics:
         self._arm()
         own = self.app.config.pgusher
         if own.http_port:
-            from .http import start_http
-
             try:
-                self._http = await start_http(self.app, own.http_addr, own.http_port)
+                self._http = await start_http(self.app, own.http_addr, own.http_port,
+                                              self._metrics_text, self._snapshot)
             except OSError as exc:
                 raise ConfigError(f"cannot listen on http_addr {own.http_addr} "
                                   f"http_port {own.http_port}: {exc.strerror}") from None

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from ..errors import ClientFatal, ServerError
 from ..log import log
 from ..protocol.prepared import KnownStatements
+from ..workers.shared import key_hash
 from .internal import RESET, Internal
 from .states import (
     ACTIVE,
@@ -203,8 +204,6 @@ class Pool:
     def slots(self) -> tuple[int, int, int]:
         found = self.shared_slots
         if found is None:
-            from ..workers.shared import key_hash
-
             shared = self.app.shared
             assert shared is not None
             found = self.shared_slots = (
