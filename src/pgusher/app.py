@@ -35,6 +35,7 @@ from .net.client_conn import ClientConn
 from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
 from .pooling import janitor
+from .pooling.counts import ServerCounts
 from .pooling.pool import Pool
 from .workers import WorkerInfo
 from .workers import shared as shared_mod
@@ -115,6 +116,7 @@ class Application:
         self._load_userlist(self.config)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pools: dict[tuple[str, str], Pool] = {}
+        self.server_counts = ServerCounts()  # servers per database and per user, for limits
         self.targets: dict[str, DbTarget] = {}
         self.clients: set[ClientConn] = set()
         self.cancel_keys: dict[tuple[int, int], ClientConn] = {}
@@ -329,10 +331,10 @@ class Application:
                                  "max_user_connections"))
 
     def db_server_count(self, db_name: str) -> int:
-        return sum(p.total for p in self.pools.values() if p.db_name == db_name)
+        return self.server_counts.db(db_name)
 
     def user_server_count(self, user: str) -> int:
-        return sum(p.total for p in self.pools.values() if p.user == user)
+        return self.server_counts.user(user)
 
     def on_server_idle(self, pool: Pool) -> None:
         """A server went idle: another pool of the same database or user may be waiting."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from pgusher.config import Settings
 from pgusher.errors import PgusherError
+from pgusher.pooling.counts import ServerCounts
 from pgusher.pooling.pool import Pool
 
 
@@ -59,6 +60,7 @@ class App:
         self.shutting_down = False
         self.shared = None
         self.pool_size = 3
+        self.server_counts = ServerCounts()
 
     def effective_pool_mode(self, target: Target, user: str) -> str:
         return "transaction"

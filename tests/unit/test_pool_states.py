@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from poolfakes import App, Target
 
+from pgusher.errors import ServerError
 from pgusher.pooling.internal import CHECK, RESET, ROLLBACK, Internal
 from pgusher.pooling.pool import Pool
 from pgusher.pooling.states import (
@@ -60,6 +61,9 @@ class Server:
     def should_close(self) -> bool:
         self.close_reason = "database configuration changed" if self.dirty else ""
         return bool(self.close_reason)
+
+    async def connect(self) -> None:
+        raise AssertionError("never run: the loop is a fake")
 
     def close(self, reason: str) -> None:
         self.closed = True
@@ -301,3 +305,32 @@ def test_a_closed_server_leaves_every_container() -> None:
         server.close("gone")
         pool.server_gone(server)  # type: ignore[arg-type]
     assert containers(pool) == {"login": 0, "idle": 0, "active": 0, "tested": 0}
+
+
+# ---------------------------------------------------------------------- limit counts
+
+
+def test_server_counts_follow_every_way_a_server_comes_and_goes() -> None:
+    pool, app = make_pool()
+    app.new_server = lambda pool: Server(CONNECTING)  # type: ignore[assignment,method-assign]
+    started: list[object] = []
+    app.loop.create_task = started.append  # type: ignore[attr-defined]
+    for _ in range(3):
+        pool.open_server()
+    assert len(started) == 3
+    for coroutine in started:
+        coroutine.close()  # type: ignore[attr-defined]  # never run
+    assert app.server_counts.db("app") == app.server_counts.user("app") == 3 == pool.total
+    first, second, third = list(pool.login)
+    pool.server_failed(first, ServerError("refused", transient=True))
+    for server in (second, third):
+        server.state = LOGIN  # connected (ServerConn.connection_made), then logged in
+        pool.give(server)
+    assert app.server_counts.db("app") == 2 == pool.total
+    second.close("gone")
+    pool.server_gone(second)
+    pool.server_gone(second)  # reported twice: counted once
+    assert app.server_counts.db("app") == 1 == pool.total
+    third.close("gone")
+    pool.server_gone(third)
+    assert app.server_counts.by_db == {} and app.server_counts.by_user == {}

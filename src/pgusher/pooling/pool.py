@@ -240,6 +240,7 @@ class Pool:
     def open_server(self) -> None:
         server = self.app.new_server(self)
         self.login.add(server)
+        self.app.server_counts.changed(self.db_name, self.user, 1)
         self.app.loop.create_task(server.connect())
 
     # ----------------------------------------------------------- client requests
@@ -458,8 +459,11 @@ class Pool:
 
     def _take_out(self, server: ServerConn) -> None:
         """A closed server leaves whichever container still holds it."""
+        before = self.total
         self.login.discard(server)
         self.active.discard(server)
         self.tested.discard(server)
         with contextlib.suppress(ValueError):
             self.idle.remove(server)
+        if self.total < before:
+            self.app.server_counts.changed(self.db_name, self.user, -1)
