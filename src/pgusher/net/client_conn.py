@@ -329,8 +329,16 @@ class ClientConn(ClientLink, ClientLogin):
 
     def _terminated(self) -> None:
         """The client sent Terminate. PostgreSQL runs what came before it first, so work still
-        waiting for a server, or for its replies, is finished before the client goes."""
-        if self.lease.outstanding or self.pending or self.pending_msgs:
+        waiting for a server, or for its replies, is finished before the client goes.
+
+        Only where the replies still due can be counted exactly: in transaction and
+        statement mode (the reply tags count the queries a server skips after an error),
+        with every extended-protocol batch closed by its Sync. Work without its Sync would
+        be rolled back by PostgreSQL when the session ends: the server is cut, as for any
+        client that leaves before its work is done."""
+        stream = self.stream
+        if ((self.lease.outstanding or self.pending_msgs) and self.translating
+                and not stream.unsynced and not stream.mid_message):
             self.leaving = True
             self.transport.pause_reading()  # nothing after Terminate is read
             return
