@@ -6,9 +6,11 @@ BackendKeyData, ReadyForQuery) comes from the pool's cached copy of a real serve
 new client costs one write. After login, each chunk is scanned by :class:`ClientStream` and
 written to the linked server in one call, or queued while the pool finds a server.
 
-A client's server is released when its ReadyForQuery reports idle with nothing outstanding
-(transaction mode) or when the client leaves (session mode). A client that leaves mid-
-transaction or mid-COPY takes its server down with it rather than leave it dirty in the pool.
+A client's server is released when its lease says so (protocol/lease.py: idle, nothing owed,
+both streams between messages; see :mod:`.client_link`) in transaction mode, or when the client
+leaves (session mode). A client that leaves mid-transaction or mid-COPY takes its server down
+with it rather than leave it dirty in the pool; one that sends Terminate behind work it is owed
+replies for is let go once that work is answered.
 """
 
 from __future__ import annotations
@@ -279,7 +281,7 @@ class ClientConn(ClientLink, ClientLogin):
             self.busy_since = monotonic()
 
     def _data_translating(self, data: bytes) -> None:
-        """The READY path when named statements must be rewritten (see protocol/prepared.py)."""
+        """The READY path when named statements must be rewritten (see protocol/translator.py)."""
         stream = self.stream
         server = self.server
         if (data[0] == 81 and stream.at_boundary and 5 <= len(data) <= stream.max_size
