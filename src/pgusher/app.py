@@ -37,7 +37,7 @@ from .net.sockopts import unix_socket_in_use
 from .pooling import janitor
 from .pooling.counts import ServerCounts
 from .pooling.pool import Pool
-from .workers import WorkerInfo
+from .workers import WorkerInfo, notify
 from .workers import shared as shared_mod
 from .workers.balance import balance
 from .workers.shared import SharedCounts
@@ -178,6 +178,20 @@ class Application:
     def reload(self, why: str = "got SIGHUP, re-reading config") -> list[str]:
         """Re-read the configuration; on error keep the old one. Returns problems found."""
         log.info("%s", why)
+        speaks = self.worker is None
+        if speaks:
+            notify.reloading()
+        try:
+            return self._reload()
+        finally:
+            if speaks:
+                notify.notify("READY=1")
+
+    def _watchdog(self, interval: float) -> None:
+        notify.notify("WATCHDOG=1")
+        self.loop.call_later(interval, self._watchdog, interval)
+
+    def _reload(self) -> list[str]:
         try:
             new = load_config(self.config_path)
             check_supported(new)
@@ -486,6 +500,11 @@ class Application:
         self._install_signals()
         self._janitor = self.loop.create_task(self._janitor_loop())
         log.info("process up: %s, loop: %s", VERSION_STRING, type(self.loop).__module__)
+        if self.worker is None:
+            notify.notify("READY=1", "STATUS=accepting connections")
+            interval = notify.watchdog_interval()
+            if interval is not None:
+                self._watchdog(interval)
         try:
             await self._stop.wait()
         finally:
@@ -574,6 +593,8 @@ class Application:
         self.stop()
 
     def begin_shutdown(self, mode: str) -> None:
+        if not self.shutting_down and self.worker is None:
+            notify.notify("STOPPING=1")
         self.shutting_down = True
         self.shutdown_mode = mode
         for server in self._servers:
@@ -592,6 +613,8 @@ class Application:
 
     def stop(self) -> None:
         if self._stop is not None:
+            if not self._stop.is_set() and not self.shutting_down and self.worker is None:
+                notify.notify("STOPPING=1")  # a fast exit: SIGQUIT, or a second SIGTERM
             self._stop.set()
 
     async def _cleanup(self) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..log import log
-from . import WorkerInfo, internal_path
+from . import WorkerInfo, internal_path, notify
 from .shared import SharedCounts
 
 if TYPE_CHECKING:
@@ -130,7 +130,9 @@ class Supervisor:
             return
         code = 70
         try:
-            for sig in _FORWARDED:
+            notify.forget()  # only the supervisor speaks to the service manager
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig in (*_FORWARDED, signal.SIGALRM):
                 signal.signal(sig, signal.SIG_DFL)
             assert self.shared is not None
             self.shared.attach(index)
@@ -152,10 +154,18 @@ class Supervisor:
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         if sig in _STOPPING and not self.stopping:
             self.stopping = True
+            notify.notify("STOPPING=1")
             self._close_listeners()
+        elif sig == signal.SIGHUP:
+            notify.reloading()
         for pid in list(self.pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+        if sig == signal.SIGHUP:
+            notify.notify("READY=1")  # each worker reloads on its own; the signal is theirs
+
+    def _on_alarm(self, sig: int, frame: FrameType | None) -> None:
+        notify.notify("WATCHDOG=1")
 
     def _close_listeners(self) -> None:
         # New connections are refused once the workers close theirs too.
@@ -171,6 +181,12 @@ class Supervisor:
         log.info("starting %d worker processes", self.count)
         for index in range(self.count):
             self.spawn(index)
+        # The listening sockets are open: connections queue until a worker accepts them.
+        notify.notify("READY=1", f"STATUS=accepting connections, {self.count} workers")
+        interval = notify.watchdog_interval()
+        if interval is not None:
+            signal.signal(signal.SIGALRM, self._on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, interval, interval)
         try:
             self._watch()
         finally:
