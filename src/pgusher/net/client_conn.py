@@ -402,7 +402,8 @@ class ClientConn(ClientLink, ClientLogin):
             stats.wait_count += 1
             if waited > stats.wait_max:
                 stats.wait_max = waited
-            self.flow.resume(flow.WAIT)
+            if self.flow.reasons:
+                self.flow.resume(flow.WAIT)
 
     # ------------------------------------------------------------------ backpressure
 

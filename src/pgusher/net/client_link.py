@@ -136,7 +136,7 @@ class ClientLink:
         if (self.params == server.tracked and self.session_sets == server.session_sets
                 and server.custom_owner is None):
             # The usual case, inlined: nothing to SET first.
-            server.client = self.conn
+            server.client = self  # type: ignore[assignment]  # (self.conn, without the call)
             prefix = b""
         else:
             prefix = server.attach(self.conn)

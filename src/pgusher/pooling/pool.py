@@ -286,7 +286,7 @@ class Pool:
         self.waiting.append(client)
         client.start_wait()
         # Cheap test first: at the limit (the usual case under load) nothing can be opened.
-        if (len(self.idle) + len(self.active) + self.connecting < self.limit
+        if (len(self.idle) + len(self.active) + len(self.login) < self.limit
                 and not self.paused):
             self.grow()
 

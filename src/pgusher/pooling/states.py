@@ -29,6 +29,9 @@ STATEMENT = "statement"
 
 
 class ClientState(enum.Enum):
+    # Members are singletons: hashing by identity keeps the table lookups in C.
+    __hash__ = object.__hash__
+
     TLS_HANDSHAKE = "tls_handshake"
     STARTUP = "startup"
     AUTH = "auth"
@@ -40,6 +43,8 @@ class ClientState(enum.Enum):
 
 
 class ServerState(enum.Enum):
+    __hash__ = object.__hash__
+
     CONNECTING = "connecting"
     LOGIN = "login"
     IDLE = "idle"
