@@ -273,3 +273,53 @@ def test_query_sent_with_terminate_runs_like_on_postgres(
         after.login()
         after.send(query("select 1"))
         assert after.read_until_ready() == SELECT_ONE
+
+
+def _login_replies(conn: RawConn) -> list[str]:
+    replies = conn.read_until_ready()
+    assert replies[-1] == ("Z", "I") and not [r for r in replies if r[0] == "E"], replies
+    return [r[0] for r in replies]
+
+
+def test_work_sent_with_the_startup_packet_waits_for_the_welcome(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    """A query written together with the startup packet is answered after the welcome, both
+    while the pool still learns its server's parameters and once it knows them."""
+    proc = start(pooler)
+    for _ in range(2):
+        with RawConn.tcp(proc.port) as conn:
+            conn.send(startup_packet() + query("select 1"))
+            assert _login_replies(conn)[0] == "R"
+            assert conn.read_until_ready() == SELECT_ONE
+
+
+def test_work_sent_with_the_password_waits_for_the_welcome(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    """A query written together with the password message, the message itself cut apart."""
+    proc = start(pooler, auth_type="plain")
+    for cut in (0, 1):
+        with RawConn.tcp(proc.port) as conn:
+            conn.send(startup_packet("plain_user"))
+            assert conn.read_message() == ("R",)  # AuthenticationCleartextPassword
+            data = message(b"p", b"plain_pass\0") + query("select 1")
+            if cut:
+                conn.send_in_pieces(data[:9], size=cut)
+                conn.send(data[9:])
+            else:
+                conn.send(data)
+            assert _login_replies(conn)[0] == "R"
+            assert conn.read_until_ready() == SELECT_ONE
+
+
+def test_console_password_in_pieces_and_a_query_behind_it(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, auth_type="plain", admin_users="postgres")
+    with RawConn.tcp(proc.port) as conn:
+        conn.send(startup_packet("postgres", "pgbouncer"))
+        assert conn.read_message() == ("R",)
+        data = message(b"p", b"postgres\0") + query("SHOW VERSION")
+        conn.send_in_pieces(data[:7], size=1)
+        conn.send(data[7:])
+        assert _login_replies(conn)[0] == "R"
+        replies = conn.read_until_ready()
+        assert [r[0] for r in replies] == ["T", "D", "C", "Z"], replies
