@@ -15,6 +15,7 @@ from pgusher.auth.md5 import md5_password_hash
 from pgusher.auth.scram import format_scram_secret, make_scram_secret
 from support import PgCluster, PoolerFactory, run_psql
 from support.wire import TERMINATE, RawConn, query, startup_packet
+from support.wire import message as wire_message
 
 
 def forced_user_db(pg: PgCluster) -> dict[str, str]:
@@ -288,3 +289,58 @@ def test_settings_not_honoured_are_refused(pg: PgCluster, pooler: PoolerFactory,
 
     with pytest.raises(PoolerError, match=message):
         start(pooler, **settings)
+
+
+# ---------------------------------------------------------------------------------- pipelined
+
+_SELECT_ONE = [("T",), ("D", "1"), ("C",), ("Z", "I")]
+
+
+def _login_replies(conn: RawConn) -> list[str]:
+    replies = conn.read_until_ready()
+    assert replies[-1] == ("Z", "I") and not [r for r in replies if r[0] == "E"], replies
+    return [r[0] for r in replies]
+
+
+def test_work_sent_with_the_startup_packet_waits_for_the_welcome(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    """A query written together with the startup packet is answered after the welcome, both
+    while the pool still learns its server's parameters and once it knows them."""
+    proc = start(pooler)
+    for _ in range(2):
+        with RawConn.tcp(proc.port) as conn:
+            conn.send(startup_packet() + query("select 1"))
+            assert _login_replies(conn)[0] == "R"
+            assert conn.read_until_ready() == _SELECT_ONE
+
+
+def test_work_sent_with_the_password_waits_for_the_welcome(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    """A query written together with the password message, the message itself cut apart."""
+    proc = start(pooler, auth_type="plain")
+    for cut in (0, 1):
+        with RawConn.tcp(proc.port) as conn:
+            conn.send(startup_packet("plain_user"))
+            assert conn.read_message() == ("R",)  # AuthenticationCleartextPassword
+            data = wire_message(b"p", b"plain_pass\0") + query("select 1")
+            if cut:
+                conn.send_in_pieces(data[:9], size=cut)
+                conn.send(data[9:])
+            else:
+                conn.send(data)
+            assert _login_replies(conn)[0] == "R"
+            assert conn.read_until_ready() == _SELECT_ONE
+
+
+def test_console_password_in_pieces_and_a_query_behind_it(
+        pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc = start(pooler, auth_type="plain", admin_users="postgres")
+    with RawConn.tcp(proc.port) as conn:
+        conn.send(startup_packet("postgres", "pgbouncer"))
+        assert conn.read_message() == ("R",)
+        data = wire_message(b"p", b"postgres\0") + query("SHOW VERSION")
+        conn.send_in_pieces(data[:7], size=1)
+        conn.send(data[7:])
+        assert _login_replies(conn)[0] == "R"
+        replies = conn.read_until_ready()
+        assert [r[0] for r in replies] == ["T", "D", "C", "Z"], replies

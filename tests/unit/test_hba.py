@@ -10,7 +10,8 @@ from pgusher.auth.auth_query import LookupSession, lookup_messages, parse_data_r
 from pgusher.auth.hba import HbaRule, Token, match_hba, parse_hba, tokenize_line
 from pgusher.auth.passthrough import ScramKeyStore
 from pgusher.auth.scram import ScramServer, format_scram_secret, make_scram_secret
-from pgusher.errors import ConfigError
+from pgusher.errors import ConfigError, ProtocolError
+from pgusher.protocol import messages as m
 
 T = Token
 
@@ -184,6 +185,41 @@ def test_lookup_session_fed_byte_by_byte() -> None:
     events = session.feed(_msg(b"1", b"") + _msg(b"2", b"") + _msg(b"C", b"SELECT 0\x00")
                           + _msg(b"Z", b"I"))
     assert [(e.kind, e.found) for e in events] == [("ready", False)]
+
+
+def test_lookup_session_login_failures() -> None:
+    """The login is ServerLogin's; the texts name auth_user."""
+    session = LookupSession("auth", "app", None)
+    events = session.feed(_msg(b"R", b"\x00\x00\x00\x05salt"))
+    assert [e.kind for e in events] == ["failed"]
+    assert events[0].error is not None
+    assert events[0].error.message == 'no password known for auth_user "auth"'
+    assert session.feed(_msg(b"Z", b"I")) == []  # a failed session takes nothing more
+    secret = format_scram_secret(make_scram_secret("pw"))
+    session = LookupSession("auth", "app", secret)
+    events = session.feed(_msg(b"R", b"\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00"))
+    assert events[0].error is not None
+    assert "only a SCRAM secret is known" in events[0].error.message
+    session = LookupSession("auth", "app", "pw")
+    events = session.feed(m.error_response("FATAL", "28P01", "password authentication failed"))
+    assert events[0].error is not None
+    assert events[0].error.message == "password authentication failed"
+    session = LookupSession("auth", "app", "pw")
+    events = session.feed(b"R\xff\xff\xff\xff")
+    assert events[0].error is not None
+    assert events[0].error.message == "invalid packet from server during login"
+
+
+def test_lookup_session_after_login_keeps_its_own_bound() -> None:
+    session = LookupSession("auth", "app", "pw")
+    assert [e.kind for e in session.feed(_msg(b"R", b"\x00" * 4) + _msg(b"Z", b"I"))] == ["ready"]
+    session.lookup("q", "alice")
+    events = session.feed(_msg(b"1", b"") + b"D\x00\x00\x00\x02")
+    assert [e.kind for e in events] == ["failed"]
+    assert events[0].error is not None
+    assert events[0].error.message == "invalid packet from server"
+    with pytest.raises(ProtocolError, match="lookup while the session is failed"):
+        session.lookup("q", "bob")
 
 
 # ---------------------------------------------------------------------------------- pass-through

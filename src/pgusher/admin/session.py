@@ -23,10 +23,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..errors import ClientFatal
+from ..errors import ClientFatal, ProtocolError
 from ..log import log
 from ..pooling.states import AUTH, CLOSED, move_client
 from ..protocol import messages as m
+from ..protocol.reader import MessageReader
 from ..workers.siblings import SiblingCall
 from . import cluster, control
 from .parse import Command, ConsoleError, SetCommand, parse
@@ -157,9 +158,8 @@ class Console:
         client.transport.set_protocol(session)
         (self.internal_sessions if internal else self.sessions).append(session)
         session.welcome()
-        leftover = client._buf
+        leftover = client._reader.take_rest()
         if leftover:
-            client._buf = b""
             self.app.loop.call_soon(session.data_received, leftover)
 
     def new_cancel_key(self, session: ConsoleSession) -> tuple[int, int]:
@@ -236,10 +236,10 @@ class Console:
 
 class ConsoleSession(asyncio.Protocol):
     __slots__ = (
-        "_buf",
         "_busy",
         "_calls",
         "_queue",
+        "_reader",
         "_wait",
         "_wait_tag",
         "addr",
@@ -273,7 +273,7 @@ class ConsoleSession(asyncio.Protocol):
         self.connected_at = client.connected_at
         self.last_request = self.app.loop.time()
         self.closed = False
-        self._buf = b""
+        self._reader = MessageReader(MAX_MESSAGE)
         self._queue: list[bytes] = []
         self._wait: control.Wait | None = None
         self._wait_tag = ""
@@ -293,19 +293,17 @@ class ConsoleSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        buf = self._buf + data
-        pos = 0
-        while len(buf) - pos >= 5 and not self.closed:
-            kind = buf[pos]
-            length = m.INT32.unpack_from(buf, pos + 1)[0]
-            if length < 4 or length > MAX_MESSAGE:
+        reader = self._reader
+        reader.push(data)
+        while not self.closed:
+            try:
+                message = reader.next()
+            except ProtocolError:
                 self.fatal("invalid packet length for admin console", sqlstate="08P01")
                 return
-            end = pos + 1 + length
-            if end > len(buf):
-                break
-            body = buf[pos + 5:end]
-            pos = end
+            if message is None:
+                return
+            kind, body = message
             if kind == 81:  # 'Q'
                 if self._wait is not None or self._busy is not None:
                     self._queue.append(body)
@@ -320,7 +318,6 @@ class ConsoleSession(asyncio.Protocol):
             else:
                 self.fatal(f"unsupported packet type for admin console: {chr(kind)!r}")
                 return
-        self._buf = buf[pos:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()

@@ -3,7 +3,9 @@
 Strategy: sans-IO. :class:`LookupSession` is a small client of one server connection, logged in
 as ``auth_user``: it produces the bytes to send and consumes the bytes received, and reports
 :class:`Event` values; the network layer (``net/auth_lookup.py``) owns the socket. A session
-logs in once and then answers lookups one at a time.
+logs in once, through the same :class:`~pgusher.auth.server_login.ServerLogin` as the pool's
+server connections, and then answers lookups one at a time, reading their replies with the
+login's bounded reader.
 
 The looked-up user name is always data, never SQL text: each lookup is one extended-protocol
 round (Parse of ``auth_query`` with its ``$1``, Bind with the name as the only text parameter,
@@ -20,8 +22,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from pgusher.auth.md5 import md5_salted_response
 from pgusher.auth.scram import ScramClient, is_scram_secret
+from pgusher.auth.server_login import LoginDone, LoginFailed, Send, ServerLogin
 from pgusher.errors import AuthError, ProtocolError, ServerError
 from pgusher.protocol import messages as m
 
@@ -29,7 +31,6 @@ __all__ = ["Event", "LookupSession", "lookup_messages", "parse_data_row"]
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
-_MAX_MESSAGE = 1_000_000
 
 LOGIN = "login"
 READY = "ready"
@@ -86,26 +87,25 @@ class LookupSession:
     """One logged-in connection as auth_user that answers lookups in turn.
 
     ``password`` is auth_user's secret (plain, md5 hash or SCRAM secret) or None; ``keys``
-    are ClientKey/ServerKey to answer SCRAM with when the secret is a SCRAM secret.
+    are ClientKey/ServerKey to answer SCRAM with when the secret is a SCRAM secret; ``params``
+    go in the startup message after user and database.
     """
 
     def __init__(self, user: str, database: str, password: str | None,
-                 keys: tuple[bytes, bytes] | None = None) -> None:
+                 keys: tuple[bytes, bytes] | None = None,
+                 params: dict[str, str] | None = None) -> None:
         self.user = user
         self.database = database
-        self._password = password
         self._keys = keys
-        self._scram: ScramClient | None = None
-        self._buf = b""
+        self._login = ServerLogin(user, database, params or {}, password, self._scram_client,
+                                  who=f'auth_user "{user}"')
         self.state = LOGIN
         self._rows: list[list[bytes | None]] = []
         self._error: dict[str, str] | None = None
         self._out: list[bytes] = []
 
-    def startup(self, extra: dict[str, str] | None = None) -> bytes:
-        params = {"user": self.user, "database": self.database}
-        params.update(extra or {})
-        return m.startup_message(params)
+    def startup(self) -> bytes:
+        return self._login.startup()
 
     def lookup(self, sql: str, user: str) -> bytes:
         if self.state != READY:
@@ -124,30 +124,37 @@ class LookupSession:
         """Consume received bytes; return what happened."""
         if self.state == FAILED:
             return []
-        buf = self._buf + data
         events: list[Event] = []
-        pos = 0
-        while len(buf) - pos >= 5:
-            kind = buf[pos]
-            length = _I32.unpack_from(buf, pos + 1)[0]
-            if length < 4 or length > _MAX_MESSAGE:
-                return self._fail(events, ServerError("invalid packet from server"))
-            end = pos + 1 + length
-            if end > len(buf):
-                break
-            body = buf[pos + 5:end]
-            pos = end
+        if self.state == LOGIN:
+            for action in self._login.feed(data):
+                if isinstance(action, Send):
+                    self._out.append(action.data)
+                elif isinstance(action, LoginFailed):
+                    return self._fail(events, action.error)
+                elif isinstance(action, LoginDone):
+                    self.state = READY
+                    events.append(Event("ready"))
+            if self.state == LOGIN:
+                return events
+            data = b""  # the bytes after ReadyForQuery are still in the login's reader
+        reader = self._login.reader
+        reader.push(data)
+        while True:
             try:
-                event = self._message(kind, body)
-            except (AuthError, ProtocolError) as exc:
+                message = reader.next()
+            except ProtocolError:
+                return self._fail(events, ServerError("invalid packet from server"))
+            if message is None:
+                return events
+            try:
+                event = self._message(message[0], message[1])
+            except ProtocolError as exc:
                 return self._fail(events, ServerError(exc.message, sqlstate=exc.sqlstate))
             if event is not None:
                 events.append(event)
                 if event.kind == "failed":
                     self.state = FAILED
                     return events
-        self._buf = buf[pos:]
-        return events
 
     def _fail(self, events: list[Event], error: ServerError) -> list[Event]:
         self.state = FAILED
@@ -156,23 +163,12 @@ class LookupSession:
 
     def _message(self, kind: int, body: bytes) -> Event | None:
         if kind == 69:  # 'E'
-            fields = m.parse_error_fields(body)
-            if self.state == LOGIN:
-                return Event("failed", error=ServerError(
-                    fields.get("M", "auth_user login failed"), sqlstate=fields.get("C", "08006")))
-            self._error = fields
+            self._error = m.parse_error_fields(body)
             return None
         if kind == 90:  # 'Z'
-            if self.state == LOGIN:
-                self.state = READY
-                return Event("ready")
             if self.state == BUSY:
                 return self._finish()
             raise ProtocolError("unexpected ReadyForQuery")
-        if self.state == LOGIN:
-            if kind == 82:  # 'R'
-                self._auth(body)
-            return None  # ParameterStatus, BackendKeyData, notices
         if kind == 68:  # 'D'
             self._rows.append(parse_data_row(body))
         return None  # ParseComplete, BindComplete, CommandComplete, notices...
@@ -193,42 +189,14 @@ class LookupSession:
         return Event("ready", found=True,
                      secret=None if secret is None else secret.decode("utf-8", "surrogateescape"))
 
-    def _auth(self, body: bytes) -> None:
-        code, payload = m.parse_auth_request(body)
-        password = self._password
-        if code == m.AUTH_OK:
-            return
-        if code == m.AUTH_SASL_CONTINUE and self._scram is not None:
-            self._out.append(m.sasl_response(self._scram.client_final(payload)))
-            return
-        if code == m.AUTH_SASL_FINAL and self._scram is not None:
-            self._scram.verify_server_final(payload)
-            return
-        if password is None:
-            raise AuthError(f'no password known for auth_user "{self.user}"')
-        if code == m.AUTH_CLEARTEXT:
-            if password.startswith("md5") or is_scram_secret(password):
-                raise AuthError("cannot do cleartext authentication: stored password is hashed")
-            self._out.append(m.password_message(password.encode()))
-        elif code == m.AUTH_MD5:
-            if is_scram_secret(password):
-                raise AuthError("cannot do md5 authentication: password is a SCRAM secret")
-            self._out.append(m.password_message(
-                md5_salted_response(self.user, password, payload[:4])))
-        elif code == m.AUTH_SASL:
-            if "SCRAM-SHA-256" not in m.split_cstrings(payload):
-                raise AuthError("server offered no supported SASL mechanism")
-            if is_scram_secret(password):
-                if self._keys is None:
-                    raise AuthError(f'cannot do SCRAM authentication as auth_user "{self.user}":'
-                                    " only a SCRAM secret is known and no client has logged in"
-                                    " as that user yet")
-                self._scram = ScramClient.from_keys(*self._keys)
-            elif password.startswith("md5"):
-                raise AuthError("cannot do SCRAM authentication: password is an md5 hash")
-            else:
-                self._scram = ScramClient(password)
-            self._out.append(m.sasl_initial_response("SCRAM-SHA-256",
-                                                     self._scram.client_first()))
-        else:
-            raise AuthError(f"unsupported server authentication method {code}")
+    def _scram_client(self, password: str) -> ScramClient:
+        """How the login answers the server's SCRAM request with auth_user's secret."""
+        if is_scram_secret(password):
+            if self._keys is None:
+                raise AuthError(f'cannot do SCRAM authentication as auth_user "{self.user}":'
+                                " only a SCRAM secret is known and no client has logged in"
+                                " as that user yet")
+            return ScramClient.from_keys(*self._keys)
+        if password.startswith("md5"):
+            raise AuthError("cannot do SCRAM authentication: password is an md5 hash")
+        return ScramClient(password)

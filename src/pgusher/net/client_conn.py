@@ -41,6 +41,7 @@ from ..protocol import messages as m
 from ..protocol.client_stream import ClientStream
 from ..protocol.lease import Lease, releasable
 from ..protocol.prepared import SqlStatement, Statement
+from ..protocol.reader import MessageReader
 from ..protocol.session import might_affect_session
 from . import flow
 from .client_link import ClientLink
@@ -90,9 +91,9 @@ _parameter_status = functools.lru_cache(maxsize=4096)(m.parameter_status)
 class ClientConn(ClientLink, ClientLogin):
     __slots__ = (
         "_auth_step",
-        "_buf",
         "_login_secret",
         "_login_timer",
+        "_reader",
         "_salt",
         "_scram",
         "_secret",
@@ -179,7 +180,9 @@ class ClientConn(ClientLink, ClientLogin):
         self.xact_since = 0.0
         self.cancel_pid = 0
         self.cancel_key = 0
-        self._buf = b""
+        # The bytes of the login phase: the startup packet, then password messages, then what
+        # a client sends before its welcome (see client_login.py).
+        self._reader = MessageReader(m.MAX_STARTUP_PACKET, typed=False)
         self.flow = FlowControl()
         self._login_timer: asyncio.TimerHandle | None = None
         self._scram: ScramServer | None = None
@@ -268,8 +271,8 @@ class ClientConn(ClientLink, ClientLogin):
             elif self.state == AUTH:
                 self._auth_data(data)
             elif self.state == LOGIN_WAIT:
-                self._buf += data
-                if len(self._buf) > self.app.config.settings.pkt_buf * 16:
+                self._reader.push(data)
+                if self._reader.pending > self.app.config.settings.pkt_buf * 16:
                     raise ProtocolError("too much data before login completed")
         except PgusherError as exc:
             self.fatal(exc)
@@ -383,8 +386,8 @@ class ClientConn(ClientLink, ClientLogin):
         move_client(self, READY)
         if self.app.config.settings.log_connections:
             log.debug("%s login ok", self.prefix())
-        if self._buf:
-            early, self._buf = self._buf, b""
+        early = self._reader.take_rest()
+        if early:
             self.data_received(early)
 
     # ------------------------------------------------------------------ linking

@@ -1,11 +1,13 @@
 """The login phase of a client connection: startup packet and authentication.
 
 Strategy: everything before the welcome is handled by the pooler itself, without a server round
-trip. The startup packet is read whole (SSLRequest, GSSENCRequest and CancelRequest are
-answered on the way), startup parameters are sorted into tracked ones, session settings and
-ignored ones, and the password exchange (cleartext, md5 or SCRAM) is checked against the secret
-that auth_file, HBA or auth_query gives. :class:`ClientConn` inherits this and takes over at
-``finish_login``.
+trip. The startup packet is read whole by the bounded MessageReader, one packet at a time,
+since what follows one may belong to TLS or to the next phase (SSLRequest, GSSENCRequest and
+CancelRequest are answered on the way); password messages are read by a typed one. Startup
+parameters are sorted into tracked ones, session settings and ignored ones, and the password
+exchange (cleartext, md5 or SCRAM) is checked against the secret that auth_file, HBA or
+auth_query gives. :class:`ClientConn` inherits this and takes over at ``finish_login``, taking
+from the reader what the client sent before its welcome.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
 from ..pooling.states import AUTH, CANCEL, LOGIN_WAIT, STARTUP, ClientState, move_client
 from ..protocol import messages as m
+from ..protocol.reader import MessageReader
 from ..protocol.session import parse_options
 from . import client_auth, tls
 from .server_conn import sql_literal
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from ..pooling.pool import Pool
     from .client_conn import ClientConn
 
+# The longest password or SASL message a client may send (PostgreSQL's own bound for them).
+MAX_AUTH_MESSAGE = 65536
 
 
 def _canonical_encoding(value: str) -> str:
@@ -58,7 +63,7 @@ class ClientLogin(asyncio.Protocol):
         startup_params: dict[str, str]
         session_defaults: dict[str, str]
         session_sets: dict[str, str]
-        _buf: bytes
+        _reader: MessageReader
         _auth_step: str
         _scram: ScramServer | None
         _salt: bytes
@@ -83,30 +88,33 @@ class ClientLogin(asyncio.Protocol):
     # ------------------------------------------------------------------ startup
 
     def _startup_data(self, data: bytes) -> None:
-        if not self._buf and tls.client_direct_tls(self.conn, data):
+        reader = self._reader
+        if not reader.pending and tls.client_direct_tls(self.conn, data):
             return
-        buf = self._buf + data
-        while len(buf) >= 4 and self.state == STARTUP:
-            length = m.INT32.unpack_from(buf, 0)[0]
-            if length < 8 or length > m.MAX_STARTUP_PACKET:
+        reader.push(data)
+        # One packet at a time: what follows one stays in the reader (an SSLRequest must stand
+        # alone; after the startup packet come the password messages).
+        while self.state == STARTUP:
+            try:
+                packet = reader.next()
+            except ProtocolError:
                 # PostgreSQL only logs this and closes: such a peer is no client to answer
                 # (one that left before starting up, or not a PostgreSQL client at all).
                 self.close("invalid length of startup packet")
                 return
-            if len(buf) < length:
+            if packet is None:
                 break
-            packet = buf[4:length]
-            buf = buf[length:]
-            self._buf = buf  # what came after this packet (SSLRequest must stand alone)
-            self._startup_packet(packet)
-        self._buf = buf if self.state in (STARTUP, AUTH) else b""
-        if self.state == AUTH and self._buf:
-            leftover, self._buf = self._buf, b""
-            self._auth_data(leftover)
+            self._startup_packet(packet[1])
+        if self.state == AUTH:
+            # Password messages are typed: what came after the startup packet is read as such.
+            self._reader = MessageReader(MAX_AUTH_MESSAGE)
+            self._reader.push(reader.take_rest())
+            self._auth_messages()
 
     def _startup_packet(self, packet: bytes) -> None:
         code = m.INT32.unpack_from(packet, 0)[0]
-        if code == m.SSL_REQUEST_CODE and tls.client_ssl_request(self.conn, bool(self._buf)):
+        if code == m.SSL_REQUEST_CODE and tls.client_ssl_request(self.conn,
+                                                                   bool(self._reader.pending)):
             return
         if code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
             self.transport.write(m.SSL_NO)
@@ -254,23 +262,30 @@ class ClientLogin(asyncio.Protocol):
         self.transport.write(m.auth_md5_request(self._salt))
 
     def _auth_data(self, data: bytes) -> None:
-        buf = self._buf + data
-        while len(buf) >= 5 and self.state == AUTH:
-            kind = buf[0]
-            length = m.INT32.unpack_from(buf, 1)[0]
-            if kind != ord("p"):
+        self._reader.push(data)
+        self._auth_messages()
+
+    def _auth_messages(self) -> None:
+        reader = self._reader
+        while self.state == AUTH:
+            header = reader.header()
+            if header is None:
+                return
+            kind = header[0]
+            # The type is judged before the length: a client that is not answering the
+            # request hears so, whatever length it sent.
+            if kind != 112:  # 'p'
                 what = "SASL" if self._auth_step.startswith("scram") else "password"
                 raise ProtocolError(f"expected {what} response, got message type {kind}")
-            if length < 4 or length > 65536:
-                raise ProtocolError("invalid password packet length")
-            if len(buf) < length + 1:
-                break
-            body = buf[5:length + 1]
-            buf = buf[length + 1:]
-            self._auth_message(body)
-        self._buf = buf if self.state == AUTH else b""
-        if self.state == LOGIN_WAIT and buf:
-            self._buf = buf
+            try:
+                message = reader.next()
+            except ProtocolError:
+                raise ProtocolError("invalid password packet length") from None
+            if message is None:
+                return
+            # Once the login is decided, the bytes after this message are taken from the
+            # reader by whoever goes on (finish_login, or the console's session).
+            self._auth_message(message[1])
 
     def _auth_message(self, body: bytes) -> None:
         step = self._auth_step

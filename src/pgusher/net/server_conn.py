@@ -1,7 +1,8 @@
 """A connection from the pooler to a PostgreSQL server.
 
-Strategy: connect and log in through callbacks (a small state machine over complete messages,
-since login traffic is tiny), then switch to the forwarding path, where each received chunk is
+Strategy: connect, then log in through the sans-IO :class:`ServerLogin` (auth/server_login.py,
+shared with auth_query's connections), carrying out its actions; then switch to the forwarding
+path, where each received chunk is
 scanned by :class:`ServerStream` and written to the linked client in one call. The pooler's own
 queries (parameter SETs on link, the reset query, the check query, connect_query) are sent as
 simple queries whose replies the stream swallows, so the client never sees them.
@@ -10,12 +11,11 @@ simple queries whose replies the stream swallows, so the client never sees them.
 from __future__ import annotations
 
 import asyncio
-import struct
+import functools
 from typing import TYPE_CHECKING, cast
 
-from ..auth.md5 import md5_salted_response
-from ..auth.scram import ScramClient, is_scram_secret
-from ..errors import AuthError, ProtocolError, ServerError
+from ..auth.server_login import BackendKey, LoginDone, LoginFailed, Parameter, Send, ServerLogin
+from ..errors import ProtocolError, ServerError
 from ..log import log
 from ..pooling.internal import CHECK, CONNECT, READ_BACK, Internal
 from ..pooling.states import (
@@ -52,10 +52,6 @@ if TYPE_CHECKING:
 UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_datetimes",
                                 "in_hot_standby", "is_superuser", "session_authorization"))
 _IDENTITY = frozenset(("is_superuser", "session_authorization"))
-# SQLSTATE classes of login errors a server gives while it cannot take connections for now:
-# connection exceptions, insufficient resources (too many clients), operator intervention
-# (shutting down, starting up, in recovery).
-_TRANSIENT_CLASSES = frozenset(("08", "53", "57"))
 
 
 class ServerConn(ServerSession, asyncio.Protocol):
@@ -63,10 +59,9 @@ class ServerConn(ServerSession, asyncio.Protocol):
         "_capture_cb",
         "_host",
         "_internal",
-        "_login_buf",
+        "_login",
         "_login_timer",
         "_port",
-        "_scram",
         "addr",
         "app",
         "cancel_hold",
@@ -138,9 +133,8 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self.closed = False
         self.dirty = False
         self.close_reason = ""
-        self._login_buf = b""
+        self._login: ServerLogin | None = None  # while logging in
         self._login_timer: asyncio.TimerHandle | None = None
-        self._scram: ScramClient | None = None
         self._internal: Internal | None = None  # the query of the pooler's own under way
         self.flow = FlowControl()
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
@@ -190,9 +184,12 @@ class ServerConn(ServerSession, asyncio.Protocol):
         timeout = self.app.config.settings.server_connect_timeout
         if timeout > 0:
             self._login_timer = self.app.loop.call_later(timeout, self._login_timeout)
-        params = {"user": self.pool.user, "database": self.pool.target.dbname}
-        params.update(self.pool.target.startup_params)
-        self.transport.write(m.startup_message(params))
+        user = self.pool.user
+        target = self.pool.target
+        self._login = ServerLogin(user, target.dbname, target.startup_params, self.pool.password,
+                                  functools.partial(scram_login, self.app, user),
+                                  who=f'server login as user "{user}"')
+        self.transport.write(self._login.startup())
 
     def _login_timeout(self) -> None:
         self._login_timer = None
@@ -201,91 +198,35 @@ class ServerConn(ServerSession, asyncio.Protocol):
                                          transient=True))
 
     def _login_data(self, data: bytes) -> None:
-        buf = self._login_buf + data if self._login_buf else data
-        pos = 0
-        n = len(buf)
-        while n - pos >= 5:
-            kind = buf[pos]
-            length = m.INT32.unpack_from(buf, pos + 1)[0]
-            if length < 4 or length > 1_000_000:
-                self._fail_login(ServerError("invalid packet from server during login"))
+        login = self._login
+        assert login is not None and self.transport is not None
+        for action in login.feed(data):
+            if isinstance(action, Send):
+                self.transport.write(action.data)
+            elif isinstance(action, Parameter):
+                self.initial_params[action.name] = action.value
+                self._on_param(action.name, action.value, False)
+            elif isinstance(action, BackendKey):
+                self.pid, self.key = action.pid, action.key
+            elif isinstance(action, LoginFailed):
+                self._fail_login(action.error, server_said=action.severity)
                 return
-            end = pos + 1 + length
-            if end > n:
-                break
-            body = buf[pos + 5:end]
-            pos = end
-            try:
-                if kind == 82:  # 'R'
-                    self._auth_request(body)
-                elif kind == 83:  # 'S'
-                    name, value = m.parse_parameter_status(body)
-                    self.initial_params[name] = value
-                    self._on_param(name, value, False)
-                elif kind == 75:  # 'K'
-                    self.pid, self.key = struct.unpack("!ii", body[:8])
-                elif kind == 69:  # 'E'
-                    fields = m.parse_error_fields(body)
-                    code = fields.get("C", "08006")
-                    # Shutting down, starting up, too many clients: worth another try soon.
-                    err = ServerError(fields.get("M", "server login failed"), sqlstate=code,
-                                      transient=code[:2] in _TRANSIENT_CLASSES)
-                    self._fail_login(err, server_said=fields.get("S", "FATAL"))
-                    return
-                elif kind == 90:  # 'Z'
-                    self._login_done()
-                    return
-                # NoticeResponse and anything else during login: ignore.
-            except (AuthError, ProtocolError) as exc:
-                self._fail_login(ServerError(exc.message))
+            elif isinstance(action, LoginDone):
+                # A server sends nothing unasked after ReadyForQuery, but an error may come
+                # at any time: bytes behind it belong to the session, not to the login.
+                rest = login.reader.take_rest()
+                self._login_done()
+                if rest and not self.closed:
+                    self.data_received(rest)
                 return
             if self.closed:
                 return
-        self._login_buf = buf[pos:]
-
-    def _auth_request(self, body: bytes) -> None:
-        code, payload = m.parse_auth_request(body)
-        assert self.transport is not None
-        password = self.pool.password
-        if code == m.AUTH_OK:
-            return
-        if code == m.AUTH_SASL_FINAL:
-            if self._scram is None:
-                raise ProtocolError("unexpected SASL final message from server")
-            self._scram.verify_server_final(payload)
-            return
-        if code == m.AUTH_SASL_CONTINUE:
-            if self._scram is None:
-                raise ProtocolError("unexpected SASL continue message from server")
-            self.transport.write(m.sasl_response(self._scram.client_final(payload)))
-            return
-        if password is None:
-            raise AuthError(f"no password known for server login as user \"{self.pool.user}\"")
-        if code == m.AUTH_CLEARTEXT:
-            if password.startswith("md5") or is_scram_secret(password):
-                raise AuthError("cannot do cleartext authentication: stored password is hashed")
-            self.transport.write(m.password_message(password.encode()))
-        elif code == m.AUTH_MD5:
-            if is_scram_secret(password):
-                raise AuthError("cannot do md5 authentication: password is a SCRAM secret")
-            self.transport.write(m.password_message(
-                md5_salted_response(self.pool.user, password, payload[:4])))
-        elif code == m.AUTH_SASL:
-            mechanisms = m.split_cstrings(payload)
-            if "SCRAM-SHA-256" not in mechanisms:
-                raise AuthError(f"server offered no supported SASL mechanism: {mechanisms}")
-            self._scram = scram_login(self.app, self.pool.user, password)
-            self.transport.write(m.sasl_initial_response("SCRAM-SHA-256",
-                                                         self._scram.client_first()))
-        else:
-            raise AuthError(f"unsupported server authentication method {code}")
 
     def _login_done(self) -> None:
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
-        self._scram = None
-        self._login_buf = b""
+        self._login = None
         connect_query = self.pool.target.connect_query
         if connect_query:
             self.pool.move(self, TESTED)
@@ -307,6 +248,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         log.warning("%s server login failed: %s%s", self.ident, word, err.message)
         self.closed = True
         move_server(self, SERVER_CLOSED)
+        self._login = None
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
