@@ -14,7 +14,7 @@ from poolcase import USERLIST, start
 from pgusher.auth.md5 import md5_password_hash
 from pgusher.auth.scram import format_scram_secret, make_scram_secret
 from support import PgCluster, PoolerFactory, run_psql
-from support.wire import TERMINATE, RawConn, query, startup_packet
+from support.wire import EOF, TERMINATE, RawConn, query, startup_packet
 from support.wire import message as wire_message
 
 
@@ -344,3 +344,21 @@ def test_console_password_in_pieces_and_a_query_behind_it(
         assert _login_replies(conn)[0] == "R"
         replies = conn.read_until_ready()
         assert [r[0] for r in replies] == ["T", "D", "C", "Z"], replies
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session", "statement"])
+def test_terminate_sent_with_the_startup_packet(pg: PgCluster, pooler: PoolerFactory,
+                                                mode: str) -> None:
+    """What node-postgres does on connect() then end(): the startup packet and Terminate in
+    one write (and the same with a query between them). PostgreSQL logs the client in,
+    answers the query, then closes; so does the pooler."""
+    proc = start(pooler, mode)
+    for _ in range(2):  # the pool learning its server's parameters, then knowing them
+        with RawConn.tcp(proc.port, timeout=5) as conn:
+            conn.send(startup_packet() + wire_message(b"X"))
+            replies = conn.read_to_eof()
+            assert replies[0] == ("R",) and ("Z", "I") in replies and replies[-1] == EOF
+        with RawConn.tcp(proc.port, timeout=5) as conn:
+            conn.send(startup_packet() + query("select 1") + wire_message(b"X"))
+            replies = conn.read_to_eof()
+            assert replies[-5:] == [*_SELECT_ONE, EOF], replies

@@ -336,14 +336,13 @@ class ClientConn(ClientLink, ClientLogin):
         """The client sent Terminate. PostgreSQL runs what came before it first, so work still
         waiting for a server, or for its replies, is finished before the client goes.
 
-        Only where the replies still due can be counted exactly: in transaction and
-        statement mode (the reply tags count the queries a server skips after an error),
-        with every extended-protocol batch closed by its Sync. Work without its Sync would
-        be rolled back by PostgreSQL when the session ends: the server is cut, as for any
-        client that leaves before its work is done."""
+        Only where the replies still due are counted exactly: every extended-protocol batch
+        closed by its Sync, and no query ever sent inside one (the server may skip it with no
+        reply). Work without its Sync would be rolled back by PostgreSQL when the session
+        ends: the server is cut, as for any client that leaves before its work is done."""
         stream = self.stream
-        if ((self.lease.outstanding or self.pending_msgs) and self.translating
-                and not stream.unsynced and not stream.mid_message):
+        if ((self.lease.outstanding or self.pending or self.pending_msgs)
+                and not stream.unsynced and not stream.mid_message and not stream.uncounted):
             self.leaving = True
             self.transport.pause_reading()  # nothing after Terminate is read
             return

@@ -70,12 +70,14 @@ class ClientStream:
 
     After :meth:`feed`: ``expect`` is how many ReadyForQuery replies the forwarded bytes will
     produce (one per Query, FunctionCall and Sync); ``unsynced`` is true while extended-protocol
-    work has been sent without a closing Sync; ``terminated`` is set when the client sent
-    Terminate (which is never forwarded: pooled servers outlive their clients).
+    work has been sent without a closing Sync; ``uncounted`` once a Query or FunctionCall came
+    inside such work (after an error there the server skips it without a reply, so ``expect``
+    may count one too many); ``terminated`` is set when the client sent Terminate (which is
+    never forwarded: pooled servers outlive their clients).
     """
 
     __slots__ = ("_have", "_limits", "_need", "_parts", "_pending", "_skip", "expect", "max_size",
-                 "stream_from", "terminated", "unsynced")
+                 "stream_from", "terminated", "uncounted", "unsynced")
 
     def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
         self._limits = {kind: min(limit, max_size) for kind, limit in _TYPE_LIMITS.items()}
@@ -88,6 +90,7 @@ class ClientStream:
         self._skip = 0
         self.expect = 0
         self.unsynced = False
+        self.uncounted = False
         self.terminated = False
         self.max_size = max_size
         # feed_messages: a message longer than this (0: none) is not held until whole.
@@ -180,6 +183,8 @@ class ClientStream:
                 self.unsynced = False
             elif kind in (Q_QUERY, F_FUNCTION):
                 expect += 1
+                if self.unsynced:
+                    self.uncounted = True
             elif kind == X_TERMINATE:
                 self.terminated = True
                 self.expect = expect
@@ -226,6 +231,8 @@ class ClientStream:
                 raise ProtocolError(f"invalid client message length {length}")
             if kind in (Q_QUERY, F_FUNCTION):
                 self.expect += 1
+                if self.unsynced:
+                    self.uncounted = True
             elif kind == S_SYNC:
                 self.expect += 1
                 self.unsynced = False
