@@ -90,6 +90,8 @@ def run_clients(proc: PoolerProc, count: int, sql: str, repeat: int) -> list[Bas
         t.start()
     for t in threads:
         t.join(60)
+    hung = [t for t in threads if t.is_alive()]
+    assert not hung, f"{len(hung)} clients still running after 60 s"
     return errors
 
 
