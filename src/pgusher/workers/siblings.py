@@ -14,10 +14,12 @@ import contextlib
 import struct
 from dataclasses import dataclass, field
 
+from ..errors import ProtocolError
 from ..protocol import messages as m
 
 CONNECT_TIMEOUT = 5.0
 _HEADER = struct.Struct("!ci")
+_REPLY_LIMIT = 1 << 30  # a console reply of a worker (SHOW CLIENTS of many clients is large)
 
 
 @dataclass
@@ -103,6 +105,8 @@ def _data_row(body: bytes) -> list[str | None]:
 async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     header = await reader.readexactly(5)
     kind, length = _HEADER.unpack(header)
+    if not 4 <= length <= _REPLY_LIMIT:
+        raise ProtocolError(f"invalid message length {length} from a worker")
     return kind, header + await reader.readexactly(length - 4)
 
 
@@ -141,6 +145,8 @@ class SiblingCall:
             return parse_reply(b"".join(parts))
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             return _failure(f"worker did not answer: {exc or exc.__class__.__name__}")
+        except ProtocolError as exc:
+            return _failure(f"worker answered badly: {exc.message}")
         finally:
             writer.close()
             with contextlib.suppress(OSError):
