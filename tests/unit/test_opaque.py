@@ -24,6 +24,10 @@ KNOWN = [
     b"vacuum (verbose) t",
     b"select * from a join (select 1) b on true cross join lateral (select 2) c",
     b"select a from t group by (a)",
+    b"select * from t as x(a, b)",
+    b"select i from generate_series(1, 3) g(i)",
+    b"select o.n from pg_catalog.pg_class c cross join lateral "
+    b"(select pg_catalog.array_position(pg_catalog.current_schemas(true), 'x')) as o(n)",
     b"insert into t (a) values (1) on conflict (a) do update set a = excluded.a",
     b"select now(), lower('x'), pg_catalog.upper('y'), x::numeric(10,2), "
     b"y::character varying(3), z::timestamp(3) with time zone",
@@ -44,6 +48,9 @@ OPAQUE = [
     b"do 'begin null; end'",
     b"select public.probe_setrole()",
     b"select probe_setrole()",
+    b"select (1) + probe_setrole()",
+    b"select * from generate_series(1, 2) as g(i), probe_setrole()",
+    b"select * from t as set_config(a, b)",  # an alias named so: still taken for a call
     b"call p()",
     b"execute q1",
     b"explain analyze execute q1",

@@ -189,6 +189,8 @@ def _classify(tokens: list[tuple[str, str]]) -> str:
             return f"function {text}"
         if before[0] == "id" and before[1] in _TABLE_BEFORE:
             continue
+        if before == ("id", "as") or before == ("p", ")"):
+            continue  # the column list of an alias: ``AS o(n)``, ``generate_series(1, 3) g(i)``
         if kind == "q":
             return f"function {text}"
         if text in SAFE_FUNCTIONS or text in _NOT_CALLS:
