@@ -17,6 +17,7 @@ non-zero on any traceback, hang or control failure.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import socket
 import struct
@@ -192,6 +193,9 @@ def main() -> int:
                     hangs += 1
                 if case % 200 == 0 and not control(proc.port):
                     control_failures += 1
+                    print(f"control query unanswered after case {case} "
+                          f"({time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f})",
+                          flush=True)
                 if case % args.every == 0:
                     print(f"{case} cases, {time.monotonic() - started:.0f} s, {outcomes}",
                           flush=True)
