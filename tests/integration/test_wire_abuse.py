@@ -298,3 +298,23 @@ def test_terminate_behind_work_that_errors_still_ends_the_session(
         after.login()
         after.send(query("select 1"))
         assert after.read_until_ready() == SELECT_ONE
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_server_skipping_to_a_sync_is_not_handed_on(pg: PgCluster, pooler: PoolerFactory,
+                                                    mode: str) -> None:
+    """A client's Describe fails, so its server skips everything until a Sync; then the
+    client sends a Sync behind a message the pooler refuses, and is dropped. The Sync never
+    went out: that server must not serve the next client, whose query it would ignore
+    (found by scripts/fuzz.py, seed 23, case 4999)."""
+    proc = start(pooler, mode, pool_size=1)
+    with RawConn.tcp(proc.port) as first:
+        first.login()
+        first.send(message(b"D", b"S\0"))
+        assert first.read_message()[:3] == ("E", "ERROR", "26000")
+        first.send(message(b"B", b"\0\0\0\0\0\0\0\0") + SYNC + message(b"7", b"\x00\x01"))
+        assert first.read_to_eof()[0][:3] == ("E", "FATAL", "08P01")
+    with RawConn.tcp(proc.port, timeout=5) as second:
+        second.login()
+        second.send(query("select 1"))
+        assert second.read_until_ready() == SELECT_ONE

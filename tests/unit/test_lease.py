@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pgusher.errors import ProtocolError
 from pgusher.protocol import messages as m
 from pgusher.protocol.client_stream import ClientStream
 from pgusher.protocol.framing import ServerStream
@@ -222,3 +223,21 @@ def test_not_releasable_while_a_query_of_the_poolers_own_is_due() -> None:
     server.feed(READY_IDLE)
     server.swallow = 1
     assert not releasable(ClientStream(), server, None)
+
+
+def test_not_releasable_while_the_server_skips_to_a_sync() -> None:
+    server = ServerStream(lambda *a: None)
+    server.feed(READY_IDLE)
+    link = LinkState(10)
+    link.skipping = True  # an error came and its Sync has not been sent
+    assert not releasable(ClientStream(), server, link)
+
+
+def test_a_refused_message_leaves_the_stream_in_doubt() -> None:
+    """Messages before the bad one in a chunk are not passed on: a Sync among them never
+    reached the server, so the stream must not claim every batch was synced."""
+    client = ClientStream()
+    client.feed_messages(m.message(b"D", b"S\0"))
+    with pytest.raises(ProtocolError):
+        client.feed_messages(m.message(b"S") + m.message(b"7", b"\0"))
+    assert client.unsynced

@@ -106,6 +106,12 @@ class ClientStream:
         that got it reads the client's next bytes as that rest."""
         return self._skip > 0
 
+    def _broken(self, text: str) -> ProtocolError:
+        """What the chunk held before the bad message is not passed on, so whether the
+        server saw a Sync after its last extended message is in doubt: say it did not."""
+        self.unsynced = True
+        return ProtocolError(text)
+
     def feed_messages(self, data: bytes) -> list[tuple[int, bytes]]:
         """Like :meth:`feed`, but split into whole messages for rewriting.
 
@@ -154,9 +160,9 @@ class ClientStream:
             kind, length = unpack(data, pos)
             limit = limits.get(kind)
             if limit is None:
-                raise ProtocolError(f"invalid frontend message type {kind}")
+                raise self._broken(f"invalid frontend message type {kind}")
             if not 4 <= length <= limit:
-                raise ProtocolError(f"invalid client message length {length}")
+                raise self._broken(f"invalid client message length {length}")
             end = pos + 1 + length
             big = length > stream_from > 0 and kind != COPY_DATA
             if big and kind == _P_PARSE and length <= NAMED_PARSE_LIMIT:
@@ -226,9 +232,9 @@ class ClientStream:
             kind, length = unpack(data, pos)
             limit = limits.get(kind)
             if limit is None:
-                raise ProtocolError(f"invalid frontend message type {kind}")
+                raise self._broken(f"invalid frontend message type {kind}")
             if not 4 <= length <= limit:
-                raise ProtocolError(f"invalid client message length {length}")
+                raise self._broken(f"invalid client message length {length}")
             if kind in (Q_QUERY, F_FUNCTION):
                 self.expect += 1
                 if self.unsynced:

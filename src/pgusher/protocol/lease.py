@@ -115,10 +115,11 @@ class Lease:
 
 def releasable(client: ClientStream, server: ServerStream, link: LinkState | None) -> bool:
     """Whether a server may leave its client now: idle, no reply owed, both streams between
-    messages, no extended-protocol work without its Sync, no reply of the pooler's own due."""
+    messages, no extended-protocol work without its Sync, no reply of the pooler's own due,
+    and not skipping to a Sync after an error (it would ignore the next client's query)."""
     return (server.status == _IDLE and not client.unsynced and not client.mid_message
             and server.at_boundary and not server.swallow
-            and (link is None or not link.tags))
+            and (link is None or (not link.tags and not link.skipping)))
 
 
 def apply_effects(effects: list[Effect], mine: dict[str, str], theirs: dict[str, str],
