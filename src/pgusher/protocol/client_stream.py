@@ -76,8 +76,21 @@ class ClientStream:
     never forwarded: pooled servers outlive their clients).
     """
 
-    __slots__ = ("_have", "_limits", "_need", "_parts", "_pending", "_skip", "expect", "max_size",
-                 "stream_from", "terminated", "uncounted", "unsynced")
+    __slots__ = (
+        "_have",
+        "_limits",
+        "_need",
+        "_parts",
+        "_pending",
+        "_skip",
+        "_unsynced_before",
+        "expect",
+        "max_size",
+        "stream_from",
+        "terminated",
+        "uncounted",
+        "unsynced",
+    )
 
     def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
         self._limits = {kind: min(limit, max_size) for kind, limit in _TYPE_LIMITS.items()}
@@ -90,6 +103,7 @@ class ClientStream:
         self._skip = 0
         self.expect = 0
         self.unsynced = False
+        self._unsynced_before = False  # unsynced as the last chunk found it
         self.uncounted = False
         self.terminated = False
         self.max_size = max_size
@@ -107,9 +121,9 @@ class ClientStream:
         return self._skip > 0
 
     def _broken(self, text: str) -> ProtocolError:
-        """What the chunk held before the bad message is not passed on, so whether the
-        server saw a Sync after its last extended message is in doubt: say it did not."""
-        self.unsynced = True
+        """Nothing of a chunk with a bad message is passed on: what its messages before the
+        bad one did to ``unsynced`` (a Sync among them) did not happen for the server."""
+        self.unsynced = self._unsynced_before
         return ProtocolError(text)
 
     def feed_messages(self, data: bytes) -> list[tuple[int, bytes]]:
@@ -125,6 +139,7 @@ class ClientStream:
         chunks of a held message are joined once, when it is whole.
         """
         self.expect = 0
+        self._unsynced_before = self.unsynced
         out: list[tuple[int, bytes]] = []
         if self.terminated:
             return out
@@ -213,6 +228,7 @@ class ClientStream:
 
     def feed(self, data: bytes) -> bytes:
         self.expect = 0
+        self._unsynced_before = self.unsynced
         if self.terminated:
             return b""
         if self._pending:
