@@ -162,6 +162,27 @@ def test_long_bind_to_an_unknown_statement_fails_like_a_short_one() -> None:
     assert struct.unpack_from("!i", out, bind_at + 1)[0] == len(out) - bind_at - 1
 
 
+def test_long_bind_of_the_unnamed_deallocate_runs_it_at_execute_like_a_short_one() -> None:
+    """The portal of a long Bind inherits what the unnamed statement does to the client's
+    names (here an SQL DEALLOCATE of s1), exactly as the portal of a short Bind does."""
+    outs = []
+    for cut in (None, 12):
+        link = LinkState(10)
+        mine = prepared(link)
+        parse = m.message(b"P", b"\0deallocate s1\0\0\0")
+        bind = m.message(b"B", b"\0\0\0\0\0\0" + b"\0" * 300)  # long only by its padding
+        execute = m.message(b"E", b"\0\0\0\0\0")
+        tr = Translator(link, mine)
+        out = tr.feed([(ord("P"), parse)])
+        out += (tr.feed([(ord("B"), bind)]) if cut is None
+                else tr.feed(streamed(bind, cut)))
+        assert b"" in link.portals
+        out += tr.feed([(ord("E"), execute), (ord("S"), m.SYNC)])
+        assert not link.portals and b"s1" not in mine  # DEALLOCATE ran at Execute
+        outs.append(out)
+    assert outs[0] == outs[1]
+
+
 def test_long_named_parse_is_refused_and_the_unnamed_one_is_opaque() -> None:
     text = b"select '" + b"t" * NAMED_PARSE_LIMIT + b"'"
     named = m.message(b"P", b"big\0" + text + b"\0\0\0")

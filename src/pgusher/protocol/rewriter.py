@@ -22,8 +22,9 @@ from collections.abc import Callable
 from itertools import pairwise
 
 from .link import LinkState
-from .messages import error_response, message, query
+from .messages import HEADER, error_response, message, query
 from .prepared import (
+    BIND_TAG,
     FAILING_PARSE,
     PLAN_CHANGED_TEXT,
     T_FAIL,
@@ -44,6 +45,7 @@ from .prepared import (
 from .session import OPAQUE, sql_prepared
 
 FLUSH = message(b"H")
+_HEADER = HEADER.pack  # type byte and length of a message
 
 
 class Rewriter:
@@ -219,6 +221,45 @@ class Rewriter:
     def _inject_close(self, key: str) -> None:
         self._push(Tag(T_INJ_CLOSE, key))
         self.out.append(message(b"C", b"S" + key.encode() + b"\0"))
+
+    def _bind_named(self, msg: bytes, portal_end: int, name_end: int,
+                    missing: bytes | None) -> None:
+        """A Bind, whole or the head of a long one, whose portal name ends at ``portal_end``
+        and statement name at ``name_end``: the portal inherits what the unnamed statement
+        does to the client's names, and a named statement is bound under its name on this
+        server. A name the client never prepared is answered with 26000; the Bind is then
+        dropped (``missing`` None) or sent under the name ``missing``, which no server has
+        (a long Bind whose rest is on its way)."""
+        link = self.link
+        unnamed = name_end == portal_end + 1
+        if link.portals or link.unnamed is not None:
+            portal = msg[5:portal_end]
+            if unnamed and link.unnamed is not None:
+                link.portals[portal] = link.unnamed
+            else:
+                link.portals.pop(portal, None)
+        if unnamed or not link.limit:
+            if not unnamed:
+                # A named statement the pooler does not follow: its text is unknown here.
+                self.effects.append((OPAQUE, "prepared statement", ""))
+            self._push(BIND_TAG)
+            self.out.append(msg)
+            return
+        name = msg[portal_end + 1:name_end]
+        stmt = self._usable(name)
+        if stmt is None:
+            if missing is None:
+                return
+            wire_name = missing
+        else:
+            if stmt.effects:
+                self.effects.extend(stmt.effects)
+            self._push(stmt.bind_tag)
+            wire_name = stmt.wire_name
+        # The same Bind under the server's name: header, portal, name, the rest as it came.
+        length = HEADER.unpack_from(msg)[1] - 1 - len(name) + len(wire_name)  # names end in 0
+        self.out += (_HEADER(b"B", length), msg[5:portal_end + 1], wire_name,
+                     msg[name_end + 1:])
 
     def _usable(self, name: bytes) -> Statement | None:
         """The client's statement, made ready on this server; None after answering 26000."""

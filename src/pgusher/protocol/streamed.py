@@ -28,7 +28,7 @@ base, the Rewriter (rewriter.py): this module does not import the Translator.
 
 from __future__ import annotations
 
-from .messages import HEADER, INT32
+from .messages import HEADER
 from .prepared import (
     BIND_TAG,
     CLOSE_TAG,
@@ -95,24 +95,12 @@ def _parse(tr: Rewriter, head: bytes) -> None:
 
 
 def _bind(tr: Rewriter, head: bytes) -> None:
-    link = tr.link
     portal_end = head.find(0, 5)
     name_end = head.find(0, portal_end + 1) if portal_end >= 0 else -1
-    if name_end < 0 or name_end == portal_end + 1 or not link.limit:
-        if name_end > portal_end + 1:
-            # A named statement the pooler does not follow: its text is unknown here.
-            tr.effects.append((OPAQUE, "prepared statement", ""))
-        tr._push(BIND_TAG)
+    if name_end < 0:
+        tr._push(BIND_TAG)  # no names in its head: malformed, the server answers it
         tr.out.append(head)
         return
-    name = head[portal_end + 1:name_end]
-    stmt = tr._usable(name)
-    if stmt is None:
-        wire_name = _NOWHERE  # after the failing Parse _usable sent: discarded by the server
-    else:
-        if stmt.effects:
-            tr.effects.extend(stmt.effects)
-        tr._push(stmt.bind_tag)
-        wire_name = stmt.wire_name
-    length = INT32.unpack_from(head, 1)[0] - 1 - len(name) + len(wire_name)
-    tr.out += (_HEADER(b"B", length), head[5:portal_end + 1], wire_name, head[name_end + 1:])
+    # A name never prepared: the Bind follows the failing Parse under a name no server has,
+    # and the server discards it.
+    tr._bind_named(head, portal_end, name_end, _NOWHERE)

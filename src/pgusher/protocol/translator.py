@@ -370,32 +370,7 @@ class Translator(Rewriter):
         name_end = msg.find(0, portal_end + 1) if portal_end >= 0 else -1
         if name_end < 0:
             raise ProtocolError(INVALID_STRING)
-        link = self.link
-        if link.portals or link.unnamed is not None:
-            # The portal runs what the statement does to the client's names, if anything.
-            portal = msg[5:portal_end]
-            if name_end == portal_end + 1 and link.unnamed is not None:
-                link.portals[portal] = link.unnamed
-            else:
-                link.portals.pop(portal, None)
-        if name_end == portal_end + 1 or not link.limit:
-            if name_end != portal_end + 1:
-                # A named statement the pooler does not follow: its text is unknown here.
-                self.effects.append((OPAQUE, "prepared statement", ""))
-            self._push(BIND_TAG)
-            self.out.append(msg)
-            return
-        name = msg[portal_end + 1:name_end]
-        stmt = self._usable(name)
-        if stmt is None:
-            return
-        if stmt.effects:
-            self.effects.extend(stmt.effects)
-        self._push(stmt.bind_tag)
-        # The same Bind with the pooler's name: header, portal, name, the rest as it came.
-        wire_name = stmt.wire_name
-        self.out += (_HEADER(b"B", len(msg) - 2 - len(name) + len(wire_name)),
-                     msg[5:portal_end + 1], wire_name, msg[name_end + 1:])
+        self._bind_named(msg, portal_end, name_end, None)
 
     def _describe(self, msg: bytes) -> None:
         what, name = split_target(msg)
