@@ -7,15 +7,19 @@ and unnamed statements and portals, transaction blocks, an error that makes it s
 statements read, which fixes their result row, as PostgreSQL's plan cache does). One
 client's random batches go to one model server directly, and through the pooler's rewriting
 to two model servers of a pool, moving between them whenever a real pooler could release the
-server. The client may pipeline (send batches before reading replies), and the pooled
-servers' replies are cut into random chunks. The pooler's own Parses (a statement moved to
+server. COPY runs in both protocols: COPY FROM STDIN with its data ended by CopyDone or
+CopyFail, COPY TO STDOUT, and stray copy messages outside COPY, which PostgreSQL ignores.
+The client may pipeline (send batches before reading replies), and the pooled servers'
+replies are cut into random chunks. The pooler's own Parses (a statement moved to
 the other server, or evicted by a small max_prepared_statements), Closes and checks are
 answered by the model like any message. The client must receive the same messages (errors
 compared by SQLSTATE), and the link must end with no tags left.
 
 Not modelled, since no pooler in transaction mode can give them: the unnamed statement
 kept from one transaction to the next, and a named statement whose text deallocates the
-client's own names. PGUSHER_MODEL_EXAMPLES sets the number of examples (300).
+client's own names. Nor a COPY FROM STDIN left without its data (the client would wait for a
+reply that never comes, with a server or without one): a COPY FROM STDIN statement can be
+bound only once. PGUSHER_MODEL_EXAMPLES sets the number of examples (300).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from itertools import chain
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pgusher.net.client_link import SERVERLESS_FIRST
 from pgusher.protocol import messages as m
 from pgusher.protocol.framing import ServerStream
 from pgusher.protocol.link import LinkState
@@ -55,6 +60,7 @@ class Stmt:
     text: bytes
     shape: int | None  # columns of its result row; None: no rows (NoData)
     params: bytes
+    bound: bool = False
 
 
 @dataclass
@@ -65,7 +71,7 @@ class Portal:
 
 def _shape(text: bytes, catalog: Catalog) -> int | None:
     """The result row a text has now; None for NoData."""
-    if text == b"insert" or text.lower().startswith(b"deallocate"):
+    if text == b"insert" or text.lower().startswith((b"deallocate", b"copy")):
         return None
     if text == b"select t":
         return catalog.columns
@@ -94,6 +100,7 @@ class ModelServer:
     block: str = ""  # "", "T" in a transaction block, "E" in a failed one
     skipping: bool = False
     pending: bytes = b""
+    copy_in: str = ""  # "Q" or "E": in COPY FROM STDIN, started by a Query or an Execute
 
     def feed(self, data: bytes) -> bytes:
         data = self.pending + data
@@ -113,6 +120,11 @@ class ModelServer:
         return self.block.encode() if self.block else b"I"
 
     def message(self, kind: bytes, body: bytes, out: list[bytes]) -> None:
+        if self.copy_in:
+            self.copying(kind, out)
+            return
+        if kind in (b"d", b"c", b"f"):
+            return  # copy messages outside COPY are ignored
         if kind == b"S":
             self.skipping = False
             if not self.block:
@@ -156,6 +168,11 @@ class ModelServer:
             if aborted:
                 raise PgError("25P02")
             self.revalidate(stmt)
+            if stmt.text == b"copy in":
+                # Bound once: run again it would wait for data the client never sends.
+                if stmt.bound:
+                    raise PgError("55000")
+                stmt.bound = True
             if portal and portal in self.portals:
                 raise PgError("42P03")
             self.portals[portal] = Portal(stmt)
@@ -192,7 +209,9 @@ class ModelServer:
             if text == b"notice":
                 out.append(m.notice_response("a notice"))
                 out.append(m.parameter_status("application_name", "model"))
-            if text.lower().startswith(b"deallocate") and not found.done:
+            if text.startswith(b"copy") and not found.done:
+                out.extend(self.copy(text, "E"))
+            elif text.lower().startswith(b"deallocate") and not found.done:
                 out.extend(self.simple(text.lower()))
             elif found.done:
                 out.append(m.command_complete("SELECT 0"))
@@ -210,6 +229,31 @@ class ModelServer:
                 self.portals.pop(name, None)
             out.append(m.message(b"3"))
 
+    def copying(self, kind: bytes, out: list[bytes]) -> None:
+        """A message in COPY FROM STDIN: data, its end, or its failure (Flush and Sync are
+        ignored; the client's units never send anything else)."""
+        if kind in (b"d", b"H", b"S"):
+            return
+        assert kind in (b"c", b"f"), f"{kind!r} during COPY FROM STDIN"
+        started, self.copy_in = self.copy_in, ""
+        if kind == b"c":
+            out.append(m.command_complete("COPY 1"))
+        else:
+            out.append(m.error_response("ERROR", "57014", "COPY from stdin failed"))
+            if self.block:
+                self.block = "E"
+            if started == "E":
+                self.skipping = True
+        if started == "Q":
+            self.end_query(out)
+
+    def copy(self, low: bytes, started: str) -> list[bytes]:
+        if low == b"copy in":
+            self.copy_in = started
+            return [m.message(b"G", b"\0\0\0")]
+        return [m.message(b"H", b"\0\0\0"), m.message(b"d", b"1\n"), m.message(b"d", b"2\n"),
+                m.message(b"c"), m.command_complete("COPY 2")]
+
     def revalidate(self, stmt: Stmt) -> None:
         """A statement's result row is fixed when it is parsed."""
         if stmt.shape is not None and _shape(stmt.text, self.catalog) != stmt.shape:
@@ -226,11 +270,17 @@ class ModelServer:
             out.append(m.error_response("ERROR", exc.code, "model error"))
             if self.block:
                 self.block = "E"
+        if not self.copy_in:  # else its end ends the query
+            self.end_query(out)
+
+    def end_query(self, out: list[bytes]) -> None:
         if not self.block:
             self.portals.clear()
         out.append(m.ready_for_query(self.status()))
 
     def simple(self, low: bytes) -> list[bytes]:
+        if low.startswith(b"copy"):
+            return self.copy(low, "Q")
         if low == b"begin":
             self.block = "T"
             return [m.command_complete("BEGIN")]
@@ -298,6 +348,9 @@ def _describe(what: bytes, name: bytes) -> tuple[int, bytes]:
     return _msg(b"D", what + name + b"\0")
 
 
+COPY_ENDS = [_msg(b"c", b""), _msg(b"f", b"no more\0")]
+
+
 names = st.sampled_from(NAMES)
 portals = st.sampled_from(PORTALS)
 single = st.one_of(
@@ -310,6 +363,7 @@ single = st.one_of(
     st.builds(lambda p: _msg(b"C", b"P" + p + b"\0"), portals),
     st.just(_msg(b"S", b"")),
     st.just(_msg(b"H", b"")),
+    st.sampled_from([_msg(b"d", b"x\n"), _msg(b"c", b""), _msg(b"f", b"stray\0")]),
     st.builds(lambda q: _msg(b"Q", q + b"\0"), st.sampled_from(QUERIES)),
 )
 # What drivers send: prepare and run, run a prepared statement (described or not), sync.
@@ -322,6 +376,16 @@ units = st.one_of(
     st.builds(lambda n: [_describe(b"S", n), _bind(b"", n), _execute(b"")], names),
     st.builds(lambda t: [_parse(b"", t), _bind(b"", b""), _describe(b"P", b""), _execute(b"")],
               st.sampled_from(DEALLOCATES)),
+    # COPY: from the client, ended by CopyDone or CopyFail, and to it; by Query and Execute.
+    st.builds(lambda rows, end: [_msg(b"Q", b"copy in\0"), *rows, end],
+              st.lists(st.just(_msg(b"d", b"1\n")), max_size=2), st.sampled_from(COPY_ENDS)),
+    st.just([_msg(b"Q", b"copy out\0")]),
+    st.builds(lambda rows, end, flush: [_parse(b"", b"copy in"), _bind(b"", b""),
+                                        _execute(b""), *flush, *rows, end, _msg(b"S", b"")],
+              st.lists(st.just(_msg(b"d", b"1\n")), max_size=2), st.sampled_from(COPY_ENDS),
+              st.sampled_from([[], [_msg(b"H", b"")]])),
+    st.builds(lambda p: [_parse(b"", b"copy out"), _bind(b"", b""), _describe(b"P", b""),
+                         _execute(b""), _msg(b"S", b"")], portals),
     # A column added under statements that read the table, and one of them used.
     st.builds(lambda n: [_msg(b"Q", b"alter\0"), _bind(b"", n), _execute(b""), _msg(b"S", b"")],
               names),
@@ -400,7 +464,7 @@ class Pooled:
             elif kind in b"SQ":
                 self.unsynced = False
         if self.current is None:
-            if batch[0][0] in b"PCSH":  # no server: what the pooler can answer, it answers
+            if batch[0][0] in SERVERLESS_FIRST:  # no server: what the pooler can, it answers
                 reply = answer_without_server(batch, self.statements, self.known)
                 if reply is not None:
                     self.seen += reply
