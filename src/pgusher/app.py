@@ -32,6 +32,7 @@ from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
 from .net.client_auth import FailedLogins, load_security
 from .net.client_conn import ClientConn
+from .net.listener import Listeners
 from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
 from .pooling import janitor
@@ -144,6 +145,7 @@ class Application:
         self.shared: SharedCounts | None = None
         self._client_slots: dict[tuple[str, str], list[int]] = {}
         self.lookups = LookupService(self)
+        self.listeners = Listeners(self)
         # /metrics and /api/snapshot: this worker's, or every worker's folded together.
         self.metrics = Metrics(self, cluster.metrics_text, cluster.snapshot)
         self.console = Console(self)
@@ -633,6 +635,7 @@ class Application:
         for pool in self.pools.values():
             for srv in [*pool.idle, *pool.in_use(), *pool.login]:
                 srv.close("pooler shutting down")
+        self.listeners.close_all()
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)

@@ -12,7 +12,7 @@ import pytest
 from poolfakes import App, Target
 
 from pgusher.errors import ServerError
-from pgusher.pooling.internal import CHECK, RESET, ROLLBACK, Internal
+from pgusher.pooling.internal import CHECK, RESET, ROLLBACK, UNLISTEN, Internal
 from pgusher.pooling.pool import Pool
 from pgusher.pooling.states import (
     ACTIVE,
@@ -36,6 +36,10 @@ from pgusher.pooling.states import (
 )
 
 
+class Muted:
+    mute = True  # a server that ran a client's LISTEN drops its own notifications
+
+
 class Server:
     """What the pool reads and calls on a server connection."""
 
@@ -48,6 +52,8 @@ class Server:
         self.dirty = False
         self.expires_at = float("inf")
         self.needs_reset = False
+        self.listened = False
+        self.stream = Muted()
         self.link = None
         self.client: Any = None
         self.idle_since = 0.0
@@ -248,6 +254,27 @@ def test_a_server_to_reset_runs_the_reset_query_out_of_the_pool() -> None:
     assert waiter.waiting and waiter.server is None  # not before the reset is answered
     pool.internal_done(server, RESET, True)  # type: ignore[arg-type]
     assert waiter.server is server and server.state is ACTIVE and server.resets == 1
+
+
+def test_a_server_that_ran_listen_unlistens_then_resets_before_the_next_client() -> None:
+    pool, _ = make_pool(server_reset_query="DISCARD ALL")
+    (server,) = logged_in(pool, 1)
+    pool.request(Client())  # type: ignore[arg-type]
+    server.listened = server.needs_reset = True
+    waiter = Client()
+    pool.request(waiter)  # type: ignore[arg-type]
+    pool.release(server)  # type: ignore[arg-type]
+    assert server.internal == [(UNLISTEN, "UNLISTEN *")] and server.state is TESTED
+    pool.internal_done(server, UNLISTEN, True)  # type: ignore[arg-type]
+    assert not server.stream.mute and not server.listened
+    assert server.internal[-1] == (RESET, "DISCARD ALL") and waiter.server is None
+    pool.internal_done(server, RESET, True)  # type: ignore[arg-type]
+    assert waiter.server is server and server.state is ACTIVE
+    pool.request(Client())  # type: ignore[arg-type]  # (queued: the one server is busy)
+    server.listened = True
+    pool.release(server)  # type: ignore[arg-type]
+    pool.internal_done(server, UNLISTEN, False)  # type: ignore[arg-type]
+    assert server.closed and server.closed_because == "server UNLISTEN failed"
 
 
 def test_a_failed_reset_closes_the_server() -> None:

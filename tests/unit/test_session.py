@@ -10,6 +10,7 @@ from pgusher.protocol import session
 from pgusher.protocol.session import (
     DIRTY,
     DISCARD_ALL,
+    LISTEN,
     OPAQUE,
     RESET,
     RESET_ALL,
@@ -52,7 +53,7 @@ from pgusher.protocol.session import (
     (b"select pg_advisory_lock(1)", [(DIRTY, "session advisory lock", ""),
                                      (OPAQUE, "function pg_advisory_lock", "")]),
     (b"select pg_advisory_xact_lock(1)", []),
-    (b"LISTEN ch", [(DIRTY, "LISTEN", "")]),
+    (b"LISTEN ch", [(LISTEN, "ch", "")]),
     (b"declare c cursor with hold for select 1", [(DIRTY, "WITH HOLD cursor", "")]),
     (b"declare c cursor for select 1", []),
     (b"ROLLBACK", [(ROLLBACK, "", "")]),

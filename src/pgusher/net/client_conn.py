@@ -103,6 +103,7 @@ class ClientConn(ClientLink, ClientLogin):
         "busy_since",
         "cancel_key",
         "cancel_pid",
+        "channels",
         "closed",
         "connected_at",
         "counted",
@@ -112,7 +113,9 @@ class ClientConn(ClientLink, ClientLogin):
         "is_unix",
         "lease",
         "leaving",
+        "listen_held",
         "namespace",
+        "notifications",
         "params",
         "pending",
         "pending_msgs",
@@ -167,6 +170,11 @@ class ClientConn(ClientLink, ClientLogin):
         # ``settling`` holds that server and the client's new messages wait.
         self.settling: ServerConn | None = None
         self.leaving = False  # sent Terminate behind work still to be answered
+        # LISTEN in transaction mode (net/listener.py): the channels it listens on, and the
+        # notifications held until its transaction ends. None until first used.
+        self.channels: set[str] | None = None
+        self.notifications: list[bytes] | None = None
+        self.listen_held: bytes | None = None  # a batch waiting for the listening connection
         self.waiting = False
         self.wait_started = 0.0
         self.closed = False
@@ -469,6 +477,8 @@ class ClientConn(ClientLink, ClientLogin):
                 if pool.mode == SESSION or app.config.settings.server_reset_query_always:
                     server.needs_reset = True
                 pool.release(server)
+        if self.channels and pool is not None:
+            app.listeners.unsubscribe(self, pool, "*")
         app.client_closed(self)
         self.pending.clear()
         self.transport.close()

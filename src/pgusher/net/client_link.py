@@ -28,10 +28,10 @@ from ..protocol.capture import session_sets as capture_sets
 from ..protocol.client_stream import ClientStream
 from ..protocol.lease import Effect, Lease, apply_effects, releasable
 from ..protocol.prepared import SqlStatement, Statement
-from ..protocol.session import might_affect_session
+from ..protocol.session import DISCARD_ALL, LISTEN, UNLISTEN, might_affect_session
 from ..protocol.shortcuts import answer_without_server, untagged_syncs
 from ..protocol.translator import Translator
-from .flow import WAIT, FlowControl
+from .flow import LISTENING, WAIT, FlowControl
 from .flow import link as link_flows
 from .flow import unlink as unlink_flows
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from ..pooling.pool import Pool
     from .client_conn import ClientConn
     from .server_conn import ServerConn
+
+# Notifications a client in a long transaction may have waiting before it is disconnected.
+NOTIFICATION_LIMIT = 100_000
 
 # Message types that can start a batch the pooler may answer itself: Parse, Close, Sync, and
 # those no server answers (Flush, CopyData, CopyDone, CopyFail, 0 for a piece of CopyData).
@@ -73,6 +76,9 @@ class ClientLink:
         settling: ServerConn | None
         leaving: bool
         waiting: bool
+        channels: set[str] | None
+        notifications: list[bytes] | None
+        listen_held: bytes | None
         stats: Counters
         state_since: float
         busy_since: float
@@ -111,12 +117,80 @@ class ClientLink:
                     return
         translator = Translator(link, self.statements, self.sql_statements, self.namespace)
         out = translator.feed(msgs)
-        if translator.effects:
-            self._note_effects(server, translator.effects)
+        effects = translator.effects
+        if effects:
+            self._note_effects(server, effects)
         if translator.direct:
             self.transport.write(translator.direct)
+        if self.listen_held is not None:
+            self.listen_held += prefix + out  # behind a batch that waits: in order
+            return
+        if effects and self._listen_first(server, effects, prefix + out):
+            return
         if prefix or out:
             server.transport.write(prefix + out)
+
+    def _listen_first(self, server: ServerConn, effects: list[Effect], data: bytes) -> bool:
+        """A batch that LISTENs waits until the pool's listening connection has its channels
+        (net/listener.py); True when it was held for that."""
+        channels = [name for kind, name, _ in effects if kind == LISTEN]
+        pool = self.pool
+        if not channels or pool is None or pool.mode == SESSION:
+            return False
+        server.listened = True
+        server.stream.mute = True  # its own notifications come through the listener
+        if self.app.listeners.ensure(pool, channels,
+                                     lambda: self._listen_ready(server)):
+            return False
+        self.listen_held = data
+        self.flow.pause(LISTENING)
+        return True
+
+    def _listen_ready(self, server: ServerConn) -> None:
+        held, self.listen_held = self.listen_held, None
+        if self.closed or held is None:
+            return
+        if (held and self.server is server and server.transport is not None
+                and not server.closed):
+            server.transport.write(held)
+        self.flow.resume(LISTENING)
+
+    def notify(self, message: bytes) -> None:
+        """A NotificationResponse for a channel the client listens on: at once when it is
+        idle, else after its transaction, as PostgreSQL delivers them."""
+        if self.closed:
+            return
+        held = self.notifications
+        if (held is None and not self.lease.outstanding and self.server is None
+                and not self.pending_msgs):
+            self.transport.write(message)
+            return
+        if held is None:
+            held = self.notifications = []
+        if len(held) >= NOTIFICATION_LIMIT:
+            self.fatal(ClientFatal("too many notifications waiting for the end of the "
+                                   "transaction", sqlstate="53400"))
+            return
+        held.append(message)
+
+    def _deliver_notifications(self) -> None:
+        held, self.notifications = self.notifications, None
+        if held:
+            self.transport.write(b"".join(held))
+
+    def _commit_listens(self, committed: list[Effect]) -> None:
+        """A transaction committed LISTEN, UNLISTEN or DISCARD ALL: subscribe or unsubscribe."""
+        pool = self.pool
+        if pool is None or pool.mode == SESSION:
+            return
+        listeners = self.app.listeners
+        for kind, name, _ in committed:
+            if kind == LISTEN:
+                listeners.subscribe(self.conn, pool, name)
+            elif kind == UNLISTEN:
+                listeners.unsubscribe(self.conn, pool, name)
+            elif kind == DISCARD_ALL:
+                listeners.unsubscribe(self.conn, pool, "*")
 
     def _note_effects(self, server: ServerConn, effects: list[Effect]) -> None:
         link = server.link
@@ -168,6 +242,8 @@ class ClientLink:
             apply_effects(committed, self.session_sets,
                           server.session_sets if server is not None else {},
                           self.session_defaults, self.app.tracked_params)
+            if (server is not None and server.listened) or self.channels:
+                self._commit_listens(committed)
         outstanding = lease.outstanding
         pool = self.pool
         assert pool is not None
@@ -180,6 +256,8 @@ class ClientLink:
         done = monotonic()
         stats.query_time += done - self.busy_since
         if status == 73:  # 'I'
+            if self.notifications is not None:
+                self._deliver_notifications()
             stats.xact_count += 1
             stats.xact_time += done - (self.xact_start or self.busy_since)
             self.xact_start = 0.0
@@ -262,6 +340,8 @@ class ClientLink:
             pending.clear()
             if reply:
                 self.transport.write(reply)
+            if self.notifications is not None and not self.lease.outstanding:
+                self._deliver_notifications()
             self.flow.resume(WAIT)
             if self.leaving:
                 self.conn.leave_if_done()

@@ -15,6 +15,7 @@ import asyncio
 WAIT = 1  # a client waiting for a server keeps sending: stop reading it
 PEER = 2  # the linked peer cannot take more: stop reading what would go to it
 SUSPEND = 4  # the console's SUSPEND: no client is read until RESUME
+LISTENING = 8  # a client's LISTEN waits for the pooler's listening connection
 
 
 class FlowControl:

@@ -81,6 +81,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         "initial_params",
         "key",
         "link",
+        "listened",
         "local_addr",
         "needs_reset",
         "params",
@@ -130,6 +131,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         lifetime = pool.target.server_lifetime
         self.expires_at = now + lifetime if lifetime > 0 else float("inf")
         self.needs_reset = False
+        self.listened = False  # a client's LISTEN ran here: UNLISTEN * before the next client
         self.closed = False
         self.dirty = False
         self.close_reason = ""

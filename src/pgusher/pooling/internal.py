@@ -24,6 +24,9 @@ class Internal(enum.Enum):
     # The pooler's ROLLBACK after a client opened a transaction in statement mode: the
     # transaction is undone, and nothing before it (a ROLLBACK is not a reset).
     ROLLBACK = "server rollback failed"
+    # UNLISTEN * after a client's LISTEN ran on the server (net/listener.py): it listens on
+    # nothing, and drops no notification any more.
+    UNLISTEN = "server UNLISTEN failed"
     # The read-back after a transaction that may have changed the session unseen
     # (protocol/capture.py): unchanged; its rows say what the session holds.
     READ_BACK = "session read-back failed"
@@ -39,3 +42,4 @@ CHECK = Internal.CHECK
 RESET = Internal.RESET
 ROLLBACK = Internal.ROLLBACK
 READ_BACK = Internal.READ_BACK
+UNLISTEN = Internal.UNLISTEN

@@ -28,7 +28,7 @@ from ..errors import ClientFatal, ServerError
 from ..log import log
 from ..protocol.prepared import KnownStatements
 from ..workers.shared import key_hash
-from .internal import RESET, Internal
+from .internal import RESET, UNLISTEN, Internal
 from .states import (
     ACTIVE,
     CONNECTING,
@@ -396,6 +396,13 @@ class Pool:
             server.close(server.close_reason)
             self.grow()
             return
+        if server.listened:
+            # A client's LISTEN ran here (net/listener.py): its channels go first; the rest
+            # of the release follows the reply (internal_done).
+            server.listened = False
+            self.move(server, TESTED)
+            server.run_internal(UNLISTEN, "UNLISTEN *")
+            return
         if server.needs_reset:
             server.needs_reset = False
             query = self.app.config.settings.server_reset_query
@@ -416,6 +423,10 @@ class Pool:
             return
         if kind is RESET:
             server.statements_reset()
+        elif kind is UNLISTEN:
+            server.stream.mute = False
+            self.release(server)
+            return
         self.give(server)
 
     def give(self, server: ServerConn) -> None:

@@ -27,6 +27,7 @@ _TYPE_LEN_FROM = TYPE_LEN.unpack_from  # (type byte as int, int32 length) in one
 
 # Message type bytes as ints, compared without decoding.
 Z_READY = ord("Z")
+A_NOTIFY = ord("A")
 S_PARAM = ord("S")
 E_ERROR = ord("E")
 D_ROW = ord("D")
@@ -59,10 +60,12 @@ class ServerStream:
     and including that many ReadyForQuery messages is dropped instead of forwarded (replies to
     the pooler's own queries); ``swallowed`` counts those completed in the last feed. ``fatal``
     holds the fields of a FATAL or PANIC error once one is seen: the server's session is over.
+    While ``mute`` is set, NotificationResponse messages are dropped: the server ran a client's
+    LISTEN, whose notifications reach the client through the pooler's listening connection.
     """
 
     __slots__ = ("_after_skip", "_ddl", "_drop", "_held_have", "_held_need", "_held_parts",
-                 "collect", "fatal", "held", "last_error", "link", "max_size",
+                 "collect", "fatal", "held", "last_error", "link", "max_size", "mute",
                  "on_param", "ready", "skip", "status", "swallow", "swallowed", "tracker")
 
     def __init__(self, on_param: Callable[[str, str, bool], None],
@@ -87,6 +90,7 @@ class ServerStream:
         # While a list: the DataRow bodies of swallowed replies (the pooler's own reads).
         self.collect: list[bytes] | None = None
         self._ddl = False  # a schema change in the transaction still open
+        self.mute = False
         # Prepared-statement tracking for this server (transaction and statement mode).
         self.link: LinkState | None = None
         self.tracker: ReplyTracker | None = None
@@ -107,7 +111,8 @@ class ServerStream:
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk and return what should be forwarded to the client."""
         link = self.link
-        if self.held or self.skip or self.swallow or (link is not None and link.tags):
+        if (self.held or self.skip or self.swallow or self.mute
+                or (link is not None and link.tags)):
             return self._feed_general(data)
         # Fast path, the usual case: nothing carried over and nothing to drop, so the loop
         # only walks headers, counts ReadyForQuery and reports ParameterStatus.
@@ -219,6 +224,12 @@ class ServerStream:
             if length < 4 or length > max_size:
                 raise ProtocolError(f"invalid server message length {length}")
             end = pos + 1 + length
+            if kind == A_NOTIFY and self.mute:
+                if end > n:
+                    break  # held until whole, then dropped
+                pieces.append(data[out_from:pos])
+                out_from = pos = end
+                continue
             dropping = self.swallow > 0
             tagged = not dropping and bool(tags)
             if (kind in (Z_READY, S_PARAM, E_ERROR, C_COMPLETE)

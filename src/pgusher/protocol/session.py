@@ -9,9 +9,11 @@ another server connection, so the pooler reads the client's own statements to le
   client moves);
 * texts whose effects cannot be read (``set_config``, DO, CALL, EXECUTE, functions; see
   :mod:`.opaque`): the server's session is read back after their transaction;
-* state it cannot carry (temporary objects, session advisory locks, LISTEN, WITH HOLD
-  cursors, SQL-level PREPARE, LOAD, ``SET ... FROM CURRENT``): the server connection must be
-  reset before anyone else uses it;
+* state it cannot carry (temporary objects, session advisory locks, WITH HOLD cursors,
+  SQL-level PREPARE, LOAD, ``SET ... FROM CURRENT``): the server connection must be reset
+  before anyone else uses it;
+* ``LISTEN channel``, ``UNLISTEN channel`` and ``UNLISTEN *``: the pooler's own listening
+  connection takes them over once they commit (net/listener.py);
 * DISCARD ALL, and transaction ends by ROLLBACK (a SET inside a rolled-back transaction is undone).
 
 A cheap keyword pre-filter keeps ordinary queries off the slow path. Anything inside quotes,
@@ -33,23 +35,26 @@ DIRTY = "dirty"        # name = reason
 ROLLBACK = "rollback"
 DISCARD_ALL = "discard_all"  # RESET ALL plus the role and session authorization
 OPAQUE = "opaque"      # name = reason, value = custom setting names the text mentions
+LISTEN = "listen"      # name = channel
+UNLISTEN = "unlisten"  # name = channel, or "*" for all
 
 # Matched against the lower-cased text: a leading character class lets the regex engine skip
 # quickly, several times faster than an IGNORECASE alternation. It finds set, reset, discard,
-# deallocate, temp, advisory, listen, hold, prepare, load, rollback, abort and execute.
+# deallocate, temp, advisory, (un)listen, hold, prepare, load, rollback, abort and execute.
 _PREFILTER = re.compile(rb"[sdtalhpre](?:et|isc|emp|dvi|iste|old|rep|oad|oll|bor|eal|xec)")
 # Second stage, only after a first-stage hit: the keywords must start a statement (so the SET
 # of an UPDATE does not count), or be a function name that can appear anywhere.
 _PRECISE = re.compile(
     rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*"
-    rb"(?:set|reset|discard|deallocate|listen|prepare|load|rollback|abort|declare|create|"
+    rb"(?:set|reset|discard|deallocate|listen|unlisten|prepare|load|rollback|abort|declare|"
+    rb"create|"
     rb"execute)\b|set_config|advisory_lock|temp", re.S)
 
 
 # What the second stage needs to see at the start of a text (after whitespace) to match there:
 # one of its keywords, or a comment that could come before one.
-_FIRST_WORDS = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"prepare", b"load",
-                b"rollback", b"abort", b"declare", b"create", b"execute", b"/", b"-")
+_FIRST_WORDS = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b"prepare",
+                b"load", b"rollback", b"abort", b"declare", b"create", b"execute", b"/", b"-")
 _TRAILING = b"; \t\n\r\f\v\0"  # after a last semicolon, nothing can start a statement
 
 
@@ -170,8 +175,8 @@ def inspect_text(query: bytes) -> list[tuple[str, str, str]]:
             effects.append((ROLLBACK, "", ""))
         elif word == "discard" and _DISCARD_ALL.match(stmt):
             effects.append((DISCARD_ALL, "", ""))
-        elif word == "listen":
-            effects.append((DIRTY, "LISTEN", ""))
+        elif word == "listen" or word == "unlisten":
+            _listen_effect(word, stmt, effects)
         elif word == "prepare" and not re.match(r"prepare\s+transaction\b", stmt, re.I):
             effects.append((DIRTY, "SQL-level PREPARE", ""))
         elif word == "load":
@@ -188,6 +193,23 @@ def inspect_text(query: bytes) -> list[tuple[str, str, str]]:
         names = sorted({*custom_names(query), *named_settings(reason)})
         effects.append((OPAQUE, reason, ",".join(names)))
     return effects
+
+
+_CHANNEL = re.compile(r'(?:listen|unlisten)\s+(?:("(?:[^"]|"")+")|([a-z_][\w$]*)|(\*))\s*$',
+                      re.I | re.S | re.A)
+
+
+def _listen_effect(word: str, stmt: str, effects: list[tuple[str, str, str]]) -> None:
+    """LISTEN or UNLISTEN of one channel (unquoted names fold to lower case), or UNLISTEN *.
+    Text that is neither is left to the server, which refuses it."""
+    m = _CHANNEL.match(stmt)
+    if m is None or (m.group(3) and word == "listen"):
+        return
+    quoted, plain, every = m.groups()
+    channel = "*" if every else plain.lower() if plain else quoted[1:-1].replace('""', '"')
+    # PostgreSQL cuts a name to 63 bytes (NAMEDATALEN - 1), on a character boundary.
+    channel = channel.encode()[:63].decode("utf-8", "ignore")
+    effects.append((LISTEN if word == "listen" else UNLISTEN, channel, ""))
 
 
 def _canon(name: str) -> str:
