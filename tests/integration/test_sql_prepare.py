@@ -96,3 +96,49 @@ def test_statement_mode_refusal_keeps_shared_statements(pg: PgCluster,
     assert one(b, "select 41 + 1") == 42
     b.close()
     c.close()
+
+
+def _results(conn: psycopg.Connection, steps: list[tuple[str, str]]) -> list[object]:
+    """Each step's status and rows, or its SQLSTATE: ("prep", text) prepares with the
+    protocol (psycopg's _pg3_0, _pg3_1, ...), ("q", text) runs a query."""
+    out: list[object] = []
+    for kind, sql in steps:
+        try:
+            cur = conn.execute(sql, prepare=True) if kind == "prep" else conn.execute(sql)
+            out.append((cur.statusmessage, cur.fetchall() if cur.description else None))
+        except psycopg.Error as exc:
+            out.append(exc.sqlstate)
+    return out
+
+
+ONE_NAMESPACE = [
+    [("prep", "select 41 + 1 as x"), ("q", "EXECUTE _pg3_0")],
+    [("prep", "select 41 + 1 as x"), ("q", "EXPLAIN (costs off) EXECUTE _pg3_0")],
+    [("prep", "select 41 + 1 as x"), ("q", "begin"),  # (a temporary table stays on its server)
+     ("q", "CREATE TEMP TABLE ctas AS EXECUTE _pg3_0"), ("q", "select x from ctas"),
+     ("q", "commit")],
+    [("prep", "select 41 + 1 as x"), ("q", "DEALLOCATE _pg3_0"), ("q", "EXECUTE _pg3_0")],
+    [("q", "PREPARE s1(int) AS SELECT $1 + 1"), ("q", "EXPLAIN (costs off) EXECUTE s1(1)"),
+     ("q", "CREATE TABLE IF NOT EXISTS ctas_plain AS EXECUTE s1(2) WITH NO DATA"),
+     ("q", "select count(*) from ctas_plain"), ("q", "DROP TABLE ctas_plain")],
+    [("q", "EXECUTE nothing_here"), ("q", "EXPLAIN EXECUTE nothing_here")],
+]
+
+
+@pytest.mark.parametrize("steps", ONE_NAMESPACE)
+@pytest.mark.parametrize("protocol", ["extended", "simple"])
+def test_sql_and_protocol_statements_share_one_name_space(
+        pg: PgCluster, pooler: PoolerFactory, steps: list[tuple[str, str]],
+        protocol: str) -> None:
+    """EXECUTE, EXPLAIN EXECUTE and CREATE TABLE AS EXECUTE run a statement prepared with
+    the protocol, and DEALLOCATE drops it, as on a direct connection; psycopg's ClientCursor
+    sends the queries with the simple protocol."""
+    proc = start(pooler, pool_size=2)
+    kw: dict[str, object] = {"autocommit": True}
+    if protocol == "simple":
+        kw["cursor_factory"] = psycopg.ClientCursor
+    with psycopg.connect(pg.dsn("postgres"), **kw) as direct:  # type: ignore[arg-type]
+        want = _results(direct, steps)
+    with psycopg.connect(proc.dsn("postgres"), **kw) as pooled:  # type: ignore[arg-type]
+        got = _results(pooled, steps)
+    assert got == want

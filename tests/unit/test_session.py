@@ -21,6 +21,7 @@ from pgusher.protocol.session import (
     parse_options,
     replay_sql,
     split_statements,
+    sql_prepared,
 )
 
 
@@ -136,3 +137,24 @@ def test_replay_sql() -> None:
     assert replay_sql("session_authorization", None) == "RESET SESSION AUTHORIZATION"
     assert replay_sql("search_path", "a, b") == "SET search_path = a, b"
     assert replay_sql("Weird Name", "1") == 'SET "Weird Name" = 1'
+
+
+@pytest.mark.parametrize(("text", "verb"), [
+    (b"PREPARE p(int) AS select $1", ("prepare", "p", "(int) AS select $1", "")),
+    (b"execute P(1, 'a')", ("execute", "p", "(1, 'a')", "")),
+    (b'DEALLOCATE PREPARE "Q"', ("deallocate", '"Q"', "", "")),
+    (b"deallocate all", None),
+    (b"EXPLAIN EXECUTE s1", ("execute", "s1", "", "EXPLAIN ")),
+    (b"explain (analyze, costs off) execute s1(2)",
+     ("execute", "s1", "(2)", "explain (analyze, costs off) ")),
+    (b"explain analyze verbose execute s1", ("execute", "s1", "", "explain analyze verbose ")),
+    (b"create temp table t as execute s1(1) with no data",
+     ("execute", "s1", "(1) with no data", "create temp table t as ")),
+    (b'CREATE TABLE IF NOT EXISTS "S".t (a, b) AS EXECUTE s1',
+     ("execute", "s1", "", 'CREATE TABLE IF NOT EXISTS "S".t (a, b) AS ')),
+    (b"explain execute s1 with data", None),  # not SQL: left to the server
+    (b"explain select 1", None),
+    (b"execute s1; select 1", None),  # one statement only
+])
+def test_sql_prepared(text: bytes, verb: tuple[str, str, str, str] | None) -> None:
+    assert sql_prepared(text) == verb

@@ -127,9 +127,9 @@ class Statement:
         self.key = key
         self.query = query
         self.types = types
-        # A text that is an SQL-level PREPARE, EXECUTE or DEALLOCATE: (verb, SQL name, rest),
-        # resolved at each use.
-        self.sql_verb: tuple[str, str, str] | None = None
+        # A text that is an SQL-level PREPARE, EXECUTE or DEALLOCATE: (verb, SQL name, rest,
+        # head) as session.sql_prepared reads it, resolved at each use.
+        self.sql_verb: tuple[str, str, str, str] | None = None
         # What executing it does to the session: every Bind of it says so again.
         self.effects = inspect_text(query) if might_affect_session(query) else []
         self.wire_name = key.encode() + b"\0"  # as Parse, Bind and Describe carry it

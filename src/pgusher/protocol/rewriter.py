@@ -42,7 +42,7 @@ from .prepared import (
     sql_server_name,
     statement_key,
 )
-from .session import OPAQUE, sql_prepared
+from .session import OPAQUE, inspect_text, sql_prepared
 
 FLUSH = message(b"H")
 _HEADER = HEADER.pack  # type byte and length of a message
@@ -349,15 +349,20 @@ class Rewriter:
         else:
             self.out.append(query(text))
 
-    def _sql_statement(self, verb: str, name: str, rest: str, extended: bool = False) -> None:
-        resolved = self._sql_resolve(verb, name, rest, extended)
+    def _sql_statement(self, verb: str, name: str, rest: str, head: str = "",
+                       extended: bool = False) -> None:
+        if head:
+            self.effects.extend(inspect_text(head.encode()))  # CREATE TEMP TABLE ... AS
+        resolved = self._sql_resolve(verb, name, rest, head, extended)
         if resolved is not None:
             self._sql_send(resolved[0], extended, resolved[1])
 
-    def _sql_resolve(self, verb: str, name: str, rest: str, extended: bool,
+    def _sql_resolve(self, verb: str, name: str, rest: str, head: str, extended: bool,
                      ) -> tuple[str, Callable[[], None] | None] | None:
         """The server's text for the client's PREPARE, EXECUTE or DEALLOCATE of ``name``,
-        and what to undo if it fails; None after answering with the error PostgreSQL gives."""
+        and what to undo if it fails; None after answering with the error PostgreSQL gives.
+        PostgreSQL has one name space for SQL-level and protocol-level statements: EXECUTE
+        (in EXPLAIN and CREATE TABLE AS too) runs a protocol-level one of that name."""
         sql = self.sql
         assert sql is not None
         link = self.link
@@ -382,6 +387,15 @@ class Rewriter:
 
             return f"PREPARE {stmt.server_name} {rest}", undo
         found = sql.get(name)
+        if found is None and verb == "execute":
+            protocol = self.statements.get(
+                (name[1:-1].replace('""', '"') if name.startswith('"') else name).encode())
+            if protocol is not None and protocol.sql_verb is None:
+                if not self._ensure(protocol):
+                    return None
+                if protocol.effects:
+                    self.effects.extend(protocol.effects)
+                return f"{head}EXECUTE {protocol.key}{rest}", None
         if found is None:
             self._sql_fail("26000", f'prepared statement "{shown}" does not exist', extended)
             return None
@@ -389,7 +403,7 @@ class Rewriter:
         if verb == "execute":
             if found.opaque:
                 self.effects.append((OPAQUE, "EXECUTE", ""))
-            return f"EXECUTE {found.server_name}{rest}", None
+            return f"{head}EXECUTE {found.server_name}{rest}", None
         del sql[name]
         link.statements.pop(found.server_name, None)
         return f"DEALLOCATE {found.server_name}", None

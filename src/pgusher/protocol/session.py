@@ -324,19 +324,39 @@ def parse_options(value: str) -> list[tuple[str, str]]:
 _NAME = r'("(?:[^"]|"")+"|[a-z_][\w$]*)'
 _SQL_PREPARE = re.compile(r"prepare\s+" + _NAME + r"\s*(\([^()]*\))?\s+as\s+(.+)$", re.I | re.S)
 _SQL_EXECUTE = re.compile(r"execute\s+" + _NAME + r"\s*(\(.*\))?\s*$", re.I | re.S)
+# EXECUTE inside EXPLAIN and CREATE TABLE AS: what comes before it, and after its arguments.
+_EXPLAIN_HEAD = re.compile(r"explain\s+(?:\([^()]*\)\s*|(?:analy[sz]e|verbose)\s+)*", re.I | re.S)
+_CTAS_HEAD = re.compile(
+    r"create\s+(?:(?:global|local)\s+)?(?:(?:temp|temporary|unlogged)\s+)?table\s+"
+    r"(?:if\s+not\s+exists\s+)?(?:\"(?:[^\"]|\"\")+\"|[\w$]+)(?:\.(?:\"(?:[^\"]|\"\")+\"|[\w$]+))?"
+    r"\s*(?:\([^()]*\)\s*)?as\s+", re.I | re.S)
+_CTAS_TAIL = re.compile(r"(\(.*\))?(\s+with\s+(?:no\s+)?data)?\s*$", re.I | re.S)
 _SQL_DEALLOCATE = re.compile(r"deallocate\s+(?:prepare\s+)?" + _NAME + r"\s*$", re.I | re.S)
 
 
-def sql_prepared(query: bytes) -> tuple[str, str, str] | None:
-    """A query that is one PREPARE, EXECUTE or DEALLOCATE of a named statement.
+SqlVerb = tuple[str, str, str, str]
 
-    Returns (verb, name, rest): for PREPARE rest is ``[(types)] AS body``, for EXECUTE the
-    parameter list (may be empty), for DEALLOCATE empty. ``DEALLOCATE ALL`` is not matched.
+
+def sql_prepared(query: bytes) -> SqlVerb | None:
+    """A query that is one PREPARE, EXECUTE or DEALLOCATE of a named statement, or one
+    EXPLAIN or CREATE TABLE AS of an EXECUTE.
+
+    Returns (verb, name, rest, head): for PREPARE rest is ``[(types)] AS body``, for EXECUTE
+    the parameter list (may be empty) and what follows it (CREATE TABLE AS's WITH [NO] DATA),
+    for DEALLOCATE empty. ``head`` is the text before EXECUTE (EXPLAIN ..., CREATE TABLE ...
+    AS), else empty. ``DEALLOCATE ALL`` is not matched.
     """
     statements = split_statements(query.rstrip(b"\0").decode("utf-8", "replace"))
     if len(statements) != 1:
         return None
     stmt = statements[0]
+    head = _EXPLAIN_HEAD.match(stmt) or _CTAS_HEAD.match(stmt)
+    if head is not None:
+        m = re.compile(r"execute\s+" + _NAME + r"\s*", re.I).match(stmt, head.end())
+        tail = _CTAS_TAIL.match(stmt, m.end()) if m is not None else None
+        if m is None or tail is None or (tail.group(2) and head.re is _EXPLAIN_HEAD):
+            return None
+        return "execute", _canon(m.group(1)), stmt[m.end():].rstrip(), head.group(0)
     for verb, pattern in (("prepare", _SQL_PREPARE), ("execute", _SQL_EXECUTE),
                           ("deallocate", _SQL_DEALLOCATE)):
         m = pattern.match(stmt)
@@ -351,5 +371,5 @@ def sql_prepared(query: bytes) -> tuple[str, str, str] | None:
             rest = m.group(2) or ""
         else:
             rest = ""
-        return verb, name, rest
+        return verb, name, rest, ""
     return None
