@@ -25,6 +25,7 @@ from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
 from ..pooling.states import AUTH, CANCEL, LOGIN_WAIT, STARTUP, ClientState, move_client
 from ..protocol import messages as m
+from ..protocol.encodings import canonical_encoding
 from ..protocol.reader import MessageReader
 from ..protocol.session import parse_options
 from . import client_auth, tls
@@ -37,13 +38,6 @@ if TYPE_CHECKING:
 
 # The longest password or SASL message a client may send (PostgreSQL's own bound for them).
 MAX_AUTH_MESSAGE = 65536
-
-
-def _canonical_encoding(value: str) -> str:
-    upper = value.upper()
-    if upper in ("UTF-8", "UTF_8", "UNICODE"):
-        return "UTF8"
-    return upper
 
 
 class ClientLogin(asyncio.Protocol):
@@ -173,7 +167,7 @@ class ClientLogin(asyncio.Protocol):
             canon = app.tracked_params.get(low)
             if canon is not None:
                 if canon == "client_encoding":
-                    value = _canonical_encoding(value)
+                    value = canonical_encoding(value)
                 elif canon == "application_name" and settings.application_name_add_host:
                     value = f"{value} - {self.addr}"
                 self.startup_params[canon] = value
