@@ -32,6 +32,7 @@ from .net.auth_lookup import LookupService
 from .net.cancel import send_cancel
 from .net.client_auth import FailedLogins, load_security
 from .net.client_conn import ClientConn
+from .net.fleet import Fleet
 from .net.listener import Listeners
 from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
@@ -146,6 +147,9 @@ class Application:
         self._client_slots: dict[tuple[str, str], list[int]] = {}
         self.lookups = LookupService(self)
         self.listeners = Listeners(self)
+        pgusher = self.config.pgusher
+        self.fleet = (Fleet(self) if pgusher.fleet and pgusher.fleet_max_db_connections > 0
+                      else None)
         # /metrics and /api/snapshot: this worker's, or every worker's folded together.
         self.metrics = Metrics(self, cluster.metrics_text, cluster.snapshot)
         self.console = Console(self)
@@ -636,6 +640,8 @@ class Application:
             for srv in [*pool.idle, *pool.in_use(), *pool.login]:
                 srv.close("pooler shutting down")
         self.listeners.close_all()
+        if self.fleet is not None:
+            self.fleet.close_all()
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)

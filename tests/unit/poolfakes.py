@@ -59,6 +59,7 @@ class App:
         self.paused_dbs: set[str] = set()
         self.shutting_down = False
         self.shared = None
+        self.fleet = None
         self.pool_size = 3
         self.server_counts = ServerCounts()
 

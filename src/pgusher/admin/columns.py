@@ -78,6 +78,8 @@ PEER_POOLS = _cols("iiiii", "peer_id cl_active_cancel_req cl_waiting_cancel_req 
 DNS_HOSTS = _cols("sqs", "hostname ttl addrs")
 DNS_ZONES = _cols("sqi", "zonename serial count")
 VERSION = _cols("s", "version")
+# pgusher's own: the fleet's claims per database (net/fleet.py); share -1 where unknown.
+FLEET = _cols("ssiiiiNi", "database instance demand share granted live heartbeat_age budget")
 
 # pgusher's own: who uses the database.
 _LOAD = ("cl_active cl_waiting cl_peak sv_held total_xact_count total_query_count "

@@ -22,7 +22,7 @@ Row = list[str | None]
 # SHOW name -> how many leading columns name the thing a row is about.
 KEYED = {"stats": 1, "stats_totals": 1, "stats_averages": 1, "totals": 1, "pools": 2,
          "databases": 1, "users": 1, "lists": 1, "mem": 1, "applications": 1,
-         "user_stats": 1, "users_stats": 1, "peer_pools": 1}
+         "user_stats": 1, "users_stats": 1, "peer_pools": 1, "fleet": 2}
 JOINED = frozenset({"clients", "servers", "sockets", "active_sockets", "fds", "dns_hosts",
                     "dns_zones"})
 
@@ -30,7 +30,9 @@ JOINED = frozenset({"clients", "servers", "sockets", "active_sockets", "fds", "d
 LARGEST = frozenset({
     "pool_size", "min_pool_size", "reserve_pool_size", "reserve_pool", "server_lifetime",
     "port", "max_connections", "max_client_connections", "max_user_connections",
-    "max_user_client_connections", "paused", "disabled", "size", "max_wait_time", "peer_id"})
+    "max_user_client_connections", "paused", "disabled", "size", "max_wait_time", "peer_id",
+    # SHOW FLEET: every worker is a member and sees the same rows.
+    "demand", "share", "granted", "live", "heartbeat_age", "budget"})
 
 # Averaged times and the counts they are averages over: SHOW STATS and TOTALS name them
 # with an avg_ prefix, SHOW STATS_AVERAGES and the dashboard snapshot without.

@@ -471,6 +471,14 @@ def _load_rows(app: Application, kind: str, result: Scan) -> list[Row]:
     return rows
 
 
+def show_fleet(app: Application) -> Result:
+    fleet = app.fleet
+    if fleet is None:
+        return c.FLEET, []
+    return c.FLEET, [_row(r) for name in sorted(fleet.databases)
+                     for r in fleet.databases[name].rows()]
+
+
 def show_applications(app: Application) -> Result:
     return c.APPLICATIONS, _load_rows(app, "application", scan(app))
 
@@ -502,6 +510,7 @@ SHOWS: dict[str, Callable[[Application], Result]] = {
     "dns_zones": show_dns_zones,
     "version": show_version,
     "applications": show_applications,
+    "fleet": show_fleet,
     "user_stats": show_user_stats,
     "users_stats": show_user_stats,
 }

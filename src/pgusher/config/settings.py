@@ -124,6 +124,16 @@ def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def _parse_table_name(raw: str) -> str:
+    name = raw.strip()
+    if not _TABLE_NAME.fullmatch(name):
+        raise ValueError("expected a table name: letters, digits and _, optionally schema.")
+    return name
+
+
 def _parse_workers(raw: str) -> str:
     word = raw.strip().lower()
     if word == "auto":
@@ -512,6 +522,21 @@ class PgusherSettings:
     auth_fail_delay_max: float = setting(
         5.0, doc="Repeated failed logins from one address are reported later and later "
                  "(50 ms for the second, doubling), up to this; 0 = no growth.")
+    fleet: str = setting("", reloadable=False,
+                         doc="Name of the fleet this process belongs to: processes with the "
+                             "same name share fleet_max_db_connections; empty = no fleet.")
+    fleet_max_db_connections: int = setting(
+        0, reloadable=False, minimum=0,
+        doc="Server connections the whole fleet may hold per database; 0 = no fleet budget.")
+    fleet_min_share: int = setting(1, minimum=0,
+                                   doc="Servers per database a member may keep when idle.")
+    fleet_check_interval: float = setting(
+        1.0, minimum=0.05, doc="Seconds between a member's checks of the fleet's claims "
+                               "(sooner when clients wait for the grant).")
+    fleet_lease_timeout: float = setting(
+        5.0, minimum=0.5, doc="A member whose claim is older than this stops counting.")
+    fleet_table: str = setting("pgusher_fleet", reloadable=False, parser=_parse_table_name,
+                               doc="Table of the fleet's claims, made in each database.")
 
 
 SETTINGS_TABLE: dict[str, SettingSpec] = build_table(Settings)

@@ -177,6 +177,12 @@ class Pool:
         max_user = app.effective_max_user_connections(self.user)
         if max_user and app.user_server_count(self.user) >= max_user:
             return False
+        fleet = app.fleet
+        if fleet is not None:
+            member = fleet.of(self)
+            if not member.allows_one_more():
+                member.wanted()  # the fleet's grant is the limit: ask for more
+                return False
         if self.failing_since:
             # While logins fail, one attempt at a time, and not before its time.
             return not self.connecting and app.loop.time() >= self.retry_at
@@ -260,7 +266,9 @@ class Pool:
             return
         if self.connecting == 0 and not self.paused and (
                 self.try_open() or (self.total == 0 and self.app.shared is None
-                                    and not self.failing_since)):
+                                    and self.app.fleet is None and not self.failing_since)):
+            # Over a limit of its own, one server still comes to learn the welcome; not
+            # over the fleet's grant, which another process may be using.
             self.open_server()
 
     def request(self, client: ClientConn) -> None:
@@ -438,6 +446,10 @@ class Pool:
             # Another worker's clients wait and this one holds more than its share.
             self.give_back = False
             server.close("released for another worker")
+            return
+        fleet = self.app.fleet
+        if fleet is not None and fleet.of(self).over():
+            server.close("closed: over the fleet's grant")  # its share went elsewhere
             return
         waiting = self.waiting
         while waiting and not self.paused:
