@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgusher.config import Settings
+from pgusher.config.settings import PgusherSettings, Settings
 from pgusher.errors import PgusherError
 from pgusher.pooling.counts import ServerCounts
 from pgusher.pooling.pool import Pool
@@ -54,7 +54,8 @@ class Target:
 class App:
     def __init__(self, **settings: Any) -> None:
         self.loop = Loop()
-        self.config = type("Config", (), {"settings": Settings(**settings)})()
+        self.config = type("Config", (), {"settings": Settings(**settings),
+                                          "pgusher": PgusherSettings()})()
         self.paused = False
         self.paused_dbs: set[str] = set()
         self.shutting_down = False
@@ -80,7 +81,8 @@ class App:
 
 
 class Client:
-    def __init__(self) -> None:
+    def __init__(self, application: str = "") -> None:
+        self.stats = type("Stats", (), {"application": application})()
         self.closed = False
         self.waiting = False
         self.error: PgusherError | None = None

@@ -87,7 +87,8 @@ class Server:
 
 
 class Client:
-    def __init__(self) -> None:
+    def __init__(self, application: str = "") -> None:
+        self.stats = type("Stats", (), {"application": application})()
         self.closed = False
         self.waiting = False
         self.server: Server | None = None

@@ -134,6 +134,28 @@ def _parse_table_name(raw: str) -> str:
     return name
 
 
+def parse_app_weights(raw: str) -> dict[str, float]:
+    """``name:weight, name:weight``: each application's weight in the queue for servers."""
+    weights: dict[str, float] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        name, sep, number = item.rpartition(":")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = 0.0
+        if not sep or not name.strip() or not math.isfinite(weight) or weight <= 0:
+            raise ValueError("expected application:weight pairs with positive weights")
+        weights[name.strip()] = weight
+    return weights
+
+
+def _parse_app_weights(raw: str) -> str:
+    parse_app_weights(raw)
+    return raw.strip()
+
+
 def _parse_workers(raw: str) -> str:
     word = raw.strip().lower()
     if word == "auto":
@@ -522,6 +544,10 @@ class PgusherSettings:
     auth_fail_delay_max: float = setting(
         5.0, doc="Repeated failed logins from one address are reported later and later "
                  "(50 ms for the second, doubling), up to this; 0 = no growth.")
+    app_weights: str = setting(
+        "", parser=_parse_app_weights,
+        doc="Weights of applications (application_name:weight, ...) when clients wait for "
+            "servers: servers go to them in proportion; 1 for any not named.")
     fleet: str = setting("", reloadable=False,
                          doc="Name of the fleet this process belongs to: processes with the "
                              "same name share fleet_max_db_connections; empty = no fleet.")

@@ -1,11 +1,12 @@
-"""One pool per (database, login user): servers by state, FIFO waiters, limits.
+"""One pool per (database, login user): servers by state, waiters served fairly, limits.
 
 Herding happens here and nowhere else. A server is in exactly one container, the one its
 state names (pooling/states.py): ``login`` (connecting or logging in), ``idle`` (a LIFO
 stack, so the warmest connection is reused and surplus ones age out), ``active`` (linked to a
 client, or held for a cancel) or ``tested`` (running the pooler's own query with no client).
 :meth:`Pool.move` is the one place both change, so SHOW POOLS reads the containers' sizes.
-Waiting clients form a FIFO deque. Every transition is synchronous and runs inside a
+Waiting clients queue in arrival order within an application, and the applications take
+turns by weight (queue.py). Every transition is synchronous and runs inside a
 transport callback, so a server offered to a waiter is linked in the same call: there is no
 window in which it could be lost or given twice.
 
@@ -21,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import deque
 from typing import TYPE_CHECKING
 
+from ..config.settings import parse_app_weights
 from ..errors import ClientFatal, ServerError
 from ..log import log
 from ..protocol.prepared import KnownStatements
 from ..workers.shared import key_hash
 from .internal import RESET, UNLISTEN, Internal
+from .queue import FairQueue
 from .states import (
     ACTIVE,
     CONNECTING,
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 # A server that worked this recently (or within server_login_retry, if longer) and now
 # refuses connections is taken to be restarting: its clients are held for it.
 _RECENT = 10.0
+
+
+def _application(client: ClientConn) -> str:
+    return client.stats.application
 
 
 class Pool:
@@ -72,7 +78,8 @@ class Pool:
         self.idle: list[ServerConn] = []
         self.active: set[ServerConn] = set()
         self.tested: set[ServerConn] = set()
-        self.waiting: deque[ClientConn] = deque()
+        # Waiting clients, served fairly between applications (queue.py).
+        self.waiting: FairQueue[ClientConn] = FairQueue(_application)
         self.login_waiters: list[ClientConn] = []
         self.welcome_params: dict[str, str] | None = None
         self.last_login_failed_at = 0.0
@@ -113,6 +120,7 @@ class Pool:
         self.check_delay = (s.server_check_delay
                             if s.server_check_query and s.server_check_delay >= 0 else None)
         self.reset_always = s.server_reset_query_always
+        self.waiting.weights = parse_app_weights(app.config.pgusher.app_weights)
 
     def set_reserve(self, active: bool) -> None:
         if active != self.reserve_active:
