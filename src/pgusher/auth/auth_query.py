@@ -26,6 +26,7 @@ from pgusher.auth.scram import ScramClient, is_scram_secret
 from pgusher.auth.server_login import LoginDone, LoginFailed, Send, ServerLogin
 from pgusher.errors import AuthError, ProtocolError, ServerError
 from pgusher.protocol import messages as m
+from pgusher.protocol.messages import parse_data_row
 
 __all__ = ["Event", "LookupSession", "lookup_messages", "parse_data_row"]
 
@@ -58,29 +59,6 @@ def lookup_messages(sql: str, user: str) -> bytes:
     execute = m.message(b"E", m.cstr("") + _I32.pack(0))
     return parse + bind + execute + m.SYNC
 
-
-def parse_data_row(body: bytes) -> list[bytes | None]:
-    """The column values of a DataRow body (None for NULL)."""
-    if len(body) < 2:
-        raise ProtocolError("invalid DataRow")
-    count = _I16.unpack_from(body, 0)[0]
-    pos = 2
-    values: list[bytes | None] = []
-    for _ in range(count):
-        if pos + 4 > len(body):
-            raise ProtocolError("invalid DataRow")
-        size = _I32.unpack_from(body, pos)[0]
-        pos += 4
-        if size < 0:
-            values.append(None)
-            continue
-        if pos + size > len(body):
-            raise ProtocolError("invalid DataRow")
-        values.append(body[pos:pos + size])
-        pos += size
-    if pos != len(body):
-        raise ProtocolError("invalid DataRow")
-    return values
 
 
 class LookupSession:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 from ..auth.auth_query import Event, LookupSession
 from ..errors import ClientFatal, PgusherError, ServerError
 from ..log import log
-from .tls import connect_server
+from .side import connect_to
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
@@ -48,18 +48,9 @@ class LookupConn(asyncio.Protocol):
     # -- lifecycle
 
     async def open(self) -> None:
-        app = self.app
-        s = app.config.settings
-        host, port = self.target.next_address()
-        timeout = s.server_connect_timeout or None
+        s = self.app.config.settings
         try:
-            if host is None or host.startswith("/"):
-                directory = host or s.unix_socket_dir or "/tmp"
-                await asyncio.wait_for(app.loop.create_unix_connection(
-                    lambda: self, f"{directory}/.s.PGSQL.{port}"), timeout)
-            else:
-                await asyncio.wait_for(connect_server(app.loop, self, host, port, s,
-                                                      app.tls.server), timeout)
+            await connect_to(self.app, self, self.target)
         except ServerError as exc:
             self.fail(exc)
         except OSError as exc:  # TimeoutError included

@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
 import zlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
-from ..auth.server_login import LoginDone, LoginFailed, Send, ServerLogin
+from ..auth.server_login import ServerLogin
 from ..errors import ServerError
 from ..log import log
 from ..pooling.fleet import Member, claim
 from ..protocol.control import ControlSession, Ended, Result
-from .client_auth import scram_login
 from .server_session import sql_literal
-from .tls import connect_server
+from .side import connect_to, login_step, pool_login
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -57,17 +55,9 @@ class ControlConn(asyncio.Protocol):
         self.closed = False
 
     async def open(self) -> None:
-        s = self.app.config.settings
-        host, port = self.pool.target.next_address()
-        timeout = s.server_connect_timeout or None
+        timeout = self.app.config.settings.server_connect_timeout or None
         try:
-            if host is None or host.startswith("/"):
-                directory = host or s.unix_socket_dir or "/tmp"
-                await asyncio.wait_for(self.app.loop.create_unix_connection(
-                    lambda: self, f"{directory}/.s.PGSQL.{port}"), timeout)
-            else:
-                await asyncio.wait_for(connect_server(self.app.loop, self, host, port, s,
-                                                      self.app.tls.server), timeout)
+            await connect_to(self.app, self, self.pool.target)
             await asyncio.wait_for(self._ready, timeout)
         except (OSError, TimeoutError) as exc:
             self.close()
@@ -78,32 +68,23 @@ class ControlConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        user = self.pool.user
-        self._login = ServerLogin(user, self.pool.target.dbname, self.pool.target.startup_params,
-                                  self.pool.password, functools.partial(scram_login, self.app,
-                                                                        user),
-                                  who=f'fleet connection as user "{user}"')
+        self._login = pool_login(self.app, self.pool, "fleet connection")
         self.transport.write(self._login.startup())
 
     def data_received(self, data: bytes) -> None:
         login = self._login
         if login is not None:
-            for action in login.feed(data):
-                if isinstance(action, Send):
-                    assert self.transport is not None
-                    self.transport.write(action.data)
-                elif isinstance(action, LoginFailed):
-                    self._end(ServerError(f"login failed: {action.error.message}"))
-                    return
-                elif isinstance(action, LoginDone):
-                    data = login.reader.take_rest()
-                    self._login = None
-                    self._session = ControlSession(self.app.config.settings.max_packet_size)
-                    if not self._ready.done():
-                        self._ready.set_result(None)
-                    break
-            else:
+            assert self.transport is not None
+            done, data, error = login_step(login, data, self.transport)
+            if error is not None:
+                self._end(error)
                 return
+            if not done:
+                return
+            self._login = None
+            self._session = ControlSession(self.app.config.settings.max_packet_size)
+            if not self._ready.done():
+                self._ready.set_result(None)
         if self._session is None:
             return
         for event in self._session.feed(data):

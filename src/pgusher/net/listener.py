@@ -20,16 +20,14 @@ lost its server would be: what they were waiting for can no longer come.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from ..auth.server_login import LoginDone, LoginFailed, Send, ServerLogin
+from ..auth.server_login import ServerLogin
 from ..errors import ClientFatal, ServerError
 from ..log import log
 from ..protocol.listen import LISTEN_VERB, UNLISTEN_VERB, Done, Ended, ListenSession, Notification
-from .client_auth import scram_login
-from .tls import connect_server
+from .side import connect_to, login_step, pool_login
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -64,16 +62,8 @@ class ListenConn(asyncio.Protocol):
     async def open(self) -> None:
         app = self.app
         s = app.config.settings
-        host, port = self.pool.target.next_address()
-        timeout = s.server_connect_timeout or None
         try:
-            if host is None or host.startswith("/"):
-                directory = host or s.unix_socket_dir or "/tmp"
-                await asyncio.wait_for(app.loop.create_unix_connection(
-                    lambda: self, f"{directory}/.s.PGSQL.{port}"), timeout)
-            else:
-                await asyncio.wait_for(connect_server(app.loop, self, host, port, s,
-                                                      app.tls.server), timeout)
+            await connect_to(app, self, self.pool.target)
         except ServerError as exc:
             self.fail(exc.message)
         except OSError as exc:  # TimeoutError included
@@ -85,29 +75,20 @@ class ListenConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        pool = self.pool
-        user = pool.user
-        self._login = ServerLogin(user, pool.target.dbname, pool.target.startup_params,
-                                  pool.password, functools.partial(scram_login, self.app, user),
-                                  who=f'listening connection as user "{user}"')
+        self._login = pool_login(self.app, self.pool, "listening connection")
         self.transport.write(self._login.startup())
 
     def data_received(self, data: bytes) -> None:
         login = self._login
         if login is not None:
-            for action in login.feed(data):
-                if isinstance(action, Send):
-                    assert self.transport is not None
-                    self.transport.write(action.data)
-                elif isinstance(action, LoginFailed):
-                    self.fail(f"login failed: {action.error.message}")
-                    return
-                elif isinstance(action, LoginDone):
-                    data = login.reader.take_rest()
-                    self._logged_in()
-                    break
-            else:
+            assert self.transport is not None
+            done, data, error = login_step(login, data, self.transport)
+            if error is not None:
+                self.fail(error.message)
                 return
+            if not done:
+                return
+            self._logged_in()
         if self.session is None or self.closed:
             return
         for event in self.session.feed(data):

@@ -31,26 +31,7 @@ class Ended:
 
 def data_row(body: bytes) -> list[str | None]:
     """The values of a DataRow body, as text (None for NULL)."""
-    if len(body) < 2:
-        raise ProtocolError("invalid DataRow")
-    count = int.from_bytes(body[:2], "big")
-    pos = 2
-    values: list[str | None] = []
-    for _ in range(count):
-        if pos + 4 > len(body):
-            raise ProtocolError("invalid DataRow")
-        size = int.from_bytes(body[pos:pos + 4], "big", signed=True)
-        pos += 4
-        if size < 0:
-            values.append(None)
-            continue
-        if pos + size > len(body):
-            raise ProtocolError("invalid DataRow")
-        values.append(body[pos:pos + size].decode("utf-8", "replace"))
-        pos += size
-    if pos != len(body):
-        raise ProtocolError("invalid DataRow")
-    return values
+    return [None if v is None else v.decode("utf-8", "replace") for v in m.parse_data_row(body)]
 
 
 class ControlSession:

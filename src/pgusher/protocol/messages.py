@@ -13,6 +13,7 @@ import struct
 from ..errors import ProtocolError
 
 INT32 = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
 HEADER = struct.Struct("!ci")
 TYPE_LEN = struct.Struct("!Bi")
 
@@ -229,3 +230,27 @@ def parse_password(body: bytes) -> bytes:
     if not body.endswith(b"\0"):
         raise ProtocolError("malformed password message")
     return body[:-1]
+
+
+def parse_data_row(body: bytes) -> list[bytes | None]:
+    """The column values of a DataRow body (None for NULL)."""
+    if len(body) < 2:
+        raise ProtocolError("invalid DataRow")
+    count = _INT16.unpack_from(body, 0)[0]
+    pos = 2
+    values: list[bytes | None] = []
+    for _ in range(count):
+        if pos + 4 > len(body):
+            raise ProtocolError("invalid DataRow")
+        size = INT32.unpack_from(body, pos)[0]
+        pos += 4
+        if size < 0:
+            values.append(None)
+            continue
+        if pos + size > len(body):
+            raise ProtocolError("invalid DataRow")
+        values.append(body[pos:pos + size])
+        pos += size
+    if pos != len(body):
+        raise ProtocolError("invalid DataRow")
+    return values
