@@ -450,9 +450,12 @@ class Application:
         if client.cancel_pid or client.cancel_key:
             self.cancel_keys.pop((client.cancel_pid, client.cancel_key), None)
 
-    def register_cancel_key(self, client: ClientConn) -> tuple[int, int]:
+    def register_cancel_key(self, client: ClientConn, real_pid: int = 0) -> tuple[int, int]:
+        """The key a client is told; ``real_pid``: its server's, to show instead of one of
+        the pooler's own."""
+        worker = self.worker.number if self.worker is not None else 0
         while True:
-            pid, key = self.new_cancel_key()
+            pid, key = cancel_mod.make_key(self.config.settings.peer_id, worker, real_pid)
             if (pid, key) not in self.cancel_keys:
                 self.cancel_keys[(pid, key)] = client
                 return pid, key

@@ -147,10 +147,10 @@ def test_cancel_after_the_query_finished_cancels_nothing(pooler: PoolerFactory,
                                                          mode: str) -> None:
     proc = start(pooler, mode, pool_size=1)
     sock, key = login(proc)
+    send_query(sock, "select 1")
+    assert query_result(sock) == ([[b"1"]], None)
     other, _ = login(proc)
     with sock, other:
-        send_query(sock, "select 1")
-        assert query_result(sock) == ([[b"1"]], None)
         started = time.monotonic()
         wait_closed(open_cancel(proc, key))
         assert time.monotonic() - started < 2, "an ignored cancel is answered at once"
@@ -206,10 +206,10 @@ def test_server_waits_for_a_cancel_in_flight(pooler: PoolerFactory, proxy: PgPro
     proxy.cancel_delay = 1.0
     proc = through(pooler, proxy, "transaction")
     sock, key = login(proc)
+    send_query(sock, "select 1")
+    assert query_result(sock) == ([[b"1"]], None)
     other, _ = login(proc)
     with sock, other:
-        send_query(sock, "select 1")
-        assert query_result(sock) == ([[b"1"]], None)
         send_query(sock, "select pg_sleep(0.5), 'first'")
         time.sleep(0.1)
         closed = Closed(open_cancel(proc, key))

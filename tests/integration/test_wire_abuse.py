@@ -100,10 +100,10 @@ def test_message_cut_short_by_a_leaving_client_is_not_passed_on(
     proc = start(pooler, mode, pool_size=1)
     partial = b"d" + (100).to_bytes(4, "big") + b"x" * 10  # CopyData outside COPY, cut
     with RawConn.tcp(proc.port) as a, RawConn.tcp(proc.port, timeout=5) as b:
-        a.login()
-        b.login()
+        a.login()  # in session mode a takes the only server at login
         a.send(query("select 1") + partial)
         assert a.read_until_ready() == SELECT_ONE
+        b.login()
         b.send(query("select 1"))
         time.sleep(0.2)
         a.close()
@@ -251,9 +251,9 @@ def test_query_sent_with_terminate_runs_like_on_postgres(
     proc = start(pooler, mode, pool_size=1)
     with RawConn.tcp(proc.port) as holder, RawConn.tcp(proc.port) as leaver:
         holder.login()
-        leaver.login()
         holder.send(query("begin; select 1"))
         holder.read_until_ready()
+        leaver.login()
         leaver.send(query("insert into leaving values (1)") + message(b"X"))
         if then == "terminate and close":
             leaver.close()

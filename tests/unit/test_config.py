@@ -206,7 +206,7 @@ def test_table_kinds_and_reloadability() -> None:
                  "track_extra_parameters", "listen_backlog", "user"):
         assert not t[name].reloadable, name
     assert all(spec.doc for spec in t.values())
-    assert {s.kind for s in PGUSHER_TABLE.values()} == {"int", "str", "time"}
+    assert {s.kind for s in PGUSHER_TABLE.values()} == {"bool", "int", "str", "time"}
 
 
 def test_spec_format_like_show_config() -> None:

@@ -69,9 +69,17 @@ def test_cancel_key_names_peer_and_worker() -> None:
         pid, key = make_key(peer_id=0x1234, worker=3)
         raw = struct.pack("!ii", pid, key)
         assert pid > 0
-        assert raw[1] == 0x34 and raw[2] == 0x12 and raw[3] == 3 and raw[7] & 3 == 3
+        assert raw[1] == 0x34 and raw[2] == 0x12 and raw[4] == 3 and raw[7] & 3 == 3
     pid, key = make_key(peer_id=0, worker=0)
     assert pid > 0
+
+
+def test_cancel_key_keeps_a_real_pid_and_names_the_worker() -> None:
+    keys = {make_key(peer_id=0, worker=2, pid=4321) for _ in range(50)}
+    assert len(keys) == 50  # the secret is fresh each time
+    for pid, key in keys:
+        assert pid == 4321
+        assert struct.pack("!i", key)[0] == 2
 
 
 def test_worker_count() -> None:

@@ -544,6 +544,9 @@ class PgusherSettings:
     auth_fail_delay_max: float = setting(
         5.0, doc="Repeated failed logins from one address are reported later and later "
                  "(50 ms for the second, doubling), up to this; 0 = no growth.")
+    session_real_pid: bool = setting(
+        True, doc="In session mode (without peering) link the client's server at login and "
+                  "give the client that backend's real process id in BackendKeyData.")
     app_weights: str = setting(
         "", parser=_parse_app_weights,
         doc="Weights of applications (application_name:weight, ...) when clients wait for "

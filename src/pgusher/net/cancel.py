@@ -30,10 +30,16 @@ passed on. Read as the 8 bytes of BackendKeyData (process id, then secret):
 - byte 0: its top bit is clear, so the process id is positive;
 - bytes 1 and 2: ``peer_id`` (low byte first) when peering is on, as PgBouncer lays it out,
   so pgusher and PgBouncer processes can be peers of each other;
-- byte 3: the worker number (1-based) when ``workers`` > 1;
+- byte 4 (the secret's first byte): the worker number (1-based) when ``workers`` > 1, so it
+  routes keys whose process id is a real backend's too;
 - byte 7: with peering on, its two low bits are a hop count (3 at first) that each
   forwarding lowers, so a request cannot circle between misconfigured peers for ever;
 - everything else is random.
+
+In session mode without peering a client is given its server's real process id (so
+``pg_backend_pid()``, ``pg_terminate_backend()`` and the pid in a notification match what it
+was told); the secret is still the pooler's own, so the key cancels nothing but that client's
+own queries, through the pooler.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ if TYPE_CHECKING:
     from .server_conn import ServerConn
 
 _KEY = struct.Struct("!ii")
+_PID = struct.Struct("!i")
 TTL_MASK = 0x03
 
 # The loop keeps only weak references to tasks: the cancels on their way are kept here.
@@ -69,17 +76,21 @@ def _spawn(app: Application, coro: Coroutine[Any, Any, None]) -> asyncio.Task[No
     return task
 
 
-def make_key(peer_id: int, worker: int) -> tuple[int, int]:
+def make_key(peer_id: int, worker: int, pid: int = 0) -> tuple[int, int]:
+    """A fresh key; ``pid``, when given, is a real backend's process id to keep."""
     raw = bytearray(secrets.token_bytes(8))
-    raw[0] &= 0x7F
-    if peer_id:
-        raw[1] = peer_id & 0xFF
-        raw[2] = (peer_id >> 8) & 0xFF
-        raw[7] |= TTL_MASK
+    if pid:
+        raw[0:4] = _PID.pack(pid)
+    else:
+        raw[0] &= 0x7F
+        if peer_id:
+            raw[1] = peer_id & 0xFF
+            raw[2] = (peer_id >> 8) & 0xFF
+            raw[7] |= TTL_MASK
     if worker:
-        raw[3] = worker
-    pid, key = _KEY.unpack(raw)
-    return pid, key
+        raw[4] = worker
+    shown_pid, key = _KEY.unpack(raw)
+    return shown_pid, key
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ def route(app: Application, pid: int, key: int) -> Route | None:
             return Route(peer_address(app, peer.host, peer.port), pid, key, f"peer {peer_id}")
     worker = app.worker
     if worker is not None:
-        number = raw[3]
+        number = raw[4]
         if 1 <= number <= worker.count and number != worker.number:
             return Route("unix:" + worker.sibling_path(number - 1), pid, key,
                          f"worker {number}")

@@ -137,6 +137,7 @@ class ClientConn(ClientLink, ClientLogin):
         "user",
         "wait_started",
         "waiting",
+        "welcome",
         "xact_since",
         "xact_start",
     )
@@ -188,6 +189,8 @@ class ClientConn(ClientLink, ClientLogin):
         self.xact_since = 0.0
         self.cancel_pid = 0
         self.cancel_key = 0
+        # Session mode: the welcome held until the client's server is linked (finish_login).
+        self.welcome: dict[str, str] | None = None
         # The bytes of the login phase: the startup packet, then password messages, then what
         # a client sends before its welcome (see client_login.py).
         self._reader = MessageReader(m.MAX_STARTUP_PACKET, typed=False)
@@ -371,7 +374,13 @@ class ClientConn(ClientLink, ClientLogin):
         self.close("client unexpected eof")
 
     def finish_login(self, welcome: dict[str, str]) -> None:
-        """The pool knows its server's parameters: send the welcome and go live."""
+        """The pool knows its server's parameters: send the welcome and go live.
+
+        In session mode the client keeps one server for good, so when the pool can give one
+        at once (an idle one, or room to open one) and peering does not need the process id
+        to route cancels, that server is linked first and its real process id goes in the
+        welcome. A login never queues behind other clients for it: with the pool full the
+        welcome goes out as in the other modes, and the server is linked at the first query."""
         if self.closed:
             return
         if self._login_timer is not None:
@@ -384,7 +393,16 @@ class ClientConn(ClientLink, ClientLogin):
         pool = self.pool
         self.translating = pool is not None and pool.mode != SESSION
         self.stats = self.app.metrics.login(self)
-        self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self)
+        if (pool is not None and pool.mode == SESSION and self.app.config.pgusher.session_real_pid
+                and not self.app.config.settings.peer_id and pool.serves_at_once()):
+            self.welcome = shown
+            pool.request(self)
+            return
+        self.send_welcome(shown, 0)
+        self.take_early()
+
+    def send_welcome(self, shown: dict[str, str], real_pid: int) -> None:
+        self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self, real_pid)
         out = [m.AUTH_OK_MSG] if self.state == LOGIN_WAIT else []
         out += [_parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
@@ -393,6 +411,9 @@ class ClientConn(ClientLink, ClientLogin):
         move_client(self, READY)
         if self.app.config.settings.log_connections:
             log.debug("%s login ok", self.prefix())
+
+    def take_early(self) -> None:
+        """Messages that came behind the login, before the welcome: handle them now."""
         early = self._reader.take_rest()
         if early:
             self.data_received(early)

@@ -85,11 +85,14 @@ class ClientLink:
         xact_since: float
         xact_start: float
         flow: FlowControl
+        welcome: dict[str, str] | None
         conn: ClientConn  # ClientLogin's: this connection, typed as what it always is
 
         prefix: Callable[[], str]
         fatal: Callable[..., None]
         close: Callable[..., None]
+        send_welcome: Callable[[dict[str, str], int], None]
+        take_early: Callable[[], None]
 
     def _send_translated(self, server: ServerConn, msgs: list[tuple[int, bytes]],
                          prefix: bytes = b"") -> None:
@@ -205,6 +208,17 @@ class ClientLink:
             log.debug("%s ran %s: its session is read back", self.prefix(), opaque)
 
     def attach(self, server: ServerConn) -> None:
+        welcome = self.welcome
+        if welcome is not None:
+            # A session-mode login that waited for its server: the welcome names it.
+            self.welcome = None
+            self.send_welcome(welcome, server.pid)
+            self._attach(server)
+            self.take_early()
+            return
+        self._attach(server)
+
+    def _attach(self, server: ServerConn) -> None:
         self.server = server
         self.stats.assign_count += 1
         if (self.params == server.tracked and self.session_sets == server.session_sets

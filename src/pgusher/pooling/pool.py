@@ -279,6 +279,13 @@ class Pool:
             # over the fleet's grant, which another process may be using.
             self.open_server()
 
+    def serves_at_once(self) -> bool:
+        """Whether a client asking now would get a server without queueing behind others
+        or waiting for one to be given back: an idle one, or room to open one."""
+        if self.paused or self.waiting:
+            return False
+        return bool(self.idle) or (not self.failing_since and self._may_open())
+
     def request(self, client: ClientConn) -> None:
         """A logged-in client has work and no server: link one now or queue the client."""
         if self.idle and not self.paused:
@@ -327,8 +334,10 @@ class Pool:
             log.info("%s server login works again, after %.1fs of failures", self.name,
                      self.alive_at - self.failing_since)
         self.forget_failure()
-        self._learn_welcome(server)
+        # Released first: a session-mode login that learns the welcome here may take this
+        # very server at once (net/client_conn.finish_login).
         self.release(server)
+        self._learn_welcome(server)
         if self.waiting:
             self.grow()  # the first after failures: open the rest the waiters need
 
