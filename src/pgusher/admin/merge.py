@@ -138,7 +138,9 @@ def _fold_totals(groups: dict[tuple[str | None, ...], list[Row]],
 # Families whose samples are settings or extremes, not amounts: the largest value wins.
 _PROM_LARGEST = frozenset({"pgusher_info", "pgusher_paused", "pgusher_client_wait_seconds_max",
                            "pgusher_pool_maxwait_seconds", "pgusher_pool_size",
-                           "pgusher_database_max_connections"})
+                           "pgusher_database_max_connections", "pgusher_database_pool_size",
+                           "pgusher_database_paused", "pgusher_database_disabled",
+                           "process_max_fds", "process_start_time_seconds"})
 
 
 def merge_prometheus(texts: Iterable[str]) -> str:

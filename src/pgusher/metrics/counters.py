@@ -55,6 +55,49 @@ class Counters:
         return tuple(getattr(self, name) for name in SUMMED)
 
 
+# Why a client's login failed (the ``reason`` label of the auth failure counter).
+AUTH_REASONS = ("password", "no_such_user", "hba", "certificate", "peer", "other")
+# The client limits a login can be refused for (the ``limit`` label of the refusal counter).
+CLIENT_LIMITS = ("max_client_conn", "max_db_client_connections", "max_user_client_connections")
+
+
+class Events:
+    """Failures and refusals: counted where they happen, which is never per message.
+
+    Tables map a label value to its count. The fixed label sets (reasons, limits) start at
+    zero, so that a rate over them exists before the first failure.
+    """
+
+    __slots__ = ("auth_failures", "refusals", "server_connect_failures",
+                 "server_login_failures", "wait_timeouts")
+
+    def __init__(self) -> None:
+        self.auth_failures = dict.fromkeys(AUTH_REASONS, 0)
+        self.refusals = dict.fromkeys(CLIENT_LIMITS, 0)
+        self.server_connect_failures: dict[str, int] = {}  # per database
+        self.server_login_failures: dict[str, int] = {}  # per database
+        self.wait_timeouts: dict[str, int] = {}  # per database
+
+    def auth_failed(self, reason: str) -> None:
+        key = reason if reason in self.auth_failures else "other"
+        self.auth_failures[key] += 1
+
+    def refused(self, limit: str) -> None:
+        self.refusals[limit] = self.refusals.get(limit, 0) + 1
+
+    def server_connect_failed(self, database: str) -> None:
+        table = self.server_connect_failures
+        table[database] = table.get(database, 0) + 1
+
+    def server_login_failed(self, database: str) -> None:
+        table = self.server_login_failures
+        table[database] = table.get(database, 0) + 1
+
+    def wait_timed_out(self, database: str) -> None:
+        table = self.wait_timeouts
+        table[database] = table.get(database, 0) + 1
+
+
 # Absorbs the (never expected) increments of a client that has not logged in yet, so the data
 # path needs no None check.
 UNCOUNTED = Counters("(nodb)", "(nouser)", "")

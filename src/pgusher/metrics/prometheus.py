@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from . import process
 from .counters import Counters
 from .snapshot import scan
 
 if TYPE_CHECKING:
-    from ..app import Application
+    from ..app import Application, DbTarget
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -118,12 +119,67 @@ def render(app: Application) -> str:
                     "Server connections the pool may open now (pool_size, plus the reserve "
                     "while in use).",
                     [({"database": p.db_name, "user": p.user}, p.limit) for p, _ in pools])
-    databases = sorted({p.db_name: p.target for p, _ in pools}.items())
-    lines += family("pgusher_database_server_connections", "gauge",
-                    "Server connections open to the database, across its pools.",
-                    [({"database": n}, app.db_server_count(n)) for n, _ in databases])
+    lines += _database_lines(app, {p.db_name: p.target for p, _ in pools})
+    lines += _event_lines(app)
+    for name, kind, help_text, value in process.read():
+        lines += family(name, kind, help_text, [({}, value)])
+    return "\n".join(lines) + "\n"
+
+
+def _database_lines(app: Application, used: dict[str, DbTarget]) -> list[str]:
+    """Per database: every configured one (used or not yet) and every one with a pool."""
+    targets = dict(used)
+    for name in app.config.databases:
+        if name != "*" and name not in targets:
+            target = app.find_target(name)
+            if target is not None:
+                targets[name] = target
+    databases = sorted(targets.items())
+    default_size = app.config.settings.default_pool_size
+    lines = family("pgusher_database_server_connections", "gauge",
+                   "Server connections open to the database, across its pools.",
+                   [({"database": n}, app.db_server_count(n)) for n, _ in databases])
     lines += family("pgusher_database_max_connections", "gauge",
                     "max_db_connections in effect for the database; 0 = unlimited.",
                     [({"database": n}, app.effective_max_db_connections(t))
                      for n, t in databases])
-    return "\n".join(lines) + "\n"
+    lines += family("pgusher_database_pool_size", "gauge",
+                    "pool_size configured for the database (default_pool_size if unset).",
+                    [({"database": n}, t.entry.pool_size if t.entry.pool_size is not None
+                      else default_size) for n, t in databases])
+    lines += family("pgusher_database_clients", "gauge",
+                    "Client connections logged in to the database now.",
+                    [({"database": n}, app.db_clients.get(n, 0)) for n, _ in databases])
+    lines += family("pgusher_database_paused", "gauge",
+                    "1 while the database is paused (PAUSE of it or of the whole pooler).",
+                    [({"database": n}, 1 if app.paused or n in app.paused_dbs else 0)
+                     for n, _ in databases])
+    lines += family("pgusher_database_disabled", "gauge",
+                    "1 while the database refuses new clients (DISABLE).",
+                    [({"database": n}, 1 if n in app.disabled_dbs else 0)
+                     for n, _ in databases])
+    return lines
+
+
+def _event_lines(app: Application) -> list[str]:
+    events = app.metrics.events
+    lines = family("pgusher_client_auth_failures_total", "counter",
+                   "Client logins refused by authentication, by reason.",
+                   [({"reason": r}, n) for r, n in sorted(events.auth_failures.items())])
+    lines += family("pgusher_client_refusals_total", "counter",
+                    "Client logins refused because a client limit was reached, by limit.",
+                    [({"limit": k}, n) for k, n in sorted(events.refusals.items())])
+    lines += family("pgusher_server_connect_failures_total", "counter",
+                    "Server connections that could not be opened (refused, unreachable, "
+                    "timed out, TLS).",
+                    [({"database": d}, n)
+                     for d, n in sorted(events.server_connect_failures.items())])
+    lines += family("pgusher_server_login_failures_total", "counter",
+                    "Server connections opened whose login failed (authentication, unknown "
+                    "database, connect_query, server_connect_timeout, closed during login).",
+                    [({"database": d}, n)
+                     for d, n in sorted(events.server_login_failures.items())])
+    lines += family("pgusher_query_wait_timeouts_total", "counter",
+                    "Clients disconnected after waiting query_wait_timeout for a server.",
+                    [({"database": d}, n) for d, n in sorted(events.wait_timeouts.items())])
+    return lines

@@ -28,6 +28,8 @@ class Metrics:
         self._metrics_text = metrics_text
         self._snapshot = snapshot
         self.registry = Registry()
+        # Failures and refusals; the connections that see them count them here.
+        self.events = self.registry.events
         self._timer: asyncio.TimerHandle | None = None
         self._http: asyncio.AbstractServer | None = None
 
