@@ -12,6 +12,13 @@ microseconds only for display, as PgBouncer shows them.
 
 from __future__ import annotations
 
+# Upper bounds (seconds) of the latency histograms' buckets; one more bucket holds the rest.
+# The data path finds a bucket with bisect_left (a value equal to a bound is in its bucket,
+# as Prometheus' "le" says).
+BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+          10.0, 30.0, 60.0)
+HISTOGRAMS = ("query_hist", "xact_hist", "wait_hist")
+
 # The counters that add up across objects, in the order they are summed and snapshotted.
 SUMMED = ("xact_count", "query_count", "bytes_in", "bytes_out", "xact_time", "query_time",
           "wait_time", "wait_count", "assign_count", "login_count")
@@ -21,8 +28,9 @@ class Counters:
     """Counters of one (database, user, application) triple; also used for sums of them."""
 
     __slots__ = ("application", "assign_count", "bytes_in", "bytes_out", "clients",
-                 "clients_peak", "database", "login_count", "query_count", "query_time", "user",
-                 "wait_count", "wait_max", "wait_time", "xact_count", "xact_time")
+                 "clients_peak", "database", "login_count", "query_count", "query_hist",
+                 "query_time", "user", "wait_count", "wait_hist", "wait_max", "wait_time",
+                 "xact_count", "xact_hist", "xact_time")
 
     def __init__(self, database: str = "", user: str = "", application: str = "") -> None:
         self.database = database
@@ -39,6 +47,11 @@ class Counters:
         self.wait_max = 0.0
         self.assign_count = 0
         self.login_count = 0
+        # Observations per bucket of BOUNDS (not cumulative): query batches (from the first
+        # message to the ReadyForQuery that ends them), transactions, waits for a server.
+        self.query_hist = [0] * (len(BOUNDS) + 1)
+        self.xact_hist = [0] * (len(BOUNDS) + 1)
+        self.wait_hist = [0] * (len(BOUNDS) + 1)
         # Gauges kept at login and logout (not on the data path).
         self.clients = 0
         self.clients_peak = 0
@@ -50,6 +63,10 @@ class Counters:
         if other.wait_max > self.wait_max:
             self.wait_max = other.wait_max
         self.clients += other.clients
+        for name in HISTOGRAMS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for i, n in enumerate(theirs):
+                mine[i] += n
 
     def snapshot(self) -> tuple[float, ...]:
         return tuple(getattr(self, name) for name in SUMMED)

@@ -1,9 +1,18 @@
-"""The /metrics page in Prometheus' text exposition format (version 0.0.4).
+"""The /metrics page in Prometheus' text exposition format (0.0.4), or OpenMetrics 1.0.
 
 Strategy: written by hand rather than through a client library, because every value is
 already at hand in the registry and the scan, and a registry of metric objects would only
 copy them. Each family is emitted once with its HELP and TYPE lines, then one sample per
-label set; label values are escaped as the format requires.
+label set; label values are escaped as the format requires. The page is always built (and,
+with several workers, merged) as 0.0.4 text; :func:`to_openmetrics` turns it into
+OpenMetrics for a scraper that asks for it, which differs only in counter family names
+(without ``_total``) and the closing ``# EOF``.
+
+The latency histograms are per database and application. Their applications are the first
+:data:`HISTOGRAM_APPLICATIONS` of each database in order of first sight; later ones are
+folded into ``(other)``, so a client that makes up application names cannot make the series
+grow without bound (each worker chooses its own, so a merged page has at most that many per
+worker).
 """
 
 from __future__ import annotations
@@ -13,13 +22,30 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from . import process
-from .counters import Counters
+from .counters import BOUNDS, Counters
+from .registry import OTHER_APP
 from .snapshot import scan
 
 if TYPE_CHECKING:
     from ..app import Application, DbTarget
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+# Application label values kept per database in the histograms; later names are OTHER_APP.
+HISTOGRAM_APPLICATIONS = 20
+
+# Histogram families: name, help, the Counters attributes of the buckets and of the sum.
+_HISTOGRAMS = [
+    ("pgusher_query_duration_seconds",
+     "Time from a client's query (or batch up to Sync) to the ReadyForQuery ending it.",
+     "query_hist", "query_time"),
+    ("pgusher_transaction_duration_seconds",
+     "Time from the start of a transaction on a server to its end.", "xact_hist",
+     "xact_time"),
+    ("pgusher_client_wait_duration_seconds",
+     "Time a client waited for a server connection.", "wait_hist", "wait_time"),
+]
 
 Sample = tuple[dict[str, str], float]
 
@@ -119,11 +145,91 @@ def render(app: Application) -> str:
                     "Server connections the pool may open now (pool_size, plus the reserve "
                     "while in use).",
                     [({"database": p.db_name, "user": p.user}, p.limit) for p, _ in pools])
+    lines += _histogram_lines(counters)
     lines += _database_lines(app, {p.db_name: p.target for p, _ in pools})
     lines += _event_lines(app)
     for name, kind, help_text, value in process.read():
         lines += family(name, kind, help_text, [({}, value)])
     return "\n".join(lines) + "\n"
+
+
+def histogram_groups(counters: Iterable[Counters]) -> dict[tuple[str, str], Counters]:
+    """Counters summed per (database, application), applications past the cap folded."""
+    kept: dict[str, set[str]] = {}
+    groups: dict[tuple[str, str], Counters] = {}
+    for c in counters:
+        names = kept.setdefault(c.database, set())
+        application = c.application
+        if application not in names:
+            if len(names) < HISTOGRAM_APPLICATIONS:
+                names.add(application)
+            else:
+                application = OTHER_APP
+        key = (c.database, application)
+        total = groups.get(key)
+        if total is None:
+            total = groups[key] = Counters(c.database, "", application)
+        total.add(c)
+    return groups
+
+
+def _histogram_lines(counters: list[Counters]) -> list[str]:
+    # Order of first sight decides which applications keep their names: registry order.
+    groups = sorted(histogram_groups(counters).items())
+    bounds = [repr(b) for b in BOUNDS] + ["+Inf"]
+    lines: list[str] = []
+    for name, help_text, buckets, total in _HISTOGRAMS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for (database, application), c in groups:
+            labels = f'database="{escape(database)}",application="{escape(application)}"'
+            running = 0
+            for bound, n in zip(bounds, getattr(c, buckets), strict=True):
+                running += n
+                lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
+            lines.append(f"{name}_sum{{{labels}}} {_number(getattr(c, total))}")
+            lines.append(f"{name}_count{{{labels}}} {running}")
+    return lines
+
+
+def to_openmetrics(text: str) -> str:
+    """This module's 0.0.4 text as OpenMetrics 1.0: counter families are named without
+    ``_total`` in their metadata (their samples keep it), and the page ends with ``# EOF``."""
+    counters = {line.split(" ")[2] for line in text.splitlines()
+                if line.startswith("# TYPE ") and line.endswith(" counter")}
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            head, name, rest = _meta(line)
+            if name in counters and name.endswith("_total"):
+                line = f"# {head} {name[:-6]} {rest}"
+        out.append(line)
+    out.append("# EOF")
+    return "\n".join(out) + "\n"
+
+
+def _meta(line: str) -> tuple[str, str, str]:
+    _hash, head, name, rest = line.split(" ", 3)
+    return head, name, rest
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether an Accept header prefers OpenMetrics to the 0.0.4 text (by its q values)."""
+    best_om = best_text = 0.0
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            if f.lower().startswith("q="):
+                try:
+                    q = float(f[2:])
+                except ValueError:
+                    q = 0.0
+        if media == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0 and best_om >= best_text
 
 
 def _database_lines(app: Application, used: dict[str, DbTarget]) -> list[str]:
