@@ -63,6 +63,7 @@ def start(pooler: PoolerFactory, pg: PgCluster, **settings: Any) -> tuple[Pooler
     main.update({k: str(v) for k, v in settings.items()})
     proc = pooler({"databases": {"app": f"{server} dbname=app",
                                  "idle": f"{server} dbname=app pool_size=7",
+                                 "spare": f"{server} dbname=app reserve_pool_size=3",
                                  "nowhere": f"host=127.0.0.1 port={dead} dbname=app",
                                  "nodb": f"{server} dbname=no_such_database"},
                    "pgbouncer": main,
@@ -135,6 +136,10 @@ def test_every_configured_database_and_its_state(pg: PgCluster, pooler: PoolerFa
         assert got[("pgusher_database_server_connections", (("database", db),))] == 0
     assert got[("pgusher_database_pool_size", (("database", "idle"),))] == 7
     assert got[("pgusher_database_pool_size", (("database", "app"),))] == 1
+    assert got[("pgusher_database_reserve_pool_size", (("database", "idle"),))] == 0
+    assert got[("pgusher_database_reserve_pool_size", (("database", "spare"),))] == 3
+    assert got[("pgusher_config_max_client_connections", ())] == 100
+    assert got[("pgusher_config_max_user_connections", ())] == 0
     with psycopg.connect(proc.dsn("postgres", password="postgres", dbname="pgbouncer"),
                          autocommit=True) as admin:
         admin.execute("PAUSE idle")

@@ -140,6 +140,9 @@ _PROM_LARGEST = frozenset({"pgusher_info", "pgusher_paused", "pgusher_client_wai
                            "pgusher_pool_maxwait_seconds", "pgusher_pool_size",
                            "pgusher_database_max_connections", "pgusher_database_pool_size",
                            "pgusher_database_paused", "pgusher_database_disabled",
+                           "pgusher_database_reserve_pool_size",
+                           "pgusher_config_max_client_connections",
+                           "pgusher_config_max_user_connections",
                            "process_max_fds", "process_start_time_seconds"})
 
 

@@ -148,6 +148,13 @@ def render(app: Application) -> str:
     lines += _histogram_lines(counters)
     lines += _database_lines(app, {p.db_name: p.target for p, _ in pools})
     lines += _event_lines(app)
+    settings = app.config.settings
+    lines += family("pgusher_config_max_client_connections", "gauge",
+                    "max_client_conn: client connections the pooler accepts.",
+                    [({}, settings.max_client_conn)])
+    lines += family("pgusher_config_max_user_connections", "gauge",
+                    "max_user_connections: server connections per user; 0 = unlimited.",
+                    [({}, settings.max_user_connections)])
     for name, kind, help_text, value in process.read():
         lines += family(name, kind, help_text, [({}, value)])
     return "\n".join(lines) + "\n"
@@ -241,7 +248,8 @@ def _database_lines(app: Application, used: dict[str, DbTarget]) -> list[str]:
             if target is not None:
                 targets[name] = target
     databases = sorted(targets.items())
-    default_size = app.config.settings.default_pool_size
+    settings = app.config.settings
+    default_size = settings.default_pool_size
     lines = family("pgusher_database_server_connections", "gauge",
                    "Server connections open to the database, across its pools.",
                    [({"database": n}, app.db_server_count(n)) for n, _ in databases])
@@ -253,6 +261,11 @@ def _database_lines(app: Application, used: dict[str, DbTarget]) -> list[str]:
                     "pool_size configured for the database (default_pool_size if unset).",
                     [({"database": n}, t.entry.pool_size if t.entry.pool_size is not None
                       else default_size) for n, t in databases])
+    lines += family("pgusher_database_reserve_pool_size", "gauge",
+                    "reserve_pool_size configured for the database.",
+                    [({"database": n}, t.entry.reserve_pool_size
+                      if t.entry.reserve_pool_size is not None else settings.reserve_pool_size)
+                     for n, t in databases])
     lines += family("pgusher_database_clients", "gauge",
                     "Client connections logged in to the database now.",
                     [({"database": n}, app.db_clients.get(n, 0)) for n, _ in databases])
