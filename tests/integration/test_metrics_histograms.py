@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 import time
 import urllib.request
@@ -14,6 +16,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_failures import promtool_check, samples
+from test_workers import WORKERS, start_workers
 
 from support import PgCluster, PoolerFactory
 
@@ -175,3 +178,35 @@ def test_openmetrics_when_the_scraper_asks(pg: PgCluster, pooler: PoolerFactory)
         assert ctype.startswith("text/plain; version=0.0.4"), accept
         assert "# EOF" not in text
     assert http_get(base + "/metrics")[0] == 200
+
+
+def test_workers_add_up_histograms_and_history(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc, base = start_workers(pooler, pool_size=4, http=True)
+    for _ in range(30):
+        with psycopg.connect(proc.dsn("postgres", application_name="wk"), autocommit=True,
+                             prepare_threshold=None) as conn:
+            conn.execute("select 1")
+    # Whichever worker answers, it adds up every worker's buckets.
+    for _ in range(4):
+        _ctype, text = get(base + "/metrics", PROMETHEUS_ACCEPT)
+        counts = {(s.labels["database"], s.labels["application"]): s.value
+                  for f in openmetrics_families(text) if f.name ==
+                  "pgusher_transaction_duration_seconds"
+                  for s in f.samples if s.name.endswith("_count")}
+        assert counts[("app", "wk")] == 30
+    promtool_check(get(base + "/metrics", None)[1])
+    deadline = time.monotonic() + 15
+    while True:
+        snap = json.loads(http_get(base + "/api/snapshot")[2])
+        times = snap["history"]["times"]
+        if len(times) >= 2:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert snap["workers"] == WORKERS
+    assert all(b - a == 5 for a, b in itertools.pairwise(times))
+    ring = snap["history"]["pools"]["app/postgres"]
+    assert all(len(values) == len(times) for values in ring.values())
+    assert [d["database"] for d in snap["databases"]] == ["app"]
+    assert snap["applications"][0]["databases"] == ["app"]
+    assert snap["applications"][0]["users"] == ["postgres"]

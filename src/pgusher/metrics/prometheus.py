@@ -24,10 +24,11 @@ from .. import __version__
 from . import process
 from .counters import BOUNDS, Counters
 from .registry import OTHER_APP
-from .snapshot import scan
+from .snapshot import database_targets, scan
 
 if TYPE_CHECKING:
-    from ..app import Application, DbTarget
+    from ..app import Application
+    from ..pooling.pool import Pool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -146,7 +147,7 @@ def render(app: Application) -> str:
                     "while in use).",
                     [({"database": p.db_name, "user": p.user}, p.limit) for p, _ in pools])
     lines += _histogram_lines(counters)
-    lines += _database_lines(app, {p.db_name: p.target for p, _ in pools})
+    lines += _database_lines(app, (p for p, _ in pools))
     lines += _event_lines(app)
     settings = app.config.settings
     lines += family("pgusher_config_max_client_connections", "gauge",
@@ -239,15 +240,9 @@ def wants_openmetrics(accept: str) -> bool:
     return best_om > 0 and best_om >= best_text
 
 
-def _database_lines(app: Application, used: dict[str, DbTarget]) -> list[str]:
+def _database_lines(app: Application, pools: Iterable[Pool]) -> list[str]:
     """Per database: every configured one (used or not yet) and every one with a pool."""
-    targets = dict(used)
-    for name in app.config.databases:
-        if name != "*" and name not in targets:
-            target = app.find_target(name)
-            if target is not None:
-                targets[name] = target
-    databases = sorted(targets.items())
+    databases = database_targets(app, pools)
     settings = app.config.settings
     default_size = settings.default_pool_size
     lines = family("pgusher_database_server_connections", "gauge",
