@@ -392,9 +392,11 @@ class Application:
         user_limit = self._layered(client.user, None, "max_user_client_connections", "",
                                    "max_user_client_connections")
         if db_limit and self.db_clients.get(target.name, 0) >= db_limit:
+            self.metrics.events.refused("max_db_client_connections")
             raise ClientFatal("no more connections allowed (max_db_client_connections)",
                               sqlstate="53300")
         if user_limit and self.user_clients.get(client.user, 0) >= user_limit:
+            self.metrics.events.refused("max_user_client_connections")
             raise ClientFatal("no more connections allowed (max_user_client_connections)",
                               sqlstate="53300")
         if self.shared is not None:
@@ -430,6 +432,7 @@ class Application:
             which = "max_user_client_connections"
         else:
             which = "max_client_conn"
+        self.metrics.events.refused(which)
         raise ClientFatal(f"no more connections allowed ({which})", sqlstate="53300")
 
     def client_connected(self, client: ClientConn) -> None:

@@ -40,6 +40,7 @@ def pool_row(conn: psycopg.Connection[Any], db: str = "app",
 
 
 def start_with_http(pooler: PoolerFactory, mode: str = "transaction", *, pool_size: int = 5,
+                    databases: dict[str, str] | None = None,
                     **settings: Any) -> tuple[PoolerProc, str]:
     """A pooler with the console users and the HTTP endpoint on a free port; (proc, base URL)."""
     from poolcase import USERLIST
@@ -50,7 +51,7 @@ def start_with_http(pooler: PoolerFactory, mode: str = "transaction", *, pool_si
     main = {"pool_mode": mode, "default_pool_size": str(pool_size), "auth_type": "trust",
             "admin_users": ADMIN, "stats_users": STATS, "server_login_retry": "1"}
     main.update({k: str(v) for k, v in settings.items()})
-    proc = pooler({"databases": pooler.databases(), "pgbouncer": main,
+    proc = pooler({"databases": databases or pooler.databases(), "pgbouncer": main,
                    "pgusher": {"http_port": str(port), "http_addr": "127.0.0.1"}}, USERLIST)
     return proc, f"http://127.0.0.1:{port}"
 

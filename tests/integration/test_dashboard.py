@@ -1,19 +1,27 @@
-"""The live dashboard in a real headless Chromium, against a pooler with traffic."""
+"""The live dashboard in a real headless Chromium, against a pooler with traffic.
+
+The screenshot is kept as a test artefact: test-artifacts/dashboard.png at the top of the
+repository (or in $PGUSHER_ARTIFACTS).
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import struct
 import tempfile
 import threading
+import time
 import zlib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from consolecase import start_with_http
+from consolecase import console, http_get, start_with_http
 
 from support import PgCluster, PoolerFactory
 
@@ -21,6 +29,27 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 BAR_BLUE = (0x2F, 0x81, 0xF7)
 BAR_RED = (0xD1, 0x24, 0x2F)
+ARTIFACTS = Path(os.environ.get("PGUSHER_ARTIFACTS",
+                                Path(__file__).resolve().parents[2] / "test-artifacts"))
+ZONE = "Europe/Paris"  # the browser's zone: the page must show it, with its offset
+
+# The page is rebuilt every two seconds: everything is read in one script, at one instant.
+# A cell with badges reads as their texts joined by "|".
+READ_PAGE = """
+const out = {};
+for (const id of ["databases", "pools", "applications"]) {
+  out[id] = [...document.querySelectorAll("#" + id + " tbody tr")].map(tr =>
+    [...tr.children].map(td => {
+      const b = td.querySelectorAll(".badge");
+      return b.length ? [...b].map(x => x.textContent).join("|") : td.textContent;
+    }));
+}
+out.points = Math.max(0, ...[...document.querySelectorAll("#pools svg polyline.a")].map(
+  l => l.getAttribute("points").split(" ").length));
+out.clock = document.getElementById("clock").textContent;
+out.cards = [...document.querySelectorAll("#cards .k")].map(k => k.textContent);
+return out;
+"""
 
 
 def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
@@ -74,29 +103,37 @@ def count_color(rows: list[bytes], rgb: tuple[int, int, int], channels: int = 4)
     return n
 
 
+
 @pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK)),
                     reason="chromium and chromium-driver are not installed (scripts/setup)")
 def test_dashboard_renders_live_data(pg: PgCluster, pooler: PoolerFactory) -> None:
+    import json
+
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    proc, base = start_with_http(pooler, pool_size=2)
+    server = f"host={pg.host} port={pg.port} dbname=app"
+    databases = {"app": server, "batch": server, "archive": server, "legacy": server}
+    proc, base = start_with_http(pooler, pool_size=2, databases=databases)
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def traffic(app: str, pause: float) -> None:
+    def traffic(app: str, db: str, pause: float) -> None:
         try:
-            with psycopg.connect(proc.dsn("postgres", application_name=app),
+            with psycopg.connect(proc.dsn("postgres", dbname=db, application_name=app),
                                  autocommit=True, prepare_threshold=None) as conn:
                 while not stop.is_set():
                     conn.execute(f"select pg_sleep({pause})")
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=traffic, args=(name, pause)) for name, pause in
-               [("checkout", 0.2)] * 4 + [("reports", 0.3)] * 2]
+    # checkout and reports share the app pool (2 servers for 6 clients: some wait); nightly
+    # works on batch, which is paused below; archive is never used; legacy is disabled.
+    threads = [threading.Thread(target=traffic, args=args) for args in
+               [("checkout", "app", 0.2)] * 4 + [("reports", "app", 0.3)] * 2
+               + [("nightly", "batch", 0.1)]]
     for t in threads:
         t.start()
     profile = tempfile.mkdtemp(prefix="pgusher-chromium-")
@@ -105,44 +142,95 @@ def test_dashboard_renders_live_data(pg: PgCluster, pooler: PoolerFactory) -> No
     for flag in ("--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                 "--window-size=1400,1000"):
+                 "--window-size=1920,1080"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    service = Service(DRIVER, env={**os.environ, "TZ": ZONE})
+    driver = webdriver.Chrome(service=service, options=options)
+    admin = console(proc)
     try:
+        # Let batch be used, then pause it; disable legacy.
+        deadline = time.monotonic() + 10
+        while not any(p["database"] == "batch"
+                      for p in json.loads(http_get(base + "/api/snapshot")[2])["pools"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        admin.execute("PAUSE batch")
+        admin.execute("DISABLE legacy")
         driver.get(base + "/")
-        wait = WebDriverWait(driver, 20)
+        wait = WebDriverWait(driver, 30)
 
-        def rows(table: str) -> list[Any]:
-            return list(driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr"))
+        def page() -> dict[str, Any]:
+            found: dict[str, Any] = driver.execute_script(READ_PAGE)
+            for name in ("databases", "pools", "applications"):
+                found[name] = {row[0]: row for row in found[name]}
+            return found
 
-        wait.until(lambda _d: rows("pools") and len(rows("by-conn")) >= 2)
-        # Data keeps refreshing: wait until clients are seen waiting on the busy pool.
-        wait.until(lambda _d: any(int(c.text) > 0 for c in driver.find_elements(
-            By.CSS_SELECTOR, "#pools tbody tr td:nth-child(5)")))
-        # A second refresh gives the live rates.
-        wait.until(lambda _d: driver.find_elements(By.CSS_SELECTOR, "#cards .v")[3].text
-                   not in ("", "-"))
-        pool_cells = [c.text for c in rows("pools")[0].find_elements(By.TAG_NAME, "td")]
-        assert pool_cells[:3] == ["app", "postgres", "transaction"]
-        assert pool_cells[5] == "2 / 2"
-        apps = [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows("by-conn")]
-        assert apps[:2] == ["checkout", "reports"]
-        time_apps = [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows("by-time")]
-        assert set(time_apps[:2]) == {"checkout", "reports"}
-        status = driver.find_element(By.ID, "status").text
-        assert status.startswith("pgusher ")
-        shot_dir = Path(os.environ.get("PGUSHER_SCREENSHOT_DIR", proc.workdir))
-        shot = shot_dir / "dashboard.png"
+        def ready(_driver: Any) -> bool:
+            now = page()
+            # Clients are seen waiting on the busy pool, the history has grown to three
+            # stored points (five seconds apart) plus the live one, and rates are shown.
+            return (len(now["pools"]) == 2 and len(now["applications"]) == 3
+                    and int(now["pools"]["app"][5]) > 0 and now["points"] >= 4
+                    and now["applications"]["checkout"][7] not in ("", "-"))
+
+        wait.until(ready)
+        seen = page()
+        dbs = seen["databases"]
+        assert list(dbs) == ["app", "archive", "batch", "legacy"]
+        assert dbs["app"][1] == "active" and dbs["batch"][1] == "PAUSED"
+        assert dbs["legacy"][1] == "DISABLED|not used yet"
+        assert dbs["archive"][1] == "not used yet" and dbs["archive"][3] == "0"
+        assert dbs["app"][3] == "6" and dbs["app"][4] == "2 / \u221e"
+        pools = seen["pools"]
+        assert pools["app"][:3] == ["app", "postgres", "transaction"]
+        assert pools["app"][6] == "2 / 2"
+        assert pools["batch"][3] == "PAUSED" and pools["app"][3] == ""
+        apps = seen["applications"]
+        assert list(apps)[:2] == ["checkout", "reports"]
+        assert apps["checkout"][1:4] == ["app", "postgres", "4"]
+        assert apps["nightly"][1:3] == ["batch", "postgres"]
+        assert float(apps["checkout"][7]) > 0
+        # The clock: date, time and zone, in the browser's zone, close to now.
+        clock = seen["clock"]
+        now = datetime.now(ZoneInfo(ZONE))
+        assert clock.endswith(f" {now.strftime('%z')[:3]}:{now.strftime('%z')[3:]} {ZONE}")
+        shown = datetime.strptime(clock[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo(ZONE))
+        assert abs((now - shown).total_seconds()) < 10
+        cards = seen["cards"]
+        assert "failed logins" in cards and "query_wait_timeout" in cards
+        # The width is used: databases and pools on the left, applications beside them,
+        # together reaching across the window, with nothing to scroll sideways.
+        width = driver.execute_script("return window.innerWidth")
+        box = {name: driver.find_element(By.ID, f"{name}-panel").rect
+               for name in ("databases", "pools", "applications")}
+        assert box["applications"]["x"] > box["pools"]["x"] + box["pools"]["width"] - 1
+        assert box["applications"]["y"] == box["databases"]["y"]
+        assert box["applications"]["x"] + box["applications"]["width"] > 0.95 * width
+        assert box["pools"]["width"] > 0.4 * width
+        assert driver.execute_script(
+            "return document.documentElement.scrollWidth") <= width
+        overflow = driver.execute_script(
+            "return [...document.querySelectorAll('.panel')].map(p => [p.id, p.scrollWidth,"
+            " p.clientWidth]).filter(([id, s, c]) => s > c)")
+        assert overflow == []
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "dashboard.png"
         driver.save_screenshot(str(shot))
-        width, height, pixels = decode_png(shot.read_bytes())
-        assert (width, height) == (1400, 1000) or width >= 800
-        # The pool's "servers in use" bar is drawn full (red while clients wait, else blue)
-        # and so are the application bars: the page shows data, not an empty shell.
+        png_width, _height, pixels = decode_png(shot.read_bytes())
+        assert png_width >= 1800
+        # The busy pool's "servers in use" bar is drawn full, red as clients wait, and the
+        # sparklines are drawn: the page shows data, not an empty shell.
         blue, red = count_color(pixels, BAR_BLUE), count_color(pixels, BAR_RED)
-        assert blue > 1000 and blue + red > 1500
-        assert driver.get_log("browser") == [] or all(
-            entry["level"] != "SEVERE" for entry in driver.get_log("browser"))
+        assert red > 200 and blue > 20
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == []
+        snap = json.loads(http_get(base + "/api/snapshot")[2])
+        times = snap["history"]["times"]
+        assert len(times) >= 3 and all(b - a == 5 for a, b in itertools.pairwise(times))
+        assert len(snap["history"]["pools"]["app/postgres"]["cl_waiting"]) == len(times)
     finally:
+        admin.execute("RESUME")
+        admin.close()
         driver.quit()
         stop.set()
         for t in threads:

@@ -138,7 +138,12 @@ def _fold_totals(groups: dict[tuple[str | None, ...], list[Row]],
 # Families whose samples are settings or extremes, not amounts: the largest value wins.
 _PROM_LARGEST = frozenset({"pgusher_info", "pgusher_paused", "pgusher_client_wait_seconds_max",
                            "pgusher_pool_maxwait_seconds", "pgusher_pool_size",
-                           "pgusher_database_max_connections"})
+                           "pgusher_database_max_connections", "pgusher_database_pool_size",
+                           "pgusher_database_paused", "pgusher_database_disabled",
+                           "pgusher_database_reserve_pool_size",
+                           "pgusher_config_max_client_connections",
+                           "pgusher_config_max_user_connections",
+                           "process_max_fds", "process_start_time_seconds"})
 
 
 def merge_prometheus(texts: Iterable[str]) -> str:
@@ -182,9 +187,9 @@ def _prom_number(value: float) -> str:
 # ---------------------------------------------------------------------- dashboard snapshot
 
 _SNAPSHOT_LISTS = {"pools": ("database", "user"), "applications": ("application",),
-                   "users": ("user",)}
+                   "users": ("user",), "databases": ("database",)}
 _SNAPSHOT_LARGEST = frozenset({"pool_size", "max_db_connections", "maxwait_seconds",
-                               "wait_max_seconds", "paused"})
+                               "wait_max_seconds", "paused", "pool_count", "maxwait"})
 
 
 def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -204,6 +209,13 @@ def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["pools"].sort(key=lambda p: (p["database"], p["user"]))
     out["applications"].sort(key=lambda a: (-a["clients"], a["application"]))
     out["users"].sort(key=lambda u: (-u["xact_time_seconds"], u["user"]))
+    out["databases"].sort(key=lambda d: d["database"])
+    failures: dict[str, int] = {}
+    for snap in snapshots:
+        for key, value in snap.get("failures", {}).items():
+            failures[key] = failures.get(key, 0) + value
+    out["failures"] = failures
+    out["history"] = _merge_history([s["history"] for s in snapshots if "history" in s])
     per_worker: dict[str, list[float]] = {}
     for snap in snapshots:
         for key, value in snap.get("averages", {}).items():
@@ -217,9 +229,36 @@ def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _merge_history(histories: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add the workers' rings point by point; their points share the times (multiples of
+    the interval), and a worker without a point at some time counts as zero there."""
+    if not histories:
+        return {}
+    times = sorted({t for h in histories for t in h["times"]})
+    index = {t: i for i, t in enumerate(times)}
+    out: dict[str, Any] = {"interval": histories[0]["interval"], "times": times}
+    for kind in ("pools", "applications"):
+        merged: dict[str, dict[str, list[float]]] = {}
+        for h in histories:
+            for key, ring in h[kind].items():
+                into = merged.setdefault(key, {})
+                for name, values in ring.items():
+                    line = into.setdefault(name, [0.0] * len(times))
+                    # A ring holds one value per time of its own worker, the latest last.
+                    for t, v in zip(h["times"][-len(values):], values, strict=True):
+                        if name in _SNAPSHOT_LARGEST:
+                            line[index[t]] = max(line[index[t]], v)
+                        else:
+                            line[index[t]] += v
+        out[kind] = merged
+    return out
+
+
 def _add_items(have: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
     for key, value in item.items():
-        if isinstance(value, bool) or key not in have:
+        if isinstance(value, list) and isinstance(have.get(key), list):
+            have[key] = sorted(set(have[key]) | set(value))
+        elif isinstance(value, bool) or key not in have:
             have[key] = have.get(key) or value
         elif isinstance(value, int | float):
             if key in _SNAPSHOT_LARGEST:

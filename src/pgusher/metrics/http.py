@@ -62,7 +62,13 @@ async def _serve_one(app: Application, reader: asyncio.StreamReader,
                      metrics_text: Callable[[Application], Awaitable[str]],
                      snapshot: Callable[[Application], Awaitable[dict[str, object]]]) -> None:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-    request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if sep:  # a repeated header is one list, as HTTP allows for Accept
+            key = name.strip().lower()
+            headers[key] = (headers[key] + "," if key in headers else "") + value.strip()
     parts = request_line.split()
     if len(parts) != 3:
         _respond(writer, 400, "text/plain", b"bad request\n", False)
@@ -74,8 +80,12 @@ async def _serve_one(app: Application, reader: asyncio.StreamReader,
     path = target.split("?", 1)[0]
     head_only = method == "HEAD"
     if path == "/metrics":
-        body = (await metrics_text(app)).encode()
-        _respond(writer, 200, prometheus.CONTENT_TYPE, body, head_only)
+        text = await metrics_text(app)
+        if prometheus.wants_openmetrics(headers.get("accept", "")):
+            _respond(writer, 200, prometheus.OPENMETRICS_TYPE,
+                     prometheus.to_openmetrics(text).encode(), head_only)
+        else:
+            _respond(writer, 200, prometheus.CONTENT_TYPE, text.encode(), head_only)
     elif path == "/health":
         _respond(writer, 200, "text/plain", b"ok\n", head_only)
     elif path == "/ready":
@@ -96,7 +106,7 @@ def _respond(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes,
              head_only: bool) -> None:
     header = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
               f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-              "Connection: close\r\n\r\n")
+              "Vary: Accept\r\nConnection: close\r\n\r\n")
     writer.write(header.encode() + (b"" if head_only else body))
 
 

@@ -1,9 +1,18 @@
-"""The /metrics page in Prometheus' text exposition format (version 0.0.4).
+"""The /metrics page in Prometheus' text exposition format (0.0.4), or OpenMetrics 1.0.
 
 Strategy: written by hand rather than through a client library, because every value is
 already at hand in the registry and the scan, and a registry of metric objects would only
 copy them. Each family is emitted once with its HELP and TYPE lines, then one sample per
-label set; label values are escaped as the format requires.
+label set; label values are escaped as the format requires. The page is always built (and,
+with several workers, merged) as 0.0.4 text; :func:`to_openmetrics` turns it into
+OpenMetrics for a scraper that asks for it, which differs only in counter family names
+(without ``_total``) and the closing ``# EOF``.
+
+The latency histograms are per database and application. Their applications are the first
+:data:`HISTOGRAM_APPLICATIONS` of each database in order of first sight; later ones are
+folded into ``(other)``, so a client that makes up application names cannot make the series
+grow without bound (each worker chooses its own, so a merged page has at most that many per
+worker).
 """
 
 from __future__ import annotations
@@ -12,13 +21,32 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from .counters import Counters
-from .snapshot import scan
+from . import process
+from .counters import BOUNDS, Counters
+from .registry import OTHER_APP
+from .snapshot import database_targets, scan
 
 if TYPE_CHECKING:
     from ..app import Application
+    from ..pooling.pool import Pool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+# Application label values kept per database in the histograms; later names are OTHER_APP.
+HISTOGRAM_APPLICATIONS = 20
+
+# Histogram families: name, help, the Counters attributes of the buckets and of the sum.
+_HISTOGRAMS = [
+    ("pgusher_query_duration_seconds",
+     "Time from a client's query (or batch up to Sync) to the ReadyForQuery ending it.",
+     "query_hist", "query_time"),
+    ("pgusher_transaction_duration_seconds",
+     "Time from the start of a transaction on a server to its end.", "xact_hist",
+     "xact_time"),
+    ("pgusher_client_wait_duration_seconds",
+     "Time a client waited for a server connection.", "wait_hist", "wait_time"),
+]
 
 Sample = tuple[dict[str, str], float]
 
@@ -118,12 +146,154 @@ def render(app: Application) -> str:
                     "Server connections the pool may open now (pool_size, plus the reserve "
                     "while in use).",
                     [({"database": p.db_name, "user": p.user}, p.limit) for p, _ in pools])
-    databases = sorted({p.db_name: p.target for p, _ in pools}.items())
-    lines += family("pgusher_database_server_connections", "gauge",
-                    "Server connections open to the database, across its pools.",
-                    [({"database": n}, app.db_server_count(n)) for n, _ in databases])
+    lines += _histogram_lines(counters)
+    lines += _database_lines(app, (p for p, _ in pools))
+    lines += _event_lines(app)
+    settings = app.config.settings
+    lines += family("pgusher_config_max_client_connections", "gauge",
+                    "max_client_conn: client connections the pooler accepts.",
+                    [({}, settings.max_client_conn)])
+    lines += family("pgusher_config_max_user_connections", "gauge",
+                    "max_user_connections: server connections per user; 0 = unlimited.",
+                    [({}, settings.max_user_connections)])
+    for name, kind, help_text, value in process.read():
+        lines += family(name, kind, help_text, [({}, value)])
+    return "\n".join(lines) + "\n"
+
+
+def histogram_groups(counters: Iterable[Counters]) -> dict[tuple[str, str], Counters]:
+    """Counters summed per (database, application), applications past the cap folded."""
+    kept: dict[str, set[str]] = {}
+    groups: dict[tuple[str, str], Counters] = {}
+    for c in counters:
+        names = kept.setdefault(c.database, set())
+        application = c.application
+        if application not in names:
+            if len(names) < HISTOGRAM_APPLICATIONS:
+                names.add(application)
+            else:
+                application = OTHER_APP
+        key = (c.database, application)
+        total = groups.get(key)
+        if total is None:
+            total = groups[key] = Counters(c.database, "", application)
+        total.add(c)
+    return groups
+
+
+def _histogram_lines(counters: list[Counters]) -> list[str]:
+    # Order of first sight decides which applications keep their names: registry order.
+    groups = sorted(histogram_groups(counters).items())
+    bounds = [repr(b) for b in BOUNDS] + ["+Inf"]
+    lines: list[str] = []
+    for name, help_text, buckets, total in _HISTOGRAMS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for (database, application), c in groups:
+            labels = f'database="{escape(database)}",application="{escape(application)}"'
+            running = 0
+            for bound, n in zip(bounds, getattr(c, buckets), strict=True):
+                running += n
+                lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
+            lines.append(f"{name}_sum{{{labels}}} {_number(getattr(c, total))}")
+            lines.append(f"{name}_count{{{labels}}} {running}")
+    return lines
+
+
+def to_openmetrics(text: str) -> str:
+    """This module's 0.0.4 text as OpenMetrics 1.0: counter families are named without
+    ``_total`` in their metadata (their samples keep it), and the page ends with ``# EOF``."""
+    counters = {line.split(" ")[2] for line in text.splitlines()
+                if line.startswith("# TYPE ") and line.endswith(" counter")}
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            head, name, rest = _meta(line)
+            if name in counters and name.endswith("_total"):
+                line = f"# {head} {name[:-6]} {rest}"
+        out.append(line)
+    out.append("# EOF")
+    return "\n".join(out) + "\n"
+
+
+def _meta(line: str) -> tuple[str, str, str]:
+    _hash, head, name, rest = line.split(" ", 3)
+    return head, name, rest
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether an Accept header prefers OpenMetrics to the 0.0.4 text (by its q values)."""
+    best_om = best_text = 0.0
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            if f.lower().startswith("q="):
+                try:
+                    q = float(f[2:])
+                except ValueError:
+                    q = 0.0
+        if media == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0 and best_om >= best_text
+
+
+def _database_lines(app: Application, pools: Iterable[Pool]) -> list[str]:
+    """Per database: every configured one (used or not yet) and every one with a pool."""
+    databases = database_targets(app, pools)
+    settings = app.config.settings
+    default_size = settings.default_pool_size
+    lines = family("pgusher_database_server_connections", "gauge",
+                   "Server connections open to the database, across its pools.",
+                   [({"database": n}, app.db_server_count(n)) for n, _ in databases])
     lines += family("pgusher_database_max_connections", "gauge",
                     "max_db_connections in effect for the database; 0 = unlimited.",
                     [({"database": n}, app.effective_max_db_connections(t))
                      for n, t in databases])
-    return "\n".join(lines) + "\n"
+    lines += family("pgusher_database_pool_size", "gauge",
+                    "pool_size configured for the database (default_pool_size if unset).",
+                    [({"database": n}, t.entry.pool_size if t.entry.pool_size is not None
+                      else default_size) for n, t in databases])
+    lines += family("pgusher_database_reserve_pool_size", "gauge",
+                    "reserve_pool_size configured for the database.",
+                    [({"database": n}, t.entry.reserve_pool_size
+                      if t.entry.reserve_pool_size is not None else settings.reserve_pool_size)
+                     for n, t in databases])
+    lines += family("pgusher_database_clients", "gauge",
+                    "Client connections logged in to the database now.",
+                    [({"database": n}, app.db_clients.get(n, 0)) for n, _ in databases])
+    lines += family("pgusher_database_paused", "gauge",
+                    "1 while the database is paused (PAUSE of it or of the whole pooler).",
+                    [({"database": n}, 1 if app.paused or n in app.paused_dbs else 0)
+                     for n, _ in databases])
+    lines += family("pgusher_database_disabled", "gauge",
+                    "1 while the database refuses new clients (DISABLE).",
+                    [({"database": n}, 1 if n in app.disabled_dbs else 0)
+                     for n, _ in databases])
+    return lines
+
+
+def _event_lines(app: Application) -> list[str]:
+    events = app.metrics.events
+    lines = family("pgusher_client_auth_failures_total", "counter",
+                   "Client logins refused by authentication, by reason.",
+                   [({"reason": r}, n) for r, n in sorted(events.auth_failures.items())])
+    lines += family("pgusher_client_refusals_total", "counter",
+                    "Client logins refused because a client limit was reached, by limit.",
+                    [({"limit": k}, n) for k, n in sorted(events.refusals.items())])
+    lines += family("pgusher_server_connect_failures_total", "counter",
+                    "Server connections that could not be opened (refused, unreachable, "
+                    "timed out, TLS).",
+                    [({"database": d}, n)
+                     for d, n in sorted(events.server_connect_failures.items())])
+    lines += family("pgusher_server_login_failures_total", "counter",
+                    "Server connections opened whose login failed (authentication, unknown "
+                    "database, connect_query, server_connect_timeout, closed during login).",
+                    [({"database": d}, n)
+                     for d, n in sorted(events.server_login_failures.items())])
+    lines += family("pgusher_query_wait_timeouts_total", "counter",
+                    "Clients disconnected after waiting query_wait_timeout for a server.",
+                    [({"database": d}, n) for d, n in sorted(events.wait_timeouts.items())])
+    return lines

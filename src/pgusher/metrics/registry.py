@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..log import log
-from .counters import SUMMED, UNCOUNTED, Counters
+from .counters import SUMMED, UNCOUNTED, Counters, Events
 
 if TYPE_CHECKING:
     from ..net.client_conn import ClientConn
@@ -77,6 +77,7 @@ def application_of(client: ClientConn) -> str:
 class Registry:
     def __init__(self) -> None:
         self.counters: dict[tuple[str, str, str], Counters] = {}
+        self.events = Events()
         self._apps_per_pair: dict[tuple[str, str], int] = {}
         # (kind, name) -> [clients now, peak]; kind is "database", "user" or "application".
         self.gauges: dict[tuple[str, str], list[int]] = {}

@@ -1,4 +1,5 @@
-"""The Application's statistics service: the registry, the stats_period timer, the HTTP port.
+"""The Application's statistics service: the registry, the stats_period timer, the HTTP port
+and the dashboard's history (sampled only while the HTTP endpoint is on).
 
 The Application passes in what /metrics and /api/snapshot serve (see http.py).
 """
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .counters import Counters
+from .history import History
 from .http import start_http
 from .registry import Registry
 
@@ -28,7 +31,11 @@ class Metrics:
         self._metrics_text = metrics_text
         self._snapshot = snapshot
         self.registry = Registry()
+        # Failures and refusals; the connections that see them count them here.
+        self.events = self.registry.events
+        self.history = History()
         self._timer: asyncio.TimerHandle | None = None
+        self._history_timer: asyncio.TimerHandle | None = None
         self._http: asyncio.AbstractServer | None = None
 
     def login(self, client: ClientConn) -> Counters:
@@ -49,6 +56,7 @@ class Metrics:
             except OSError as exc:
                 raise ConfigError(f"cannot listen on http_addr {own.http_addr} "
                                   f"http_port {own.http_port}: {exc.strerror}") from None
+            self._sample()
 
     def _arm(self) -> None:
         period = max(self.app.config.settings.stats_period, 0.1)
@@ -59,10 +67,18 @@ class Metrics:
         self.registry.roll_up(self.app.loop.time(), settings.log_stats)
         self._arm()
 
+    def _sample(self) -> None:
+        wall = time.time()
+        self.history.sample(self.app, wall)
+        self._history_timer = self.app.loop.call_later(History.delay(wall), self._sample)
+
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._history_timer is not None:
+            self._history_timer.cancel()
+            self._history_timer = None
         if self._http is not None:
             self._http.close()
             with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ text and the JSON snapshot all read the same figures, so they cannot disagree.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from ..pooling.states import LOGIN_WAIT, READY
 from .counters import Counters
 
 if TYPE_CHECKING:
-    from ..app import Application
+    from ..app import Application, DbTarget
     from ..pooling.pool import Pool
 
 
@@ -95,6 +96,17 @@ def pool_servers(app: Application, pool: Pool) -> PoolFigures:
     return figures
 
 
+def database_targets(app: Application, pools: Iterable[Pool]) -> list[tuple[str, DbTarget]]:
+    """Every configured database (used or not yet) and every database with a pool, by name."""
+    targets = {pool.db_name: pool.target for pool in pools}
+    for name in app.config.databases:
+        if name != "*" and name not in targets:
+            target = app.find_target(name)
+            if target is not None:
+                targets[name] = target
+    return sorted(targets.items())
+
+
 def app_label(name: str) -> str:
     return name if name else "(unnamed)"
 
@@ -115,8 +127,27 @@ def json_snapshot(app: Application) -> dict[str, Any]:
             "pool_size": pool.limit, "max_db_connections": max_db,
             "db_server_connections": app.db_server_count(pool.db_name),
             "maxwait_seconds": round(f.maxwait, 6),
-            "paused": pool.paused,
+            "paused": pool.paused, "disabled": pool.db_name in app.disabled_dbs,
         })
+    databases = []
+    settings = app.config.settings
+    for name, target in database_targets(app, result.pools):
+        conf = target.entry
+        databases.append({
+            "database": name, "paused": app.paused or name in app.paused_dbs,
+            "disabled": name in app.disabled_dbs, "clients": app.db_clients.get(name, 0),
+            "server_connections": app.db_server_count(name),
+            "pool_size": conf.pool_size if conf.pool_size is not None
+            else settings.default_pool_size,
+            "max_db_connections": app.effective_max_db_connections(target),
+            "pool_mode": conf.pool_mode or settings.pool_mode,
+            "pool_count": sum(1 for p in result.pools if p.db_name == name),
+        })
+    where: dict[str, tuple[set[str], set[str]]] = {}
+    for db, user, application in registry.counters:
+        seen_dbs, seen_users = where.setdefault(application, (set(), set()))
+        seen_dbs.add(db)
+        seen_users.add(user)
     held: dict[str, list[int]] = {}
     for counters, gauge in result.live.items():
         entry = held.setdefault(counters.application, [0, 0])
@@ -125,9 +156,11 @@ def json_snapshot(app: Application) -> dict[str, Any]:
     applications = []
     for name, c in registry.by("application").items():
         waiting, servers = held.get(name, [0, 0])
+        seen_dbs, seen_users = where.get(name, (set(), set()))
         applications.append(_figures(c) | {
             "application": app_label(name), "clients_waiting": waiting,
-            "server_connections": servers})
+            "server_connections": servers, "databases": sorted(seen_dbs),
+            "users": sorted(seen_users)})
     users = [_figures(c) | {"user": name} for name, c in registry.by("user").items()]
     return {
         "version": VERSION_STRING,
@@ -138,7 +171,20 @@ def json_snapshot(app: Application) -> dict[str, Any]:
         "applications": sorted(applications, key=lambda a: (-a["clients"], a["application"])),
         "users": sorted(users, key=lambda u: (-u["xact_time_seconds"], u["user"])),
         "averages": registry.averages_of(""),
+        "databases": databases,
+        "failures": _failures(app),
+        "history": app.metrics.history.to_json(),
     }
+
+
+def _failures(app: Application) -> dict[str, int]:
+    events = app.metrics.events
+    return {"auth": sum(events.auth_failures.values()),
+            "no_such_user": events.auth_failures["no_such_user"],
+            "refusals": sum(events.refusals.values()),
+            "server_connect": sum(events.server_connect_failures.values()),
+            "server_login": sum(events.server_login_failures.values()),
+            "query_wait_timeouts": sum(events.wait_timeouts.values())}
 
 
 def _figures(c: Counters) -> dict[str, Any]:

@@ -204,9 +204,27 @@ def _source(client: ClientConn) -> str:
     return "[local]" if client.is_unix else client.addr.rsplit(":", 1)[0]
 
 
+def failure_reason(client: ClientConn, err: AuthError) -> str:
+    """The reason label of a failed login (pgusher_client_auth_failures_total)."""
+    text = err.message
+    if "pg_hba.conf" in text:
+        return "hba"
+    if "certificate" in text:
+        return "certificate"
+    if text.startswith("Peer authentication"):
+        return "peer"
+    if text.startswith("password authentication failed"):
+        # Neither auth_file nor auth_query knew the user: the exchange was bound to fail.
+        known = (client.app.userlist.get(client.user) is not None
+                 or client._login_secret is not None)
+        return "password" if known else "no_such_user"
+    return "other"
+
+
 def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
     """Log a failed login with address and user; answer now, or later after repeated ones."""
     app = client.app
+    app.metrics.events.auth_failed(failure_reason(client, err))
     source = _source(client)
     count = app.failed_logins.note(source, app.loop.time())
     settings = app.config.pgusher

@@ -20,13 +20,14 @@ import functools
 import itertools
 import socket
 import struct
+from bisect import bisect_left
 from time import monotonic
 from typing import TYPE_CHECKING, cast
 
 from ..auth.scram import ScramServer
 from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
-from ..metrics.counters import UNCOUNTED
+from ..metrics.counters import BOUNDS, UNCOUNTED
 from ..pooling.states import (
     AUTH,
     CLIENT_LOGIN,
@@ -431,6 +432,7 @@ class ClientConn(ClientLink, ClientLogin):
             waited = self.app.loop.time() - self.wait_started
             stats.wait_time += waited
             stats.wait_count += 1
+            stats.wait_hist[bisect_left(BOUNDS, waited)] += 1
             if waited > stats.wait_max:
                 stats.wait_max = waited
             if self.flow.reasons:

@@ -15,12 +15,13 @@ for that answer.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal
 from ..log import log
-from ..metrics.counters import Counters
+from ..metrics.counters import BOUNDS, Counters
 from ..pooling.internal import ROLLBACK as POOLER_ROLLBACK
 from ..pooling.states import SESSION, STATEMENT, TESTED
 from ..protocol.capture import capture_query, merge_named, parse_rows
@@ -268,12 +269,16 @@ class ClientLink:
         now = self.app.now
         self.state_since = now
         done = monotonic()
-        stats.query_time += done - self.busy_since
+        took = done - self.busy_since
+        stats.query_time += took
+        stats.query_hist[bisect_left(BOUNDS, took)] += 1
         if status == 73:  # 'I'
             if self.notifications is not None:
                 self._deliver_notifications()
             stats.xact_count += 1
-            stats.xact_time += done - (self.xact_start or self.busy_since)
+            took = done - (self.xact_start or self.busy_since)
+            stats.xact_time += took
+            stats.xact_hist[bisect_left(BOUNDS, took)] += 1
             self.xact_start = 0.0
             self.xact_since = 0.0
         elif not self.xact_since:

@@ -155,6 +155,7 @@ class ClientLogin(asyncio.Protocol):
                      self.user, self.tls)
         tls.check_client_plaintext(self.conn)
         if app.client_count() > settings.max_client_conn:
+            app.metrics.events.refused("max_client_conn")
             raise ClientFatal("no more connections allowed (max_client_conn)",
                               sqlstate="53300")
         if app.console.wants(self.conn, params):  # the admin console takes any parameter

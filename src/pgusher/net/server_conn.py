@@ -168,6 +168,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self.closed = True
         move_server(self, SERVER_CLOSED)
         log.warning("%s closing because: %s (age=0s)", self.ident, reason)
+        self.app.metrics.events.server_connect_failed(self.pool.db_name)
         self.pool.server_failed(self, error)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,6 +257,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
             self._login_timer = None
         if self.transport is not None:
             self.transport.close()
+        self.app.metrics.events.server_login_failed(self.pool.db_name)
         self.pool.server_failed(self, err)
 
     # ------------------------------------------------------------------ data path
@@ -436,6 +438,11 @@ class ServerConn(ServerSession, asyncio.Protocol):
         client = self.client
         self.client = None
         if was is CONNECTING or was is LOGIN:
+            events = self.app.metrics.events
+            if was is LOGIN:
+                events.server_login_failed(self.pool.db_name)
+            else:
+                events.server_connect_failed(self.pool.db_name)
             self.pool.server_failed(self, ServerError("server closed the connection during login",
                                                       transient=True))
         else:

@@ -26,6 +26,7 @@ def tick(app: Application) -> None:
             if s.query_wait_timeout > 0:
                 for client in list(pool.waiting):
                     if now - client.wait_started >= s.query_wait_timeout:
+                        app.metrics.events.wait_timed_out(pool.db_name)
                         client.fatal(ClientFatal("query_wait_timeout", sqlstate="08P01"),
                                      log_as="query_wait_timeout")
             if (not pool.reserve_active and app.effective_reserve_size(pool) > 0
