@@ -36,6 +36,7 @@ from .net.fleet import Fleet
 from .net.listener import Listeners
 from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
+from .net.tls import TlsContexts, build_contexts
 from .pooling import janitor
 from .pooling.counts import ServerCounts
 from .pooling.pool import Pool
@@ -212,7 +213,8 @@ class Application:
         for key in fixed:
             log.warning("setting %s cannot be changed by reload; restart to apply it", key)
         self.config = new
-        self.tls, self.hba = tls, hba  # new TLS settings and HBA rules: new connections only
+        self.hba = hba  # new HBA rules: new connections only
+        self.use_tls(tls)
         self.lookups.reset()
         try:
             self._load_userlist(new)
@@ -250,6 +252,30 @@ class Application:
         self.setup_logging()
         for pool in self.pools.values():
             pool.refresh()
+
+    def rebuild_tls(self) -> bool:
+        """The console changed a TLS setting: rebuild the contexts, as RELOAD does. False
+        when they cannot be built (logged); the old ones then stay in force."""
+        try:
+            tls = build_contexts(self.config.settings)
+        except ConfigError:
+            return False
+        self.use_tls(tls)
+        return True
+
+    def use_tls(self, tls: TlsContexts) -> None:
+        """New TLS contexts for new connections. Servers connected under other server_tls_*
+        settings are obsolete: idle ones close now, busy ones when their client is done
+        (PgBouncer tags the pools dirty), so an old, maybe weaker, setup does not linger."""
+        old, self.tls = self.tls, tls
+        if old.server_key == tls.server_key:
+            return
+        for pool in self.pools.values():
+            for server in [*pool.in_use(), *pool.login]:
+                server.dirty = True
+            for server in list(pool.idle):
+                server.close("obsolete connection")
+            pool.welcome_params = None
 
     def sync_pause(self) -> None:
         """Tell each pool whether it is paused (the whole pooler, or its database)."""

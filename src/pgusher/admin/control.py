@@ -233,8 +233,13 @@ def reload(app: Application) -> None:
             pool.grow()
 
 
-def set_setting(app: Application, key: str, value: str) -> str:
-    """Apply ``SET key = value``; returns the command tag, as PgBouncer's ``SET key=value``."""
+def set_setting(app: Application, key: str, value: str) -> tuple[str, str]:
+    """Apply ``SET key = value``; returns the command tag, as PgBouncer's ``SET key=value``,
+    and a notice for the client ("" for none).
+
+    A TLS setting rebuilds the TLS contexts at once. As in PgBouncer the value is kept even
+    when they cannot be built (a key set before its certificate): the old contexts stay in
+    force and the client is told."""
     name = key.strip().lower()
     spec = SETTINGS_TABLE.get(name)
     if spec is not None and not spec.reloadable:
@@ -245,7 +250,10 @@ def set_setting(app: Application, key: str, value: str) -> str:
         raise ConsoleError("SET failed", detail=exc.message) from None
     log.info("SET %s = %s", name, value)
     app.apply_settings(new)
-    return f"SET {key}={value}"
+    notice = ""
+    if ("_tls_" in name or "_tls13_" in name) and not app.rebuild_tls():
+        notice = "TLS settings could not be applied, still using old configuration"
+    return f"SET {key}={value}", notice
 
 
 def shutdown(app: Application, arg: str) -> bool:

@@ -399,7 +399,8 @@ class ConsoleSession(asyncio.Protocol):
             if cmd.key.lower() in control.FAKE_PARAMS:
                 return m.notice_response("SET ignored") + _done("SET")
             self._need_admin()
-            return _done(control.set_setting(app, cmd.key, cmd.value))
+            tag, notice = control.set_setting(app, cmd.key, cmd.value)
+            return (m.notice_response(notice) if notice else b"") + _done(tag)
         name, arg = cmd.name, cmd.arg
         if name in ("show", "select"):
             return self._show(arg, text)

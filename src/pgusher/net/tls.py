@@ -1,9 +1,11 @@
 """TLS on both legs: contexts from the settings, the client-side upgrade, the server-side connect.
 
-Strategy: the SSLContexts are built once per configuration (at start and on RELOAD, so changed
-files and modes apply to new connections) by :func:`build_contexts`, which also validates: a
-mode that needs a key, a certificate or a CA without one is a configuration error, not a
-connection that quietly runs in the clear.
+Strategy: the SSLContexts are built once per configuration (at start, on RELOAD and on the
+console's SET of a TLS setting, so changed files and modes apply to new connections) by
+:func:`build_contexts`, which also validates: a mode that needs a key, a certificate or a CA
+without one is a configuration error, not a connection that quietly runs in the clear. The
+contexts remember the server_tls_* values they were built from: when these change, the
+server connections made under the old ones are retired (see ``Application.use_tls``).
 
 Client leg. A plain connection that sends SSLRequest is answered ``S`` and upgraded in place with
 ``loop.start_tls(server_side=True)``; the connection object stays the same and simply gets the
@@ -31,6 +33,7 @@ from ..errors import ClientFatal, ConfigError, ProtocolError, ServerError
 from ..log import log
 from ..pooling.states import STARTUP, TLS_HANDSHAKE, move_client
 from ..protocol import messages as m
+from .tls13 import set_tls13_ciphers
 
 if TYPE_CHECKING:
     from .client_conn import ClientConn
@@ -61,13 +64,20 @@ _CIPHER_SHORTCUTS = {
 }
 
 
+_SERVER_TLS_KEYS = ("server_tls_sslmode", "server_tls_ca_file", "server_tls_key_file",
+                    "server_tls_cert_file", "server_tls_protocols", "server_tls_ciphers",
+                    "server_tls13_ciphers")
+
+
 @dataclass(frozen=True)
 class TlsContexts:
     """``client``: presented to applications (None: client_tls_sslmode = disable).
-    ``server``: used toward PostgreSQL (None: never request TLS)."""
+    ``server``: used toward PostgreSQL (None: never request TLS).
+    ``server_key``: the server_tls_* values the server context was built from."""
 
     client: ssl.SSLContext | None
     server: ssl.SSLContext | None
+    server_key: tuple[object, ...] = ()
 
 
 def _protocol_range(text: str, key: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
@@ -87,7 +97,8 @@ def _protocol_range(text: str, key: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion
     return versions[0], versions[-1]
 
 
-def _configure(ctx: ssl.SSLContext, protocols: str, ciphers: str, prefix: str) -> None:
+def _configure(ctx: ssl.SSLContext, protocols: str, ciphers: str, ciphers13: str | None,
+               prefix: str) -> None:
     low, high = _protocol_range(protocols, f"{prefix}_tls_protocols")
     try:
         ctx.minimum_version = low
@@ -100,6 +111,8 @@ def _configure(ctx: ssl.SSLContext, protocols: str, ciphers: str, prefix: str) -
             ctx.set_ciphers(cipher_list)
         except ssl.SSLError:
             raise ConfigError(f"{prefix}_tls_ciphers: no usable cipher in '{ciphers}'") from None
+    if ciphers13 and high >= ssl.TLSVersion.TLSv1_3:
+        set_tls13_ciphers(ctx, ciphers13, f"{prefix}_tls13_ciphers")
     ctx.set_alpn_protocols([ALPN])
 
 
@@ -120,7 +133,8 @@ def client_context(s: Settings) -> ssl.SSLContext | None:
         raise ConfigError(f"client_tls_sslmode = {mode} needs client_tls_key_file and "
                           "client_tls_cert_file")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _configure(ctx, s.client_tls_protocols, s.client_tls_ciphers, "client")
+    _configure(ctx, s.client_tls_protocols, s.client_tls_ciphers, s.client_tls13_ciphers,
+               "client")
     _load(lambda: ctx.load_cert_chain(s.client_tls_cert_file, s.client_tls_key_file),
           "client_tls_cert_file", s.client_tls_cert_file)
     if s.client_tls_ca_file:
@@ -144,7 +158,8 @@ def server_context(s: Settings) -> ssl.SSLContext | None:
     if mode in ("disable", "allow"):
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    _configure(ctx, s.server_tls_protocols, s.server_tls_ciphers, "server")
+    _configure(ctx, s.server_tls_protocols, s.server_tls_ciphers, s.server_tls13_ciphers,
+               "server")
     if mode in ("verify-ca", "verify-full"):
         ctx.check_hostname = mode == "verify-full"
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -167,10 +182,18 @@ def server_context(s: Settings) -> ssl.SSLContext | None:
 
 
 def build_contexts(s: Settings) -> TlsContexts:
-    for key in ("client_tls13_ciphers", "server_tls13_ciphers"):
-        if getattr(s, key):
-            log.warning("%s is ignored: TLS 1.3 cipher suites cannot be chosen here", key)
-    return TlsContexts(client_context(s), server_context(s))
+    """Both contexts; ConfigError (logged as PgBouncer's "TLS setup failed") when either
+    cannot be built, so the caller keeps the contexts it has."""
+    try:
+        return TlsContexts(client_context(s), server_context(s), server_tls_key(s))
+    except ConfigError as exc:
+        log.error("TLS setup failed: %s", exc.message)
+        raise
+
+
+def server_tls_key(s: Settings) -> tuple[object, ...]:
+    """What server connections were made with: when it changes, existing ones are obsolete."""
+    return tuple(getattr(s, name) for name in _SERVER_TLS_KEYS)
 
 
 def describe(transport: asyncio.BaseTransport) -> str:
