@@ -479,6 +479,18 @@ class Application:
         if client.cancel_pid or client.cancel_key:
             self.cancel_keys.pop((client.cancel_pid, client.cancel_key), None)
 
+    def close_idle_servers(self, dbname: str, reason: str) -> int:
+        """Close this process's server connections to the server-side database ``dbname``
+        that no client has: idle, or running a reset or check; how many were closed."""
+        closed = 0
+        for pool in list(self.pools.values()):
+            if pool.target.dbname == dbname:
+                free = [*pool.idle, *(s for s in pool.tested if s.in_pooler_query())]
+                for server in free:
+                    server.close(reason)
+                    closed += 1
+        return closed
+
     def register_cancel_key(self, client: ClientConn, real_pid: int = 0) -> tuple[int, int]:
         """The key a client is told; ``real_pid``: its server's, to show instead of one of
         the pooler's own."""

@@ -263,6 +263,8 @@ class ClientConn(ClientLink, ClientLogin):
             server = self.server
             if server is not None:
                 if out:
+                    if out[0] == 81:
+                        self.note_database_command(out)
                     server.transport.write(out)  # type: ignore[union-attr]
             elif out:
                 pending = self.pending

@@ -27,6 +27,7 @@ from ..pooling.states import SESSION, STATEMENT, TESTED
 from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
 from ..protocol.client_stream import ClientStream
+from ..protocol.dbcommands import database_named
 from ..protocol.lease import Effect, Lease, apply_effects, releasable
 from ..protocol.prepared import SqlStatement, Statement
 from ..protocol.session import DISCARD_ALL, LISTEN, UNLISTEN, might_affect_session
@@ -247,6 +248,19 @@ class ClientLink:
         if data:
             assert server.transport is not None
             server.transport.write(data)
+
+    def note_database_command(self, query: bytes) -> None:
+        """Session mode: a simple query about to go to the server. A command that needs its
+        database to itself would otherwise wait and fail on the pooler's own idle
+        connections to it, which a direct connection would not have: they are closed first."""
+        name = database_named(query)
+        if name is None:
+            return
+        closed = self.app.close_idle_servers(name, "closed for a command that needs the "
+                                                   "database to itself")
+        if closed:
+            log.info("%s closed %d idle server connections to %s before its %s", self.prefix(),
+                     closed, name, query[5:25].decode("utf-8", "replace").split()[0].upper())
 
     def on_server_ready(self, count: int, status: int) -> None:
         """ReadyForQuery came back from the linked server (``count`` of them in one chunk)."""

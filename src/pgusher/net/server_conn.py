@@ -362,6 +362,11 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self.stream.swallow += 1
         self.transport.write(msg)
 
+    def in_pooler_query(self) -> bool:
+        """Running a reset or check of the pooler's own, which no client waits for (a
+        read-back's client does)."""
+        return self._internal is not None and self._internal is not READ_BACK
+
     def held_for_cancel(self) -> bool:
         """Whether a cancel for its last client's query keeps it from the next one."""
         return cancel_mod.holds(self)
