@@ -66,6 +66,18 @@ def test_an_application_that_comes_back_has_no_credit() -> None:
     assert served.count("late") == 3  # alternating, not five in a row
 
 
+def test_an_application_at_its_limit_is_passed_over() -> None:
+    q = queue()
+    for i in range(3):
+        q.append(W("greedy", i))
+    q.append(W("small", 0))
+    assert sorted(q.apps()) == ["greedy", "small"]
+    assert q.popleft({"greedy"}).app == "small"
+    with pytest.raises(IndexError):
+        q.popleft({"greedy"})
+    assert [q.popleft().n for _ in range(3)] == [0, 1, 2]  # its turn keeps its order
+
+
 def test_remove_and_clear() -> None:
     q = queue()
     a, b, c = W("x", 1), W("y", 2), W("x", 3)

@@ -547,6 +547,9 @@ class PgusherSettings:
     session_real_pid: bool = setting(
         True, doc="In session mode (without peering) link the client's server at login and "
                   "give the client that backend's real process id in BackendKeyData.")
+    max_app_connections: int = setting(
+        0, minimum=0, doc="Server connections of one pool that clients of one application "
+                          "(application_name) may hold at once; 0 = no limit.")
     app_weights: str = setting(
         "", parser=_parse_app_weights,
         doc="Weights of applications (application_name:weight, ...) when clients wait for "

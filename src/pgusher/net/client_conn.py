@@ -397,7 +397,7 @@ class ClientConn(ClientLink, ClientLogin):
         self.translating = pool is not None and pool.mode != SESSION
         self.stats = self.app.metrics.login(self)
         if (pool is not None and pool.mode == SESSION and self.app.config.pgusher.session_real_pid
-                and not self.app.config.settings.peer_id and pool.serves_at_once()):
+                and not self.app.config.settings.peer_id and pool.serves_at_once(self)):
             self.welcome = shown
             pool.request(self)
             return

@@ -57,7 +57,8 @@ def _application(client: ClientConn) -> str:
 
 
 class Pool:
-    __slots__ = ("_retry_handle", "active", "alive_at", "app", "blocked", "check_delay",
+    __slots__ = ("_retry_handle", "active", "alive_at", "app", "app_limit", "blocked",
+                 "check_delay",
                  "db_name", "failing_since", "give_back", "held", "idle",
                  "known_statements", "last_login_error", "last_login_failed_at", "limit",
                  "login", "login_waiters", "mode", "name", "others_want", "password", "paused",
@@ -107,6 +108,7 @@ class Pool:
         self.limit = 0
         self.check_delay: float | None = None
         self.reset_always = False
+        self.app_limit = 0  # max_app_connections
         self.refresh()
 
     def refresh(self) -> None:
@@ -121,6 +123,7 @@ class Pool:
                             if s.server_check_query and s.server_check_delay >= 0 else None)
         self.reset_always = s.server_reset_query_always
         self.waiting.weights = parse_app_weights(app.config.pgusher.app_weights)
+        self.app_limit = app.config.pgusher.max_app_connections
 
     def set_reserve(self, active: bool) -> None:
         if active != self.reserve_active:
@@ -279,15 +282,33 @@ class Pool:
             # over the fleet's grant, which another process may be using.
             self.open_server()
 
-    def serves_at_once(self) -> bool:
+    def full_apps(self) -> set[str]:
+        """The applications whose clients hold max_app_connections of this pool's servers
+        (counted from the linked servers, not kept as a tally)."""
+        held: dict[str, int] = {}
+        for server in self.active:
+            client = server.client
+            if client is not None:
+                name = _application(client)
+                held[name] = held.get(name, 0) + 1
+        return {name for name, count in held.items() if count >= self.app_limit}
+
+    def serves_at_once(self, client: ClientConn) -> bool:
         """Whether a client asking now would get a server without queueing behind others
         or waiting for one to be given back: an idle one, or room to open one."""
         if self.paused or self.waiting:
+            return False
+        if self.app_limit and _application(client) in self.full_apps():
             return False
         return bool(self.idle) or (not self.failing_since and self._may_open())
 
     def request(self, client: ClientConn) -> None:
         """A logged-in client has work and no server: link one now or queue the client."""
+        if self.app_limit and _application(client) in self.full_apps():
+            # Its application holds all it may: it waits for one of those to come back.
+            self.waiting.append(client)
+            client.start_wait()
+            return
         if self.idle and not self.paused:
             # LIFO keeps the warmest connection busy and lets surplus ones age out;
             # server_round_robin spreads the load evenly instead.
@@ -469,8 +490,12 @@ class Pool:
             server.close("closed: over the fleet's grant")  # its share went elsewhere
             return
         waiting = self.waiting
+        blocked = self.full_apps() if self.app_limit and waiting else ()
         while waiting and not self.paused:
-            client = waiting.popleft()
+            try:
+                client = waiting.popleft(blocked)
+            except IndexError:
+                break  # only applications at their limit wait
             if client.closed:
                 continue
             client.stop_wait()
@@ -486,6 +511,8 @@ class Pool:
         if self.paused:
             return
         while self.waiting and self.idle:
+            if self.app_limit and not set(self.waiting.apps()) - self.full_apps():
+                break  # only applications at their limit wait
             self.give(self.idle[-1])
         self.grow()
 

@@ -7,7 +7,9 @@ named), and within an application to its oldest waiting client. So an applicatio
 queues a thousand clients gets servers at the same rate as one that queues ten, not a
 hundred times more, and none starves; with a single application it is the plain FIFO queue
 it replaces. An application that starts waiting again begins level with those already
-waiting, not with the credit of the time it was idle (nor the debt of a busy spell).
+waiting, not with the credit of the time it was idle (nor the debt of a busy spell). An
+application at its own limit (``max_app_connections``) is passed over until one of its
+servers comes back.
 
 The queue keeps the deque interface the pool and the janitor use (append, appendleft,
 popleft, remove, clear, len, iteration and ``[0]`` in arrival order).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -56,9 +58,13 @@ class FairQueue(Generic[T]):
         self._stamps[id(item)] = stamp
         self._queue_for(item).appendleft((stamp, item))
 
-    def popleft(self) -> T:
+    def popleft(self, blocked: Container[str] = ()) -> T:
+        """The next client, leaving out applications in ``blocked`` (at a limit of theirs);
+        IndexError when no other application has a client waiting."""
         best: str | None = None
         for app, queue in self._queues.items():
+            if app in blocked:
+                continue
             if best is None or (self._served[app], queue[0][0]) < (
                     self._served[best], self._queues[best][0][0]):
                 best = app
@@ -82,6 +88,10 @@ class FairQueue(Generic[T]):
         del self._stamps[id(item)]
         if not queue:
             self._forget(app)
+
+    def apps(self) -> list[str]:
+        """The applications that have clients waiting."""
+        return list(self._queues)
 
     def _forget(self, app: str) -> None:
         """No client of ``app`` waits: it starts level with the others when one does again."""
