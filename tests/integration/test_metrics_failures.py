@@ -208,3 +208,26 @@ def test_hba_refusals_have_their_own_reason(pg: PgCluster, pooler: PoolerFactory
             for r in ("password", "no_such_user", "hba", "certificate", "peer", "other")}
     assert auth == {"password": 1, "no_such_user": 0, "hba": 3, "certificate": 0, "peer": 0,
                     "other": 0}
+
+
+def test_refusals_are_counted_by_limit(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc, base = start(pooler, pg, max_db_client_connections=1, max_user_client_connections=2)
+    password = {"password": "postgres"}
+    first = psycopg.connect(proc.dsn("postgres", **password))
+    second = psycopg.connect(proc.dsn("postgres", dbname="idle", **password))
+    try:
+        assert "max_db_client_connections" in refused(proc.dsn("postgres", **password))
+        assert "max_user_client_connections" in refused(
+            proc.dsn("postgres", dbname="spare", **password))
+        assert "max_user_client_connections" in refused(
+            proc.dsn("postgres", dbname="nodb", **password))
+    finally:
+        first.close()
+        second.close()
+    text, got = scrape(base)
+    promtool_check(text)
+    refusals = {k: got[("pgusher_client_refusals_total", (("limit", k),))]
+                for k in ("max_client_conn", "max_db_client_connections",
+                          "max_user_client_connections")}
+    assert refusals == {"max_client_conn": 0, "max_db_client_connections": 1,
+                        "max_user_client_connections": 2}
