@@ -1,7 +1,7 @@
 """The live dashboard in a real headless Chromium, against a pooler with traffic.
 
-The screenshot is kept as a test artefact: test-artifacts/dashboard.png at the top of the
-repository (or in $PGUSHER_ARTIFACTS).
+The screenshots are kept as test artefacts: test-artifacts/dashboard.png (1920 pixels wide)
+and dashboard-narrow.png (1000) at the top of the repository, or in $PGUSHER_ARTIFACTS.
 """
 
 from __future__ import annotations
@@ -224,6 +224,16 @@ def test_dashboard_renders_live_data(pg: PgCluster, pooler: PoolerFactory) -> No
         assert red > 200 and blue > 20
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == []
+        # A narrow window stacks the panels, each as wide as the page.
+        driver.set_window_size(1000, 1000)
+        wait.until(lambda _d: driver.execute_script("return window.innerWidth") < 1200)
+        box = {name: driver.find_element(By.ID, f"{name}-panel").rect
+               for name in ("databases", "pools", "applications")}
+        assert box["databases"]["y"] < box["pools"]["y"] < box["applications"]["y"]
+        assert abs(box["applications"]["width"] - box["databases"]["width"]) < 2
+        assert driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+        driver.save_screenshot(str(ARTIFACTS / "dashboard-narrow.png"))
         snap = json.loads(http_get(base + "/api/snapshot")[2])
         times = snap["history"]["times"]
         assert len(times) >= 3 and all(b - a == 5 for a, b in itertools.pairwise(times))

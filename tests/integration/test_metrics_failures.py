@@ -188,3 +188,46 @@ def test_process_figures(pg: PgCluster, pooler: PoolerFactory) -> None:
     assert got[("process_max_fds", ())] >= 1024
     started = got[("process_start_time_seconds", ())]
     assert time.time() - 120 < started <= time.time()
+
+
+def test_hba_refusals_have_their_own_reason(pg: PgCluster, pooler: PoolerFactory,
+                                            tmp_path: Path) -> None:
+    hba = tmp_path / "hba.conf"
+    hba.write_text("host all md5_user 127.0.0.1/32 reject\n"
+                   "host all postgres 127.0.0.1/32 md5\n")
+    proc, base = start(pooler, pg, auth_type="hba", auth_hba_file=str(hba))
+    assert "pg_hba.conf rejects" in refused(proc.dsn("md5_user", password="md5_pass"))
+    assert "no pg_hba.conf entry" in refused(proc.dsn("plain_user", password="plain_pass"))
+    assert "no pg_hba.conf entry" in refused(proc.dsn("ghost", password="x"))
+    assert "password authentication failed" in refused(proc.dsn("postgres", password="no"))
+    with psycopg.connect(proc.dsn("postgres", password="postgres")) as conn:
+        conn.execute("select 1")
+    text, got = scrape(base)
+    promtool_check(text)
+    auth = {r: got[("pgusher_client_auth_failures_total", (("reason", r),))]
+            for r in ("password", "no_such_user", "hba", "certificate", "peer", "other")}
+    assert auth == {"password": 1, "no_such_user": 0, "hba": 3, "certificate": 0, "peer": 0,
+                    "other": 0}
+
+
+def test_refusals_are_counted_by_limit(pg: PgCluster, pooler: PoolerFactory) -> None:
+    proc, base = start(pooler, pg, max_db_client_connections=1, max_user_client_connections=2)
+    password = {"password": "postgres"}
+    first = psycopg.connect(proc.dsn("postgres", **password))
+    second = psycopg.connect(proc.dsn("postgres", dbname="idle", **password))
+    try:
+        assert "max_db_client_connections" in refused(proc.dsn("postgres", **password))
+        assert "max_user_client_connections" in refused(
+            proc.dsn("postgres", dbname="spare", **password))
+        assert "max_user_client_connections" in refused(
+            proc.dsn("postgres", dbname="nodb", **password))
+    finally:
+        first.close()
+        second.close()
+    text, got = scrape(base)
+    promtool_check(text)
+    refusals = {k: got[("pgusher_client_refusals_total", (("limit", k),))]
+                for k in ("max_client_conn", "max_db_client_connections",
+                          "max_user_client_connections")}
+    assert refusals == {"max_client_conn": 0, "max_db_client_connections": 1,
+                        "max_user_client_connections": 2}

@@ -12,6 +12,7 @@ pool or application that went away are dropped once all their points are zero.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .counters import Counters
@@ -91,11 +92,13 @@ class History:
             if all(not any(ring[n]) for n in names):
                 del rings[key]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, applications: Iterable[str]) -> dict[str, Any]:
+        """Every pool's rings and those of ``applications`` (the ones a page shows)."""
+        rings = self.applications
         return {
             "interval": INTERVAL,
             "times": list(self.times),
             "pools": {k: {n: list(v) for n, v in ring.items()} for k, ring in self.pools.items()},
-            "applications": {k: {n: list(v) for n, v in ring.items()}
-                             for k, ring in self.applications.items()},
+            "applications": {k: {n: list(v) for n, v in rings[k].items()}
+                             for k in applications if k in rings},
         }

@@ -96,6 +96,11 @@ def pool_servers(app: Application, pool: Pool) -> PoolFigures:
     return figures
 
 
+# Applications whose history goes with a snapshot: the busiest by clients (the rest are
+# listed without it, which keeps the page's JSON small with thousands of names).
+HISTORY_APPLICATIONS = 50
+
+
 def database_targets(app: Application, pools: Iterable[Pool]) -> list[tuple[str, DbTarget]]:
     """Every configured database (used or not yet) and every database with a pool, by name."""
     targets = {pool.db_name: pool.target for pool in pools}
@@ -162,18 +167,20 @@ def json_snapshot(app: Application) -> dict[str, Any]:
             "server_connections": servers, "databases": sorted(seen_dbs),
             "users": sorted(seen_users)})
     users = [_figures(c) | {"user": name} for name, c in registry.by("user").items()]
+    applications.sort(key=lambda a: (-a["clients"], a["application"]))
+    shown = [a["application"] for a in applications[:HISTORY_APPLICATIONS]]
     return {
         "version": VERSION_STRING,
         "time": time.time(),
         "paused": app.paused,
         "clients": len(app.clients),
         "pools": sorted(pools, key=lambda p: (p["database"], p["user"])),
-        "applications": sorted(applications, key=lambda a: (-a["clients"], a["application"])),
+        "applications": applications,
         "users": sorted(users, key=lambda u: (-u["xact_time_seconds"], u["user"])),
         "averages": registry.averages_of(""),
         "databases": databases,
         "failures": _failures(app),
-        "history": app.metrics.history.to_json(),
+        "history": app.metrics.history.to_json(shown),
     }
 
 
