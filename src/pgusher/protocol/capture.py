@@ -21,6 +21,7 @@ Values are kept in the server's own text form (``setting`` of pg_settings) and r
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 
 from .messages import INT32, query
 
@@ -63,7 +64,7 @@ _NAMED_ONLY = (
 )
 
 
-def capture_query(custom: list[str] | set[str], full: bool = True) -> bytes:
+def capture_query(custom: Collection[str], full: bool = True) -> bytes:
     """The Query message that reads the session back, asking for ``custom`` by name; with
     ``full`` false, only those, the role and the authorization."""
     parts = [_BASE if full else _NAMED_ONLY]
@@ -128,7 +129,7 @@ def parse_rows(rows: list[bytes]) -> Captured:
     return got
 
 
-def merge_named(old: dict[str, str], got: Captured, asked: set[str] | list[str],
+def merge_named(old: dict[str, str], got: Captured, asked: Collection[str],
                 login_user: str, carried_elsewhere: set[str] | dict[str, str]) -> dict[str, str]:
     """``old`` carried settings updated with a named-only read-back of ``asked``."""
     out = dict(old)

@@ -37,6 +37,9 @@ _LARGE_LIMIT = 0x3FFFFFFF
 _SMALL_LIMIT = 10000
 _TYPE_LIMITS = {kind: _LARGE_LIMIT if kind in b"QFBPd" else _SMALL_LIMIT
                 for kind in _CLIENT_TYPES}
+# The limits per message type for each max_packet_size in use: one dict shared by all
+# clients, not one each.
+_LIMITS_BY_MAX: dict[int, dict[int, int]] = {}
 # Added to the type of a message that feed_messages streams rather than holds until whole.
 BIG = 0x100
 # How far into a long Parse or Bind its names are looked for.
@@ -93,7 +96,11 @@ class ClientStream:
     )
 
     def __init__(self, max_size: int = 2147483647, stream_from: int = 0) -> None:
-        self._limits = {kind: min(limit, max_size) for kind, limit in _TYPE_LIMITS.items()}
+        limits = _LIMITS_BY_MAX.get(max_size)
+        if limits is None:
+            limits = _LIMITS_BY_MAX[max_size] = {
+                kind: min(limit, max_size) for kind, limit in _TYPE_LIMITS.items()}
+        self._limits = limits  # read only
         self._pending = b""
         # feed_messages: chunks that came after _pending, _have bytes held in all, _need bytes
         # wanted before the held message is scanned again (joined once, not on every chunk).

@@ -22,6 +22,8 @@ server, and nothing else decides about that work:
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from .client_stream import ClientStream
 from .framing import ServerStream
 from .link import LinkState
@@ -34,6 +36,7 @@ _IDLE = 73  # ReadyForQuery status 'I'
 _FAILED = 69  # 'E'
 _IDENTITY_SETS = ("session_authorization", "role")
 CUSTOM_LIMIT = 64  # custom setting names read back per client
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 class Lease:
@@ -47,7 +50,8 @@ class Lease:
         self.failed = False  # the transaction failed: its effects will be undone
         self.rolled_back = False  # it ran a ROLLBACK (or ROLLBACK TO) of its own
         self.opaque = 0
-        self.custom_names: set[str] = set()  # custom settings its texts named, to read back
+        # Custom settings its texts named, to read back (a set of its own once there is one).
+        self.custom_names: AbstractSet[str] = _NO_NAMES
 
     def expect(self, replies: int) -> bool:
         """The client sent work that ``replies`` ReadyForQuery messages will end; True when
@@ -79,7 +83,8 @@ class Lease:
                     opaque = effect[1]
                 names = self.custom_names
                 if effect[2] and len(names) < CUSTOM_LIMIT:
-                    names.update(n for n in effect[2].split(",") if n not in _IDENTITY_SETS)
+                    self.custom_names = {*names, *(n for n in effect[2].split(",")
+                                                   if n not in _IDENTITY_SETS)}
             else:
                 if not self.effects:
                     self.mark = errors
@@ -107,7 +112,7 @@ class Lease:
         self.failed = self.rolled_back = False
         return None if failed or not effects else effects
 
-    def take_read_back(self) -> tuple[int, set[str]]:
+    def take_read_back(self) -> tuple[int, AbstractSet[str]]:
         """The opaque level and the custom names to read back; the lease is clear after."""
         level, self.opaque = self.opaque, 0
         return level, self.custom_names
