@@ -149,10 +149,11 @@ def start_lookup(client: ClientConn, method: str) -> bool:
         if error is not None:
             client.fatal(error)
             return
-        # A missing user and a NULL secret (expired VALID UNTIL) fail like a wrong password.
-        client.secret_found(method, secret if found else None)
+        # A missing user and a NULL secret (expired VALID UNTIL) fail like a wrong password,
+        # except under trust, where a NULL secret logs in (see ClientLogin.secret_found).
+        client.secret_found(method, found, secret if found else None)
 
-    return client.app.lookups.lookup(target, client.user, done)
+    return client.app.lookups.lookup(target, client.user, done, client.prefix())
 
 
 class FailedLogins:
@@ -204,8 +205,10 @@ def _source(client: ClientConn) -> str:
     return "[local]" if client.is_unix else client.addr.rsplit(":", 1)[0]
 
 
-def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
-    """Log a failed login with address and user; answer now, or later after repeated ones."""
+def login_failed(client: ClientConn, err: AuthError) -> None:
+    """Log a failed login with address and user; answer now, or later after repeated ones.
+    The closing line gives the error's own text, as PgBouncer's "closing because" does."""
+    what = err.message
     app = client.app
     source = _source(client)
     count = app.failed_logins.note(source, app.loop.time())
@@ -219,9 +222,9 @@ def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
     if delay > 0:
         move_client(client, AUTH_FAILED)
         client.transport.pause_reading()
-        client.app.loop.call_later(delay, client.fatal, err, "auth failed")
+        client.app.loop.call_later(delay, client.fatal, err)
     else:
-        client.fatal(err, log_as="auth failed")
+        client.fatal(err)
 
 
 def logged_in(client: ClientConn, pool: Pool, secret: str | None) -> None:
