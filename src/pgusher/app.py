@@ -276,6 +276,9 @@ class Application:
             for server in list(pool.idle):
                 server.close("obsolete connection")
             pool.welcome_params = None
+            # A login that failed under the old settings says nothing about the new ones:
+            # the next client gets a fresh attempt rather than the cached failure.
+            pool.forget_failure()
 
     def sync_pause(self) -> None:
         """Tell each pool whether it is paused (the whole pooler, or its database)."""

@@ -77,7 +77,7 @@ def test_hba_rule_order(pg: PgCluster, pooler: PoolerFactory, tmp_path: Any) -> 
                   'database "app", no encryption')
     # scram_user on app: scram-sha-256 is checked; the later trust rule never applies
     connect_fails(proc.dsn("scram_user", "wrong"),
-                  'password authentication failed for user "scram_user"')
+                  'SASL authentication failed for user "scram_user"')
     assert current_user(proc.dsn("scram_user", "scram_pass")) == "scram_user"
     # ... but on another database the trust rule is the first match
     assert current_user(proc.dsn("scram_user", "anything", dbname="postgres")) == "scram_user"
@@ -157,8 +157,10 @@ def test_auth_query(pg: PgCluster, pooler: PoolerFactory, expired_user: str,
     for user, password in (("scram_user", "wrong"), ("md5_user", "wrong"),
                            (expired_user, "expired_pass"), ("nobody", "x"),
                            ("x' or '1'='1", "x")):
+        # scram_user's secret is a SCRAM one: md5 turns to SCRAM, whose failure says so
+        method = "SASL" if user == "scram_user" else "password"
         connect_fails(proc.dsn(user, password),
-                      f'password authentication failed for user "{user}"')
+                      f'{method} authentication failed for user "{user}"')
     # A changed password applies at once: nothing is cached.
     pg.sql("ALTER ROLE md5_user VALID UNTIL '2001-01-01'", "postgres")
     try:
@@ -174,9 +176,11 @@ def test_auth_query_with_wrong_auth_user_password(pg: PgCluster,
                                                   pooler: PoolerFactory) -> None:
     proc = start(pooler, auth_type="scram-sha-256", auth_user="postgres",
                  userlist={"postgres": "not-the-password"})
+    # The lookup connection's failed login reaches the client in the server's words.
     connect_fails(proc.dsn("scram_user", "scram_pass"),
-                  'auth_query failed: password authentication failed for user "postgres"')
-    assert "auth_query failed" in proc.log_text()
+                  'password authentication failed for user "postgres"')
+    assert ("app/postgres@auth_query server login failed: FATAL password authentication "
+            'failed for user "postgres"') in proc.log_text()
 
 
 def test_auth_dbname(pg: PgCluster, pooler: PoolerFactory) -> None:
@@ -208,7 +212,7 @@ def test_scram_pass_through_without_any_password(pg: PgCluster, pooler: PoolerFa
         for conn in conns:
             conn.close()
     connect_fails(proc.dsn("scram_user", "wrong"),
-                  'password authentication failed for user "scram_user"')
+                  'SASL authentication failed for user "scram_user"')
 
 
 def test_pass_through_from_cleartext_login(pg: PgCluster, pooler: PoolerFactory) -> None:
@@ -244,14 +248,14 @@ def test_failed_logins_logged_and_delayed(pg: PgCluster, pooler: PoolerFactory) 
                         auth_type="scram-sha-256")
     began = time.monotonic()
     connect_fails(proc.dsn("scram_user", "wrong"),
-                  'password authentication failed for user "scram_user"')
+                  'SASL authentication failed for user "scram_user"')
     assert time.monotonic() - began >= 0.9
     began = time.monotonic()
     assert current_user(proc.dsn("scram_user", "scram_pass")) == "scram_user"
     assert time.monotonic() - began < 0.9
     log = proc.log_text()
     assert "app/scram_user@127.0.0.1:" in log
-    assert "password authentication failed" in log
+    assert 'closing because: SASL authentication failed for user "scram_user"' in log
 
 
 GUESSES = 1000

@@ -22,6 +22,15 @@ def forced_user_db(pg: PgCluster) -> dict[str, str]:
     return {"app": f"host=127.0.0.1 port={pg.port} dbname=app user=postgres password=postgres"}
 
 
+def failure_text(auth_type: str, user: str) -> str:
+    """PgBouncer's words for a failed login by each method (with the user, as PostgreSQL)."""
+    if auth_type == "trust":
+        return '"trust" authentication failed'
+    if auth_type == "scram-sha-256":
+        return f'SASL authentication failed for user "{user}"'
+    return f'password authentication failed for user "{user}"'
+
+
 def secrets_for(password: str, user: str) -> dict[str, str]:
     return {
         "plain": password,
@@ -44,25 +53,34 @@ def test_client_auth_methods(pg: PgCluster, pooler: PoolerFactory, auth_type: st
         assert conn.execute("select current_user").fetchone() == ("postgres",)
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(proc.dsn("alice", "wrong"))
-    assert 'password authentication failed for user "alice"' in str(err.value)
+    # md5 turns to SCRAM for a SCRAM secret, as PgBouncer does
+    method = "scram-sha-256" if stored == "scram" and auth_type == "md5" else auth_type
+    assert failure_text(method, "alice") in str(err.value)
     assert getattr(err.value, "sqlstate", None) in ("28P01", None)
+    assert f"closing because: {failure_text(method, 'alice')}" in proc.log_text()
 
 
 def test_scram_cannot_use_md5_secret(pg: PgCluster, pooler: PoolerFactory) -> None:
     proc = start(pooler, databases=forced_user_db(pg), auth_type="scram-sha-256",
                  userlist={"alice": md5_password_hash("alice", "pw")})
-    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+    with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
         psycopg.connect(proc.dsn("alice", "pw"))
 
 
 @pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256", "plain", "trust"])
 def test_unknown_user_gets_the_same_error(pg: PgCluster, pooler: PoolerFactory,
                                           auth_type: str) -> None:
+    """An unknown user fails as a wrong password would, in PgBouncer's words per method."""
     proc = start(pooler, databases=forced_user_db(pg), auth_type=auth_type,
                  userlist={"alice": "pw"})
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(proc.dsn("mallory", "pw"))
-    assert 'password authentication failed for user "mallory"' in str(err.value)
+    assert failure_text(auth_type, "mallory") in str(err.value)
+    assert f"closing because: {failure_text(auth_type, 'mallory')}" in proc.log_text()
+    if auth_type != "trust":
+        with pytest.raises(psycopg.OperationalError) as wrong:
+            psycopg.connect(proc.dsn("alice", "wrong"))
+        assert failure_text(auth_type, "alice") in str(wrong.value)
 
 
 def test_trust_and_any(pg: PgCluster, pooler: PoolerFactory) -> None:

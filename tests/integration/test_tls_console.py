@@ -142,3 +142,18 @@ def test_server_tls_change_retires_servers(tls_pg: PgCluster, pooler: PoolerFact
         # The client goes on, on a server connected with the new settings.
         assert conn.execute("select version from pg_stat_ssl "
                             "where pid = pg_backend_pid()").fetchone() == ("TLSv1.3",)
+
+
+def test_server_tls_change_forgets_a_failed_login(tls_pg: PgCluster, pooler: PoolerFactory,
+                                                  pki: Pki) -> None:
+    """A login refused under the old server TLS settings is not held against the new ones:
+    the next client does not wait out server_login_retry."""
+    databases = {"app": f"host=127.0.0.1 port={tls_pg.port} dbname=app"}
+    proc = start_console(pooler, databases=databases, server_tls_sslmode="disable",
+                         server_login_retry="60")
+    with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+        psycopg.connect(proc.dsn("scram_user"))
+    set_values(proc, {"server_tls_sslmode": "require"})
+    with psycopg.connect(proc.dsn("scram_user")) as conn:
+        assert conn.execute("select ssl from pg_stat_ssl "
+                            "where pid = pg_backend_pid()").fetchone() == (True,)

@@ -74,7 +74,8 @@ def test_parse_byte_by_byte_prefixes_never_crash() -> None:
     ("host all all all cert", "cert authentication is only supported on hostssl connections"),
     ("host all +admins all md5", "group membership (+admins) is not supported"),
     ("host samerole all all md5", "samerole is not supported"),
-    ("host all all all md5 map=x", 'unsupported authentication option "map"'),
+    ("host all all all md5 map=x",
+     'authentication option "map" is not supported with "md5"'),
     ("host all all all md5 clientcert", 'authentication option not in name=value format: '
                                         '"clientcert"'),
     ("host all all all md5 clientcert=verify-ca",

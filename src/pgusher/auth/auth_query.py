@@ -48,6 +48,8 @@ class Event:
     found: bool = False
     secret: str | None = None
     error: ServerError | None = None
+    # For a failed login: the server's severity word (FATAL), or "" when the pooler gave up.
+    login_failed: str | None = None
 
 
 def lookup_messages(sql: str, user: str) -> bytes:
@@ -108,7 +110,10 @@ class LookupSession:
                 if isinstance(action, Send):
                     self._out.append(action.data)
                 elif isinstance(action, LoginFailed):
-                    return self._fail(events, action.error)
+                    self.state = FAILED
+                    events.append(Event("failed", error=action.error,
+                                        login_failed=action.severity))
+                    return events
                 elif isinstance(action, LoginDone):
                     self.state = READY
                     events.append(Event("ready"))

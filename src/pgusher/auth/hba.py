@@ -17,10 +17,12 @@ backslash at the end of a line to continue it. Supported here:
 * users: names, ``all`` and ``@file``;
 * addresses: ``all``, CIDR (``10.0.0.0/8``, ``::1/128``) or an address plus a mask field;
 * methods ``trust``, ``reject``, ``md5``, ``scram-sha-256``, ``password``, ``cert`` and
-  ``peer``, and the option ``clientcert=verify-ca|verify-full``.
+  ``peer``, and the options ``clientcert=verify-ca|verify-full`` and, for ``cert`` and
+  ``peer``, ``map=NAME`` (a user name map of auth_ident_file, see ``ident.py``);
+* blanks around the commas of a list (``a , b``), as PgBouncer reads them.
 
 Anything else PostgreSQL knows (``+group``, ``samerole``, host names, ``samehost``/``samenet``,
-ident maps, the other methods) is an error rather than a rule that silently never matches.
+the other methods) is an error rather than a rule that silently never matches.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 
 from pgusher.errors import ConfigError
 
-__all__ = ["METHODS", "HbaRule", "Token", "match_hba", "parse_hba", "tokenize_line"]
+__all__ = ["METHODS", "HbaRule", "IdentMapping", "Token", "logical_lines", "match_hba", "parse_hba",
+           "tokenize_line"]
 
 METHODS = ("trust", "reject", "md5", "scram-sha-256", "password", "cert", "peer")
 CONN_TYPES = ("local", "host", "hostssl", "hostnossl")
@@ -55,6 +58,15 @@ class Token:
 
 
 @dataclass(frozen=True)
+class IdentMapping:
+    """One line of a user name map: ``system_user`` may log in as ``pg_user`` (the keyword
+    ``all``: as anyone). Parsed by auth/ident.py."""
+
+    system_user: str
+    pg_user: Token
+
+
+@dataclass(frozen=True)
 class HbaRule:
     """One parsed line. ``databases``/``users`` hold names; keywords are kept as Tokens."""
 
@@ -65,6 +77,13 @@ class HbaRule:
     network: Network | None  # None: any address (and always for local)
     method: str
     options: dict[str, str] = field(default_factory=dict)
+    # The entries of the ``map=`` option's user name map, filled in when the rules are loaded
+    # with auth_ident_file (see auth/ident.py); None: no map.
+    ident_map: tuple[IdentMapping, ...] | None = None
+
+    @property
+    def map_name(self) -> str:
+        return self.options.get("map", "")
 
     @property
     def clientcert(self) -> str:
@@ -74,7 +93,7 @@ class HbaRule:
         return self.options.get("clientcert", "")
 
 
-class _LineError(Exception):
+class _LineError(ValueError):
     pass
 
 
@@ -124,8 +143,13 @@ def tokenize_line(line: str) -> list[list[Token]]:
             current = []
             fields.append(current)
         current.append(token)
-        if pos < n and line[pos] == ",":
-            pos += 1  # the next token belongs to the same field
+        after = pos
+        while after < n and line[after] in " \t":
+            after += 1
+        if after < n and line[after] == ",":
+            # The next token belongs to the same field, blanks before the comma or not
+            # ("a , b" is a list, as PgBouncer reads it).
+            pos = after + 1
             while pos < n and line[pos] in " \t":
                 pos += 1
             if pos >= n or line[pos] == "#":
@@ -135,7 +159,7 @@ def tokenize_line(line: str) -> list[list[Token]]:
     return fields
 
 
-def _logical_lines(text: str) -> list[tuple[int, str]]:
+def logical_lines(text: str) -> list[tuple[int, str]]:
     """(first line number, text) with backslash continuations joined."""
     out: list[tuple[int, str]] = []
     pending = ""
@@ -176,7 +200,7 @@ def _expand_list(tokens: list[Token], what: str, read: ReadInclude | None, depth
             included = read(name)
         except OSError as exc:
             raise _LineError(f"could not read @{name}: {exc.strerror or exc}") from None
-        for _, line in _logical_lines(included):
+        for _, line in logical_lines(included):
             for sub_field in tokenize_line(line):
                 out.extend(_expand_list(sub_field, what, read, depth + 1))
     return out
@@ -269,6 +293,14 @@ def _parse_rule(lineno: int, fields: list[list[Token]], read: ReadInclude | None
             name, eq, value = token.text.partition("=")
             if not eq:
                 raise _LineError(f'authentication option not in name=value format: "{name}"')
+            if name == "map":
+                if method not in ("cert", "peer"):
+                    raise _LineError(f'authentication option "map" is not supported with '
+                                     f'"{method}"')
+                if not value:
+                    raise _LineError("empty ident map name")
+                options[name] = value
+                continue
             if name != "clientcert":
                 raise _LineError(f'unsupported authentication option "{name}"')
             if value not in ("verify-ca", "verify-full"):
@@ -287,7 +319,7 @@ def parse_hba(text: str, filename: str = "<hba>", read_include: ReadInclude | No
     if text.startswith("\ufeff"):
         text = text[1:]
     rules: list[HbaRule] = []
-    for lineno, line in _logical_lines(text):
+    for lineno, line in logical_lines(text):
         try:
             fields = tokenize_line(line)
             if fields:

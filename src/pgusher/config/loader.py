@@ -338,6 +338,9 @@ def build_config(lines: list[IniLine], path: str) -> Config:
         raise ConfigError(f"{path}: section [pgbouncer] is missing")
 
     settings = Settings(**cast(dict[str, Any], settings_values))
+    if settings.auth_dbname == ADMIN_DB_NAME:
+        raise ConfigError(f'{path}: cannot use the reserved "{ADMIN_DB_NAME}" database as an '
+                          "auth_dbname")
     if settings.conffile is None:
         settings = dataclasses.replace(settings, conffile=path)
     return Config(

@@ -8,6 +8,12 @@ server_idle_timeout without lookups, on any error, and on RELOAD.
 
 Results are not cached: every login asks the server, so a changed password, a dropped role or
 a passed VALID UNTIL takes effect for the very next login.
+
+Failures reach the waiting clients as PgBouncer words them: a failed login of the lookup
+connection with the server's own error (``database "x" does not exist``), logged as any
+server login failure; an error of the query itself, or an auth database that cannot be used
+(not configured, disabled, the console), as "bouncer config error", with the reason in the
+log only.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ if TYPE_CHECKING:
 
 # found, secret, error
 LookupDone = Callable[[bool, "str | None", "PgusherError | None"], None]
+
+# What a client is told when auth_query cannot be used as configured (the reason is logged).
+CONFIG_ERROR = ClientFatal("bouncer config error")
+CONSOLE_DB = "pgbouncer"  # the console's database, never a place to run auth_query
 
 
 class LookupConn(asyncio.Protocol):
@@ -92,7 +102,14 @@ class LookupConn(asyncio.Protocol):
     def _event(self, event: Event) -> None:
         if event.kind == "failed":
             assert event.error is not None
-            self.fail(event.error)
+            if event.login_failed is not None:
+                word = f"{event.login_failed} " if event.login_failed else ""
+                log.warning("%s server login failed: %s%s", self.ident, word,
+                            event.error.message)
+                self.fail(event.error, ClientFatal(event.error.message,
+                                                   sqlstate=event.error.sqlstate))
+            else:
+                self.fail(event.error, CONFIG_ERROR)
             return
         done, self.current = self.current, None
         if done is not None:
@@ -116,17 +133,22 @@ class LookupConn(asyncio.Protocol):
         self.queue.append((sql, user, done))
         self._next()
 
-    def fail(self, error: ServerError) -> None:
-        if not self.closed:
+    def fail(self, error: ServerError, told: ClientFatal | None = None) -> None:
+        """End the connection; its waiting clients are ``told`` (default: that the lookup
+        could not be made, with the reason)."""
+        if not self.closed and told is CONFIG_ERROR:
+            log.error("%s error in auth_query: %s", self.ident, error.message)
+        elif not self.closed and told is None:
             log.warning("%s auth_query failed: %s", self.ident, error.message)
+        if told is None:
+            told = ClientFatal(f"auth_query failed: {error.message}", sqlstate="08006")
         waiters = ([self.current] if self.current is not None else []) + [
             d for _, _, d in self.queue]
         self.current = None
         self.queue.clear()
         self.close()
         for done in waiters:
-            done(False, None, ClientFatal(f"auth_query failed: {error.message}",
-                                          sqlstate="08006"))
+            done(False, None, told)
 
     def close(self) -> None:
         if self.closed:
@@ -156,16 +178,25 @@ class LookupService:
             return None
         return auth_user, entry.auth_query or s.auth_query, entry.auth_dbname or s.auth_dbname
 
-    def lookup(self, target: DbTarget, user: str, done: LookupDone) -> bool:
-        """Start looking ``user`` up; False when no auth_user applies to ``target``."""
+    def lookup(self, target: DbTarget, user: str, done: LookupDone, who: str = "") -> bool:
+        """Start looking ``user`` up; False when no auth_user applies to ``target``.
+        ``who`` prefixes the log lines about the auth database (the client's prefix)."""
         found = self.settings_for(target)
         if found is None:
             return False
         auth_user, sql, dbname = found
+        name = dbname or target.name
+        if name == CONSOLE_DB:
+            log.error('%s cannot use the reserved "%s" database as an auth_dbname', who, name)
+            done(False, None, CONFIG_ERROR)
+            return True
         auth_target = self.app.find_target(dbname) if dbname else target
         if auth_target is None:
-            done(False, None, ClientFatal(f"auth_dbname {dbname} is not in [databases]",
-                                          sqlstate="08006"))
+            log.error('%s authentication database "%s" is not configured', who, dbname)
+            done(False, None, CONFIG_ERROR)
+            return True
+        if auth_target.name in self.app.disabled_dbs:
+            done(False, None, ClientFatal(f'authentication database "{name}" is disabled'))
             return True
         key = (auth_target.name, auth_user)
         conn = self.conns.get(key)

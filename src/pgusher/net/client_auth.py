@@ -18,6 +18,7 @@ them, so the connection code only calls in at a few points:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import pwd
@@ -26,6 +27,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..auth.hba import HbaRule, match_hba, parse_hba
+from ..auth.ident import map_allows, parse_ident
 from ..auth.scram import ScramClient, is_scram_secret
 from ..config import Config
 from ..errors import AuthError, ConfigError, PgusherError
@@ -42,7 +44,32 @@ if TYPE_CHECKING:
 _HBA_TO_AUTH_TYPE = {"password": "plain"}
 
 
-def load_hba(path: str) -> list[HbaRule]:
+def load_hba(path: str, ident_path: str | None = None) -> list[HbaRule]:
+    """The rules of ``path``, with the user name maps their ``map=`` options name taken from
+    ``ident_path`` (auth_ident_file); ConfigError when a map cannot be found."""
+    rules = _read_hba(path)
+    if not any(rule.map_name for rule in rules):
+        return rules
+    if not ident_path:
+        raise ConfigError(f"{path}: map= needs auth_ident_file")
+    try:
+        with open(ident_path, encoding="utf-8", errors="surrogateescape") as handle:
+            maps = parse_ident(handle.read(), ident_path)
+    except OSError as exc:
+        raise ConfigError(f"could not read auth_ident_file {ident_path}: "
+                          f"{exc.strerror or exc}") from None
+    out = []
+    for rule in rules:
+        if rule.map_name:
+            if rule.map_name not in maps:
+                raise ConfigError(f"{path}:{rule.lineno}: ident map {rule.map_name} is not "
+                                  f"found in {ident_path}")
+            rule = dataclasses.replace(rule, ident_map=maps[rule.map_name])
+        out.append(rule)
+    return out
+
+
+def _read_hba(path: str) -> list[HbaRule]:
     if not path:
         raise ConfigError("auth_type = hba needs auth_hba_file")
     base = os.path.dirname(os.path.abspath(path))
@@ -66,7 +93,7 @@ def load_security(config: Config) -> tuple[TlsContexts, list[HbaRule] | None]:
     if s.auth_type == "cert" and s.client_tls_sslmode == "disable":
         raise ConfigError("auth_type = cert needs client_tls_sslmode other than disable")
     contexts = build_contexts(s)
-    hba = load_hba(s.auth_hba_file) if s.auth_type == "hba" else None
+    hba = load_hba(s.auth_hba_file, s.auth_ident_file) if s.auth_type == "hba" else None
     return contexts, hba
 
 
@@ -94,6 +121,7 @@ def auth_method(client: ClientConn) -> str:
     app = client.app
     method = app.config.settings.auth_type
     clientcert = ""
+    ident: HbaRule | None = None  # the rule whose user name map applies
     if method == "hba":
         rules = app.hba or []
         rule = match_hba(rules, local=client.is_unix, tls=client.tls != "no",
@@ -105,20 +133,38 @@ def auth_method(client: ClientConn) -> str:
                             sqlstate="28000")
         method = _HBA_TO_AUTH_TYPE.get(rule.method, rule.method)
         clientcert = rule.clientcert
+        if rule.ident_map is not None:
+            ident = rule
     elif method == "cert":
         clientcert = "verify-full"
     if clientcert:
         name = peer_common_name(client.transport) if client.tls != "no" else None
         if name is None:
             raise AuthError("connection requires a valid client certificate", sqlstate="28000")
-        if clientcert == "verify-full" and name != client.user:
+        if method == "cert" and ident is not None:
+            if not _mapped(client, ident, name, "ident map: %s does not have a match"):
+                raise AuthError(f'certificate authentication failed for user "{client.user}"')
+        elif clientcert == "verify-full" and name != client.user:
             raise AuthError(f'certificate authentication failed for user "{client.user}": '
                             f'the certificate is for "{name}"')
     if method == "peer":
         owner = _peer_user(client)
-        if owner != client.user:
+        if ident is not None:
+            if not _mapped(client, ident, owner, "ident map %s cannot be matched"):
+                raise AuthError(f'Peer authentication failed for user "{client.user}"')
+        elif owner != client.user:
             raise AuthError(f'Peer authentication failed for user "{client.user}"')
     return method
+
+
+def _mapped(client: ClientConn, rule: HbaRule, system_user: str | None, failure: str) -> bool:
+    """Whether the rule's user name map lets ``system_user`` in as the client's user; a
+    refusal is logged in PgBouncer's words (``failure`` takes the map's name)."""
+    assert rule.ident_map is not None
+    if map_allows(rule.ident_map, system_user, client.user):
+        return True
+    log.warning("%s " + failure, client.prefix(), rule.map_name)
+    return False
 
 
 def _peer_user(client: ClientConn) -> str | None:
@@ -149,10 +195,11 @@ def start_lookup(client: ClientConn, method: str) -> bool:
         if error is not None:
             client.fatal(error)
             return
-        # A missing user and a NULL secret (expired VALID UNTIL) fail like a wrong password.
-        client.secret_found(method, secret if found else None)
+        # A missing user and a NULL secret (expired VALID UNTIL) fail like a wrong password,
+        # except under trust, where a NULL secret logs in (see ClientLogin.secret_found).
+        client.secret_found(method, found, secret if found else None)
 
-    return client.app.lookups.lookup(target, client.user, done)
+    return client.app.lookups.lookup(target, client.user, done, client.prefix())
 
 
 class FailedLogins:
@@ -213,7 +260,9 @@ def failure_reason(client: ClientConn, err: AuthError) -> str:
         return "certificate"
     if text.startswith("Peer authentication"):
         return "peer"
-    if text.startswith("password authentication failed"):
+    if text == "no such user" or text == '"trust" authentication failed':
+        return "no_such_user"
+    if text.startswith(("password authentication failed", "SASL authentication failed")):
         # Neither auth_file nor auth_query knew the user: the exchange was bound to fail.
         known = (client.app.userlist.get(client.user) is not None
                  or client._login_secret is not None)
@@ -221,8 +270,10 @@ def failure_reason(client: ClientConn, err: AuthError) -> str:
     return "other"
 
 
-def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
-    """Log a failed login with address and user; answer now, or later after repeated ones."""
+def login_failed(client: ClientConn, err: AuthError) -> None:
+    """Log a failed login with address and user; answer now, or later after repeated ones.
+    The closing line gives the error's own text, as PgBouncer's "closing because" does."""
+    what = err.message
     app = client.app
     app.metrics.events.auth_failed(failure_reason(client, err))
     source = _source(client)
@@ -237,9 +288,9 @@ def login_failed(client: ClientConn, err: AuthError, what: str) -> None:
     if delay > 0:
         move_client(client, AUTH_FAILED)
         client.transport.pause_reading()
-        client.app.loop.call_later(delay, client.fatal, err, "auth failed")
+        client.app.loop.call_later(delay, client.fatal, err)
     else:
-        client.fatal(err, log_as="auth failed")
+        client.fatal(err)
 
 
 def logged_in(client: ClientConn, pool: Pool, secret: str | None) -> None:

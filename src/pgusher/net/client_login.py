@@ -183,10 +183,11 @@ class ClientLogin(asyncio.Protocol):
                 # Any other setting becomes the client's own session default, applied on
                 # every server connection it uses (PgBouncer refuses these).
                 self._startup_setting(low, value)
+        # An unknown database is refused only after authentication (get_pool), as PgBouncer
+        # does: an unauthenticated client learns nothing about which databases exist.
         target = app.find_target(self.db_name)
-        if target is None:
-            raise ClientFatal(f"no such database: {self.db_name}", sqlstate="3D000")
-        app.check_client_limits(self.conn, target)
+        if target is not None:
+            app.check_client_limits(self.conn, target)
         move_client(self, AUTH)
         self._begin_auth()
 
@@ -213,23 +214,32 @@ class ClientLogin(asyncio.Protocol):
         secret = self.app.userlist.get(self.user)
         if secret is None and client_auth.start_lookup(self.conn, method):
             return  # continues in secret_found
-        self._auth_with(method, secret)
+        self._auth_with(method, secret, secret is not None)
 
-    def secret_found(self, method: str, secret: str | None) -> None:
-        """auth_query answered (None: no such user, or no password allowed)."""
+    def secret_found(self, method: str, found: bool, secret: str | None) -> None:
+        """auth_query answered: ``found`` the user, with ``secret`` (None: no password
+        allowed, e.g. an expired VALID UNTIL)."""
         self._login_secret = secret
         try:
-            self._auth_with(method, secret)
+            if method == "trust" and not found:
+                # Under trust the name is all a client gives, so saying that it is unknown
+                # tells nothing a successful login would not (PgBouncer's wording).
+                self._auth_failed(AuthError("no such user", sqlstate="28000"))
+                return
+            self._auth_with(method, secret, found)
         except PgusherError as exc:
             self.fatal(exc)
 
-    def _auth_with(self, method: str, secret: str | None) -> None:
+    def _auth_with(self, method: str, secret: str | None, known: bool) -> None:
+        """Authenticate by ``method`` against ``secret``; ``known``: the user is in auth_file
+        or auth_query found it (with a secret or a NULL one)."""
         if method == "any":
             self._auth_ok()
             return
         if method == "trust":
-            if secret is None:
-                self._auth_failed()
+            if not known:
+                self._auth_failed(AuthError('"trust" authentication failed',
+                                            sqlstate="28000"))
                 return
             self._auth_ok()
             return
@@ -312,7 +322,8 @@ class ClientLogin(asyncio.Protocol):
             except AuthError as exc:
                 if exc.sqlstate != "28P01":
                     raise
-                self._auth_failed()
+                self._auth_failed(AuthError(f'SASL authentication failed for user '
+                                            f'"{self.user}"'))
                 return
             self.transport.write(m.auth_sasl_final(final))
             if self._scram.client_key is not None:
@@ -339,9 +350,7 @@ class ClientLogin(asyncio.Protocol):
     def _auth_failed(self, exc: AuthError | None = None) -> None:
         if exc is None:
             exc = AuthError(f'password authentication failed for user "{self.user}"')
-            client_auth.login_failed(self.conn, exc, "password authentication failed")
-        else:
-            client_auth.login_failed(self.conn, exc, exc.message)
+        client_auth.login_failed(self.conn, exc)
 
     def _auth_ok(self) -> None:
         self._scram = None
