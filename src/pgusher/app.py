@@ -341,7 +341,7 @@ class Application:
             self.pools[key] = pool
         return pool
 
-    def _layered(self, user: str, target: DbTarget | None, user_key: str, db_key: str,
+    def layered(self, user: str, target: DbTarget | None, user_key: str, db_key: str,
                  global_key: str) -> Any:
         """PgBouncer's precedence: the [users] entry, then the [databases] entry, then global."""
         user_entry = self.config.users.get(user)
@@ -356,27 +356,27 @@ class Application:
         return getattr(self.config.settings, global_key)
 
     def effective_pool_mode(self, target: DbTarget, user: str) -> str:
-        return str(self._layered(user, target, "pool_mode", "pool_mode", "pool_mode"))
+        return str(self.layered(user, target, "pool_mode", "pool_mode", "pool_mode"))
 
     def effective_pool_size(self, pool: Pool) -> int:
-        return int(self._layered(pool.user, pool.target, "pool_size", "pool_size",
+        return int(self.layered(pool.user, pool.target, "pool_size", "pool_size",
                                  "default_pool_size"))
 
     def effective_reserve_size(self, pool: Pool) -> int:
-        return int(self._layered(pool.user, pool.target, "reserve_pool_size",
+        return int(self.layered(pool.user, pool.target, "reserve_pool_size",
                                  "reserve_pool_size", "reserve_pool_size"))
 
     def effective_min_pool_size(self, pool: Pool) -> int:
-        size = int(self._layered(pool.user, pool.target, "", "min_pool_size", "min_pool_size"))
+        size = int(self.layered(pool.user, pool.target, "", "min_pool_size", "min_pool_size"))
         if self.worker is not None and size:
             size = -(-size // self.worker.count)  # each worker keeps its share warm
         return size
 
     def effective_max_db_connections(self, target: DbTarget) -> int:
-        return int(self._layered("", target, "", "max_db_connections", "max_db_connections"))
+        return int(self.layered("", target, "", "max_db_connections", "max_db_connections"))
 
     def effective_max_user_connections(self, user: str) -> int:
-        return int(self._layered(user, None, "max_user_connections", "",
+        return int(self.layered(user, None, "max_user_connections", "",
                                  "max_user_connections"))
 
     def db_server_count(self, db_name: str) -> int:
@@ -416,9 +416,9 @@ class Application:
         if target.name in self.disabled_dbs:
             raise ClientFatal(f"database does not allow connections: {target.name}",
                               sqlstate="57P03")
-        db_limit = self._layered("", target, "", "max_db_client_connections",
+        db_limit = self.layered("", target, "", "max_db_client_connections",
                                  "max_db_client_connections")
-        user_limit = self._layered(client.user, None, "max_user_client_connections", "",
+        user_limit = self.layered(client.user, None, "max_user_client_connections", "",
                                    "max_user_client_connections")
         if db_limit and self.db_clients.get(target.name, 0) >= db_limit:
             self.metrics.events.refused("max_db_client_connections")

@@ -143,7 +143,7 @@ def show_databases(app: Application) -> Result:
              else s.reserve_pool_size),
             int(target.server_lifetime), entry.pool_mode, _balance(target),
             app.effective_max_db_connections(target), app.db_server_count(name),
-            app._layered("", target, "", "max_db_client_connections",
+            app.layered("", target, "", "max_db_client_connections",
                          "max_db_client_connections"),
             app.db_clients.get(name, 0),
             name in app.paused_dbs or app.paused, name in app.disabled_dbs]))
@@ -172,7 +172,7 @@ def show_users(app: Application) -> Result:
         rows.append(_row([
             name, pool_size, reserve, mode, app.effective_max_user_connections(name),
             app.user_server_count(name),
-            app._layered(name, None, "max_user_client_connections", "",
+            app.layered(name, None, "max_user_client_connections", "",
                          "max_user_client_connections"),
             app.user_clients.get(name, 0)]))
     return c.USERS, rows

@@ -419,3 +419,13 @@ class ClientLink:
                 return
             self.fatal(error, log_as=error.message)
 
+
+    def timed_out(self, reason: str) -> None:
+        """A timeout ended the client's work on its server: the server goes first, with
+        ``reason`` in its closing line, then the client, told FATAL 08P01 ``reason``."""
+        server = self.server
+        if server is not None:
+            self.server = None
+            server.detach()
+            server.close(reason, abort=True)
+        self.fatal(ClientFatal(reason), log_as=reason)

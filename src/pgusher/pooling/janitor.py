@@ -10,25 +10,46 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal
-from .states import AUTH, LOGIN_WAIT, READY, STARTUP
+from .states import READY
 
 if TYPE_CHECKING:
     from ..app import Application
+    from ..net.client_conn import ClientConn
+    from .pool import Pool
+
+
+def _for_user(app: Application, user: str, name: str) -> float:
+    """A timeout as PgBouncer applies it: the [users] entry's when set above 0, else the
+    global one."""
+    entry = app.config.users.get(user)
+    value = getattr(entry, name) if entry is not None else None
+    return float(value) if value else float(getattr(app.config.settings, name))
+
+
+def _wait_timeouts(app: Application, pool: Pool, now: float) -> None:
+    """Waiting clients: query_timeout and query_wait_timeout (the [users] entry's, then the
+    [databases] entry's, then the global value) count from when the client began to wait."""
+    for client in list(pool.waiting):
+        age = now - client.wait_started
+        query = _for_user(app, client.user, "query_timeout")
+        if query > 0 and age >= query:
+            client.fatal(ClientFatal("query_timeout"), log_as="query_timeout")
+            continue
+        wait = float(app.layered(client.user, pool.target, "query_wait_timeout",
+                                 "query_wait_timeout", "query_wait_timeout"))
+        if wait > 0 and age >= wait:
+            app.metrics.events.wait_timed_out(pool.db_name)
+            client.fatal(ClientFatal("query_wait_timeout"), log_as="query_wait_timeout")
 
 
 def tick(app: Application) -> None:
     now = app.loop.time()
     s = app.config.settings
     for pool in list(app.pools.values()):
-        # Waiting clients: query_wait_timeout, and the reserve pool after reserve_pool_timeout.
+        # Waiting clients: the wait timeouts, and the reserve pool after reserve_pool_timeout.
         if pool.waiting:
             oldest = pool.waiting[0]
-            if s.query_wait_timeout > 0:
-                for client in list(pool.waiting):
-                    if now - client.wait_started >= s.query_wait_timeout:
-                        app.metrics.events.wait_timed_out(pool.db_name)
-                        client.fatal(ClientFatal("query_wait_timeout", sqlstate="08P01"),
-                                     log_as="query_wait_timeout")
+            _wait_timeouts(app, pool, now)
             if (not pool.reserve_active and app.effective_reserve_size(pool) > 0
                     and now - oldest.wait_started >= s.reserve_pool_timeout):
                 pool.set_reserve(True)
@@ -48,29 +69,34 @@ def tick(app: Application) -> None:
             while pool.total < min_size and pool.try_open():
                 pool.open_server()
     for client in list(app.clients):
-        if client.closed:
-            continue
-        state = client.state
-        if state in (STARTUP, AUTH, LOGIN_WAIT):
+        if client.closed or client.state != READY:
             continue  # client_login_timeout has its own timer
-        if state != READY:
-            continue
-        linked = client.server
-        if linked is None:
-            if (s.client_idle_timeout > 0 and not client.waiting and not client.pending
-                    and now - client.state_since >= s.client_idle_timeout):
-                client.fatal(ClientFatal("client_idle_timeout", sqlstate="08P01"),
-                             log_as="client_idle_timeout")
-            continue
-        if client.lease.outstanding:
-            if s.query_timeout > 0 and now - client.state_since >= s.query_timeout:
-                client.fatal(ClientFatal("query_timeout", sqlstate="57014"),
-                             log_as="query_timeout")
-        elif (linked.stream.status != 73 and s.idle_transaction_timeout > 0
-              and now - client.state_since >= s.idle_transaction_timeout):
-            client.fatal(ClientFatal("idle transaction timeout", sqlstate="25P03"),
-                         log_as="idle transaction timeout")
-        if (s.transaction_timeout > 0 and client.xact_since and not client.closed
-                and now - client.xact_since >= s.transaction_timeout):
-            client.fatal(ClientFatal("transaction timeout", sqlstate="25P04"),
-                         log_as="transaction timeout")
+        _client_timeouts(app, client, now)
+
+
+def _client_timeouts(app: Application, client: ClientConn, now: float) -> None:
+    """The timeouts of a logged-in client, each the [users] entry's or the global one.
+
+    As in PgBouncer, a timeout of a client linked to a server closes that server first (its
+    log line names the reason), then the client, with FATAL 08P01 and the same words."""
+    user = client.user
+    linked = client.server
+    if linked is None:
+        idle = _for_user(app, user, "client_idle_timeout")
+        if (idle > 0 and not client.waiting and not client.pending
+                and now - client.state_since >= idle):
+            client.fatal(ClientFatal("client_idle_timeout"), log_as="client_idle_timeout")
+        return
+    if client.lease.outstanding:
+        query = _for_user(app, user, "query_timeout")
+        if query > 0 and now - client.state_since >= query:
+            client.timed_out("query timeout")
+            return
+    elif linked.stream.status != 73:  # idle in a transaction
+        idle_xact = _for_user(app, user, "idle_transaction_timeout")
+        if idle_xact > 0 and now - client.state_since >= idle_xact:
+            client.timed_out("idle transaction timeout")
+            return
+    xact = _for_user(app, user, "transaction_timeout")
+    if xact > 0 and client.xact_since and now - client.xact_since >= xact:
+        client.timed_out("transaction timeout")
