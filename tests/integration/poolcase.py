@@ -12,8 +12,9 @@ USERLIST["trust_user"] = ""
 
 def start(pooler: PoolerFactory, mode: str = "transaction", *, pool_size: int = 5,
           databases: dict[str, str] | None = None, userlist: dict[str, str] | None = None,
-          **settings: Any) -> PoolerProc:
-    """A pooler with auth_type trust unless told otherwise, and the given settings."""
+          pgusher: dict[str, str] | None = None, **settings: Any) -> PoolerProc:
+    """A pooler with auth_type trust unless told otherwise, and the given settings
+    (``pgusher``: keys of the [pgusher] section)."""
     main = {
         "pool_mode": mode,
         "default_pool_size": str(pool_size),
@@ -21,8 +22,11 @@ def start(pooler: PoolerFactory, mode: str = "transaction", *, pool_size: int = 
         "server_login_retry": "1",
     }
     main.update({k: str(v) for k, v in settings.items()})
-    return pooler({"databases": databases or pooler.databases(), "pgbouncer": main},
-                  userlist if userlist is not None else USERLIST)
+    sections: dict[str, dict[str, str]] = {"databases": databases or pooler.databases(),
+                                           "pgbouncer": main}
+    if pgusher:
+        sections["pgusher"] = pgusher
+    return pooler(sections, userlist if userlist is not None else USERLIST)
 
 
 def pooler_backends(pg: PgCluster, since: str, user: str = "postgres") -> int:

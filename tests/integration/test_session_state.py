@@ -86,8 +86,9 @@ def test_rolled_back_set_is_not_carried(two_clients) -> None:  # type: ignore[no
 
 def test_state_that_cannot_move_resets_the_server(pg: PgCluster,
                                                   pooler: PoolerFactory) -> None:
-    """Temporary tables, session advisory locks and LISTEN are not handed on as if clean."""
-    proc = start(pooler, pool_size=1)
+    """Temporary tables, session advisory locks and LISTEN are not handed on as if clean
+    (with pinning off; test_pinned_state.py has the clients that keep their server)."""
+    proc = start(pooler, pool_size=1, pgusher={"pin_state": "0"})
     a = psycopg.connect(proc.dsn("postgres"), autocommit=True)
     b = psycopg.connect(proc.dsn("postgres"), autocommit=True)
     try:

@@ -547,6 +547,12 @@ class PgusherSettings:
     session_real_pid: bool = setting(
         True, doc="In session mode (without peering) link the client's server at login and "
                   "give the client that backend's real process id in BackendKeyData.")
+    pin_state: bool = setting(
+        True, doc="Transaction mode: a client with a temporary table, a session advisory "
+                  "lock or a WITH HOLD cursor keeps its server until that state is gone.")
+    max_pinned_servers: int = setting(
+        0, minimum=0, doc="Servers of one pool that pinned clients may keep at once (a client "
+                          "over it is disconnected with an error); 0 = no limit.")
     max_app_connections: int = setting(
         0, minimum=0, doc="Server connections of one pool that clients of one application "
                           "(application_name) may hold at once; 0 = no limit.")

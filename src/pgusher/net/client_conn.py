@@ -120,6 +120,7 @@ class ClientConn(ClientLink, ClientLogin):
         "params",
         "pending",
         "pending_msgs",
+        "pinned",
         "pool",
         "server",
         "session_defaults",
@@ -190,6 +191,8 @@ class ClientConn(ClientLink, ClientLogin):
         self.xact_since = 0.0
         self.cancel_pid = 0
         self.cancel_key = 0
+        # Transaction mode: why the client keeps its server ("" = it does not).
+        self.pinned = ""
         # Session mode: the welcome held until the client's server is linked (finish_login).
         self.welcome: dict[str, str] | None = None
         # The bytes of the login phase: the startup packet, then password messages, then what

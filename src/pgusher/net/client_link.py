@@ -23,7 +23,7 @@ from ..errors import ClientFatal
 from ..log import log
 from ..metrics.counters import BOUNDS, Counters
 from ..pooling.internal import ROLLBACK as POOLER_ROLLBACK
-from ..pooling.states import SESSION, STATEMENT, TESTED
+from ..pooling.states import ACTIVE, SESSION, STATEMENT, TESTED, TRANSACTION
 from ..protocol.capture import capture_query, merge_named, parse_rows
 from ..protocol.capture import session_sets as capture_sets
 from ..protocol.client_stream import ClientStream
@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 
 # Notifications a client in a long transaction may have waiting before it is disconnected.
 NOTIFICATION_LIMIT = 100_000
+
+# State that cannot move to another server: in transaction mode its client keeps its server
+# while the state exists (checked by reading the session back after each transaction).
+PIN_REASONS = frozenset(("temporary object", "session advisory lock", "WITH HOLD cursor"))
 
 # Message types that can start a batch the pooler may answer itself: Parse, Close, Sync, and
 # those no server answers (Flush, CopyData, CopyDone, CopyFail, 0 for a piece of CopyData).
@@ -88,6 +92,7 @@ class ClientLink:
         xact_start: float
         flow: FlowControl
         welcome: dict[str, str] | None
+        pinned: str
         conn: ClientConn  # ClientLogin's: this connection, typed as what it always is
 
         prefix: Callable[[], str]
@@ -206,6 +211,10 @@ class ClientLink:
             if not server.dirty_reason:
                 log.debug("%s left %s on %s", self.prefix(), dirty, server.ident)
             server.dirty_reason = dirty
+            if (dirty in PIN_REASONS and self.pool is not None
+                    and self.pool.mode == TRANSACTION and self.app.config.pgusher.pin_state):
+                # A full read-back at the transaction's end says whether the state is there.
+                self.lease.opaque = 2
         if opaque:
             log.debug("%s ran %s: its session is read back", self.prefix(), opaque)
 
@@ -313,7 +322,9 @@ class ClientLink:
             unlink_flows(self.flow, server.flow)
         if pool.reset_always:
             server.needs_reset = True
-        if lease.opaque:
+        if lease.opaque or self.pinned:
+            if self.pinned:
+                lease.opaque = 2  # a full read-back: is the state that pins it still there?
             self._read_back(server)
             return
         pool.release(server)
@@ -357,9 +368,38 @@ class ClientLink:
                 log.debug("%s left %s on %s", self.prefix(), got.hidden[0], server.ident)
                 server.dirty_reason = got.hidden[0]
                 server.needs_reset = True
+            if self._keeps(server, got.hidden):
+                return
             pool.release(server)
         if not self.closed and self.server is None and self.pending_msgs and not self.waiting:
             self._dispatch_pending()
+
+    def _keeps(self, server: ServerConn, hidden: list[str]) -> bool:
+        """After a read-back: whether the client keeps this server, re-linked, because state
+        that cannot move is on it (True). A client over max_pinned_servers is told so and
+        disconnected rather than left to lose that state unseen."""
+        pool = server.pool
+        reasons = [h for h in hidden if h in PIN_REASONS]
+        if (not reasons or self.closed or pool.mode != TRANSACTION
+                or not self.app.config.pgusher.pin_state):
+            if self.pinned:
+                log.debug("%s no longer pinned to %s", self.prefix(), server.ident)
+            self.pinned = ""
+            return False
+        cap = self.app.config.pgusher.max_pinned_servers
+        if cap and not self.pinned and sum(1 for s in pool.active
+                                           if s.client is not None and s.client.pinned) >= cap:
+            self.pinned = ""
+            message = (f"too many pinned server connections (max_pinned_servers={cap}): "
+                       f"its {reasons[0]} cannot be kept")
+            self.fatal(ClientFatal(message, sqlstate="53400"), log_as=message)
+            return False
+        if self.pinned != reasons[0]:
+            log.info("%s pinned to %s: %s", self.prefix(), server.ident, reasons[0])
+        self.pinned = reasons[0]
+        pool.move(server, ACTIVE)
+        self._attach(server)
+        return True
 
     def _dispatch_pending(self) -> None:
         """Messages queued while no server was linked: answer them or ask for a server."""
