@@ -7,12 +7,14 @@ Real PostgreSQL and psycopg."""
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
+from consolecase import http_get
 from poolcase import USERLIST
 
-from support import PgCluster, PoolerFactory, PoolerProc
+from support import PgCluster, PoolerFactory, PoolerProc, free_port
 
 
 def start(pooler: PoolerFactory, pool_size: int, **pgusher: str) -> PoolerProc:
@@ -143,3 +145,26 @@ def test_pin_state_off_keeps_the_old_reset(pooler: PoolerFactory) -> None:
             owner.execute("select * from gone")
     finally:
         owner.close()
+
+
+def test_metrics_show_who_is_pinned_and_why(pooler: PoolerFactory) -> None:
+    port = free_port()
+    proc = start(pooler, 2, http_port=str(port), http_addr="127.0.0.1")
+    owner = connect(proc)
+    try:
+        owner.execute("select pg_advisory_lock(99)")
+        _, _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert ('pgusher_pool_client_pinned_connections{database="app",user="postgres",'
+                'reason="session advisory lock"} 1') in body
+        owner.execute("select pg_advisory_unlock(99)")
+        # The read-back that unpins it runs after the reply: the series goes soon after.
+        deadline = time.monotonic() + 10
+        while "reason=" in pinned_series(http_get(f"http://127.0.0.1:{port}/metrics")[2]):
+            assert time.monotonic() < deadline, "still pinned after the unlock"
+            time.sleep(0.05)
+    finally:
+        owner.close()
+
+
+def pinned_series(body: str) -> str:
+    return body.split("pgusher_pool_client_pinned_connections", 1)[1].split("# HELP", 1)[0]

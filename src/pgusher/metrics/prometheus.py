@@ -139,6 +139,11 @@ def render(app: Application) -> str:
         lines += family(name, "gauge", help_text,
                         [({"database": p.db_name, "user": p.user}, getattr(f, attr))
                          for p, f in pools])
+    lines += family("pgusher_pool_client_pinned_connections", "gauge",
+                    "Clients that keep their server while state that cannot move exists "
+                    "(reason: temporary object, session advisory lock, WITH HOLD cursor).",
+                    [({"database": p.db_name, "user": p.user, "reason": reason}, count)
+                     for p, f in pools for reason, count in sorted(f.pinned.items())])
     lines += family("pgusher_pool_maxwait_seconds", "gauge",
                     "How long the oldest waiting client has waited.",
                     [({"database": p.db_name, "user": p.user}, f.maxwait) for p, f in pools])

@@ -31,6 +31,8 @@ class PoolFigures:
     sv_tested: int = 0
     sv_login: int = 0
     maxwait: float = 0.0  # seconds the oldest waiting client has waited
+    # Transaction mode: clients that keep their server for state that cannot move, by why.
+    pinned: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +82,8 @@ def scan(app: Application) -> Scan:
             figures.cl_active += 1
         if client.server is not None:
             gauge.held += 1
+        if client.pinned:
+            figures.pinned[client.pinned] = figures.pinned.get(client.pinned, 0) + 1
     return out
 
 
