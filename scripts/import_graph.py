@@ -38,9 +38,9 @@ PACKAGES = ("protocol", "auth", "config", "net", "pooling", "metrics", "admin", 
 LEAVES = ("errors", "log", "__init__")
 # Who may import each top-level module at runtime: app is the composition root (only the
 # command line starts it), cli is only run by ``python -m pgusher``, startup holds the
-# command line's checks.
+# command line's checks, container is the image's entrypoint (python -m).
 TOP_IMPORTERS = {"app": {"cli"}, "cli": {"__main__"}, "__main__": set(),
-                 "startup": {"cli"}}
+                 "startup": {"cli"}, "container": set()}
 
 # (module, imported name) pairs allowed inside a function. Keep this tiny: each is an
 # optional third-party module that may not be installed, so it is imported where it is used,
