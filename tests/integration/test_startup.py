@@ -8,6 +8,7 @@ import os
 import pwd
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -171,3 +172,40 @@ def test_unreadable_tls_files(pg: PgCluster, workdir: Path) -> None:
 def test_daemon_without_pidfile(pg: PgCluster, workdir: Path) -> None:
     res = run("-d", str(write_ini(workdir, pg, free_port())))
     assert one_fatal(res) == "daemon needs pidfile configured"
+
+
+def test_user_setting_is_enough_as_root(pg: PgCluster, workdir: Path) -> None:
+    """``user =`` in the file names whom to become, as ``-u`` does."""
+    user = service_user()
+    if user is None:
+        pytest.skip("the refusal concerns root only")
+    port = free_port()
+    ini = write_ini(workdir, pg, port, user=user, unix_socket_dir="")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "pgusher", str(ini)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        wanted = str(pwd.getpwnam(user).pw_uid)
+        while True:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            uids = status.split("Uid:")[1].split("\n")[0].split()
+            if set(uids) == {wanted}:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "FATAL" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
