@@ -2,7 +2,7 @@
 
 Strategy: the settings table (settings.py) says what every key is, its default and whether a
 reload applies it; defaults and reload behaviour are PgBouncer's for every ``[pgbouncer]``
-key but server_check_query. This table holds the rest: what pgusher does differently with a
+key. This table holds the rest: what pgusher does differently with a
 key it reads, one sentence each, for docs/CONFIG.md (scripts/gen_config_doc.py). A key not
 named here works as PgBouncer documents it. Every ``[pgusher]`` key is pgusher's own.
 """
@@ -32,9 +32,6 @@ DIFFERENCES: dict[str, str] = {
                             "reported with a warning and the defaults stay.",
     "client_tls_ecdhcurve": NOT_YET + " Python's ssl defaults are used.",
     "client_tls_dheparams": NOT_YET,
-    "server_check_query": "Default `select 1` (PgBouncer 1.18's); PgBouncer 1.25's default is "
-                          "`<empty>`, an empty query. The value `<empty>` is not special here "
-                          "yet: it would be sent as written.",
     "sbuf_loopcnt": "No effect: each read is handled whole in one callback.",
     "service_name": "Windows only in PgBouncer; read and ignored.",
     "job_name": "Windows only in PgBouncer; read and ignored.",
