@@ -12,8 +12,9 @@ targets differ only in the program behind the port:
   ``--base-src`` (a checkout of an older commit): the same run measures before and after.
   It is not among the default targets.
 
-Each pooler gets a fresh work directory from tests/support's ``start_pooler``, which also
-runs PgBouncer as the ``postgres`` user when we are root.
+Each pooler gets a fresh work directory from tests/support's ``start_pooler``, which, when we
+are root, runs PgBouncer as the ``postgres`` user and starts pgusher with ``-u postgres``
+(neither runs as root).
 """
 
 from __future__ import annotations

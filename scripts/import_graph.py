@@ -37,8 +37,10 @@ PACKAGES = ("protocol", "auth", "config", "net", "pooling", "metrics", "admin", 
 # Top-level modules every package may import; they import nothing else of pgusher.
 LEAVES = ("errors", "log", "__init__")
 # Who may import each top-level module at runtime: app is the composition root (only the
-# command line starts it), cli is only run by ``python -m pgusher``.
-TOP_IMPORTERS = {"app": {"cli"}, "cli": {"__main__"}, "__main__": set()}
+# command line starts it), cli is only run by ``python -m pgusher``, startup holds the
+# command line's checks, container is the image's entrypoint (python -m).
+TOP_IMPORTERS = {"app": {"cli"}, "cli": {"__main__"}, "__main__": set(),
+                 "startup": {"cli"}, "container": set()}
 
 # (module, imported name) pairs allowed inside a function. Keep this tiny: each is an
 # optional third-party module that may not be installed, so it is imported where it is used,

@@ -2,15 +2,19 @@
 
 ``pg``      session-scoped PgCluster with the test roles and database ``app``.
 ``pooler``  function-scoped factory starting the pooler under test.
+``tmp_path`` pytest's, readable by the user the pooler switches to when we are root.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
 from support import PgCluster, PoolerFactory, find_bindir, raise_nofile_limit, start_test_cluster
+from support.pg import service_user
 
 raise_nofile_limit()
 
@@ -26,6 +30,19 @@ def pytest_runtest_makereport(
         for proc in factory.started:
             report.sections.append((f"pooler log (port {proc.port})", proc.log_text()))
     return report
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As root the pooler runs with ``-u postgres`` and reads its files again on reload as
+    that user: the directories down to the test's own are opened for reading."""
+    if service_user() is not None:
+        top = tmp_path_factory.getbasetemp().parent
+        for directory in (tmp_path, *tmp_path.parents):
+            os.chmod(directory, 0o755)
+            if directory == top:
+                break
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

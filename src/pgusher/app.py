@@ -24,7 +24,7 @@ from .admin.session import Console
 from .auth.passthrough import ScramKeyStore
 from .auth.userlist import load_userlist
 from .config import SETTINGS_TABLE, Config, DatabaseEntry, Settings, load_config
-from .errors import ClientFatal, ConfigError, PgusherError
+from .errors import ClientFatal, ConfigError, PgusherError, listen_error
 from .log import log
 from .metrics.service import Metrics
 from .net import cancel as cancel_mod
@@ -545,12 +545,14 @@ class Application:
             self.metrics.registry.number_ids(self.worker.number, self.worker.count)
         self._tick_clock()
         self._stop = asyncio.Event()
+        # Signals before the sockets: a SIGHUP sent as soon as the port answers (a script
+        # that waits for it, then reloads) must not find the default action (exit).
+        self._install_signals()
         # The HTTP endpoint first: once clients can connect, /metrics and /ready answer too.
         await self.metrics.start()
         await self._listen()
         if self.after_listen is not None:
             self.after_listen()
-        self._install_signals()
         self._janitor = self.loop.create_task(self._janitor_loop())
         log.info("process up: %s, loop: %s", VERSION_STRING, type(self.loop).__module__)
         if self.worker is None:
@@ -585,9 +587,12 @@ class Application:
         addrs = [a.strip() for a in s.listen_addr.split(",") if a.strip()]
         for addr in addrs:
             host: str | None = None if addr == "*" else addr
-            server = await loop.create_server(
-                factory_tcp, host, s.listen_port, backlog=s.listen_backlog,
-                reuse_address=True, reuse_port=bool(s.so_reuseport))
+            try:
+                server = await loop.create_server(
+                    factory_tcp, host, s.listen_port, backlog=s.listen_backlog,
+                    reuse_address=True, reuse_port=bool(s.so_reuseport))
+            except OSError as exc:
+                raise listen_error(f"{addr}:{s.listen_port}", exc) from None
             self._servers.append(server)
             for sock in server.sockets:
                 name = sock.getsockname()
@@ -595,8 +600,11 @@ class Application:
         if s.unix_socket_dir:
             path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{s.listen_port}")
             self.check_unix_path(path)
-            server = await loop.create_unix_server(factory_unix, path,
-                                                   backlog=s.listen_backlog)
+            try:
+                server = await loop.create_unix_server(factory_unix, path,
+                                                       backlog=s.listen_backlog)
+            except OSError as exc:
+                raise listen_error(f"unix:{path}", exc) from None
             os.chmod(path, s.unix_socket_mode)
             self._servers.append(server)
             self._unix_paths.append(path)

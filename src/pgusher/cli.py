@@ -1,8 +1,9 @@
 """Command line, compatible with PgBouncer's: ``pgusher [-d] [-q] [-v] [-u USER] CONFIG.ini``.
 
 Strategy: parse flags, load and validate the configuration before anything else (so a bad
-file fails fast with file and line), then daemonize and drop privileges if asked, install
-uvloop and run the Application until a signal ends it.
+file fails fast with file and line), check what start-up needs (startup.py), then daemonize,
+bind, drop privileges to ``-u USER`` and run the Application on uvloop until a signal ends it.
+Every reason not to start becomes one FATAL line and exit status 1.
 """
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ import argparse
 import asyncio
 import contextlib
 import encodings.idna  # noqa: F401  (host name lookups; loaded here, before -u drops root)
+import logging
 import os
 import platform
-import pwd
 import sys
+import time
 from importlib.metadata import version
 
 from . import VERSION_STRING
 from .app import Application
-from .config import Settings
-from .errors import ConfigError
-from .log import log
-from .net.sockopts import unix_socket_in_use
+from .errors import ConfigError, StartupError
+from .log import PgusherLogger, line_of, log
+from .startup import (
+    check_logfile,
+    check_pidfile,
+    check_unix_socket,
+    check_user,
+    fd_limit_line,
+    switch_user,
+    write_pidfile,
+)
 from .workers import worker_count
 from .workers.supervisor import supervise
 
@@ -66,46 +75,14 @@ def _daemonize() -> None:
         os.close(devnull)
 
 
-def _switch_user(name: str) -> None:
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise ConfigError(f"could not find user '{name}' to switch to") from None
-    os.setgid(entry.pw_gid)
-    os.initgroups(name, entry.pw_gid)
-    os.setuid(entry.pw_uid)
-
-
-def _check_pidfile(path: str) -> None:
-    """Refuse to start over a live instance's pidfile (a stale one is overwritten later)."""
-    try:
-        with open(path) as fh:
-            old = int(fh.read().strip() or "0")
-    except (OSError, ValueError):
-        return
-    if not old or old == os.getpid():
-        return
-    try:
-        os.kill(old, 0)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        pass  # alive, owned by someone else
-    raise ConfigError(f"pidfile {path} exists and process {old} is running")
-
-
-def _check_unix_socket(settings: Settings) -> None:
-    if not settings.unix_socket_dir:
-        return
-    path = os.path.join(settings.unix_socket_dir, f".s.PGSQL.{settings.listen_port}")
-    if unix_socket_in_use(path):  # a stale file is removed by the listener
-        raise ConfigError(f"unix socket {path} is in use, cannot continue")
-
-
-def _write_pidfile(path: str) -> None:
-    _check_pidfile(path)
-    with open(path, "w") as fh:
-        fh.write(f"{os.getpid()}\n")
+def fatal(message: str) -> int:
+    """One FATAL line on each output logging has, and on stderr, where whoever started the
+    pooler looks first (even with -q or -d: it has not daemonized yet, or stderr is null)."""
+    if PgusherLogger.streams:
+        log.critical("%s", message)
+    if sys.stderr not in PgusherLogger.streams:
+        print(line_of(time.time(), logging.CRITICAL, os.getpid(), message), file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,54 +98,56 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("pgusher: error: a configuration file is required", file=sys.stderr)
         return 1
+    written: list[str] = []  # the pidfile, once this process wrote it
     try:
-        app = Application(args.config, verbose=args.verbose, quiet=args.quiet or args.daemon)
-    except ConfigError as exc:
-        print(f"pgusher: {exc.message}", file=sys.stderr)
-        return 1
-    app.setup_logging()
-    for warning in app.config.warnings:
-        log.warning("%s", warning)
-    pidfile = app.config.settings.pidfile
-    if args.daemon and not pidfile:
-        print("pgusher: in daemon mode, pidfile must be set in the config", file=sys.stderr)
-        return 1
-    # Checks that must fail in the foreground, where an init script sees the exit code.
-    try:
-        if pidfile:
-            _check_pidfile(pidfile)
-        _check_unix_socket(app.config.settings)
-    except ConfigError as exc:
-        print(f"pgusher: {exc.message}", file=sys.stderr)
-        return 1
-    if args.daemon:
-        _daemonize()
-    try:
-        if pidfile:
-            _write_pidfile(pidfile)
-        user = args.user or app.config.settings.user
-        if user and os.geteuid() == 0:
-            # Switched once the listeners are bound, as PgBouncer does (low ports need root).
-            _preload_for_user_switch()
-            app.after_listen = lambda: _switch_user(user)
-        count = worker_count(app.config.pgusher.workers)
-        if count > 1:
-            return supervise(app, count, _run)
-        return _run(app)
-    except ConfigError as exc:
-        log.critical("%s", exc.message)
-        return 1
-    except OSError as exc:
-        log.critical("%s", exc)
-        return 1
+        return _start(args, written)
+    except (ConfigError, StartupError) as exc:
+        return fatal(exc.message)
+    except OSError as exc:  # anything the checks did not foresee: still one line
+        return fatal(str(exc))
     finally:
-        if pidfile and os.path.exists(pidfile):
+        for pidfile in written:
             try:
                 with open(pidfile) as fh:
                     if fh.read().strip() == str(os.getpid()):
                         os.unlink(pidfile)
             except OSError:
                 pass
+
+
+def _start(args: argparse.Namespace, written: list[str]) -> int:
+    """The start-up sequence, PgBouncer's order: configuration and TLS files, logfile, user,
+    unix socket and pidfile, daemon, then the listeners. Failures raise (see startup.py)."""
+    app = Application(args.config, verbose=args.verbose, quiet=args.quiet or args.daemon)
+    settings = app.config.settings
+    created_log = check_logfile(settings.logfile)
+    app.setup_logging()
+    for warning in app.config.warnings:
+        log.warning("%s", warning)
+    user = args.user or settings.user
+    check_user(user)
+    pidfile = settings.pidfile
+    if args.daemon and not pidfile:
+        raise StartupError("daemon needs pidfile configured")
+    # Checks that must fail in the foreground, where an init script sees the exit code.
+    if pidfile:
+        check_pidfile(pidfile)
+    check_unix_socket(settings.unix_socket_dir, settings.listen_port)
+    if args.daemon:
+        _daemonize()
+    log.info("%s", fd_limit_line(app.config, len(set(app.userlist) | set(app.config.users))))
+    if pidfile:
+        write_pidfile(pidfile)
+        written.append(pidfile)
+    if user and os.geteuid() == 0:
+        # Switched once the listeners are bound (ports below 1024 need root).
+        _preload_for_user_switch()
+        own = settings.logfile if created_log else ""
+        app.after_listen = lambda: switch_user(user, own)
+    count = worker_count(app.config.pgusher.workers)
+    if count > 1:
+        return supervise(app, count, _run)
+    return _run(app)
 
 
 def _preload_for_user_switch() -> None:

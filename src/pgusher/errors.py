@@ -7,6 +7,9 @@ operator's (configuration) carry a file and line instead and never reach a clien
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class PgusherError(Exception):
     """Base class. ``sqlstate`` and ``severity`` describe how a client sees it."""
@@ -28,6 +31,19 @@ class ConfigError(PgusherError):
     """A configuration file could not be read or holds a bad value (operator's fault)."""
 
     sqlstate = "F0000"
+
+
+class StartupError(PgusherError):
+    """The machine does not let the pooler start: a file it cannot write, a port another
+    process holds, the user it must run as (operator's fault, reported as one FATAL line)."""
+
+    sqlstate = "58000"
+
+
+def listen_error(where: str, exc: OSError) -> StartupError:
+    """PgBouncer's words for a socket it cannot bind: ``cannot listen on ADDR: bind(): ...``."""
+    reason = os.strerror(exc.errno or errno.EINVAL)
+    return StartupError(f"cannot listen on {where}: bind(): {reason}")
 
 
 class ProtocolError(PgusherError):

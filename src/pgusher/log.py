@@ -114,11 +114,18 @@ def setup(*, verbose: int = 0, quiet: bool = False, logfile: str = "", syslog: b
         err = logging.StreamHandler(sys.stderr)
         err.setFormatter(fmt)
         log.addHandler(err)
+    unopened = ""
     if logfile:
-        fh = logging.FileHandler(logfile, encoding="utf-8", delay=True)
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
-        streams.append(open(logfile, "a", encoding="utf-8"))  # noqa: SIM115 - kept open
+        try:
+            streams.append(open(logfile, "a", encoding="utf-8"))  # noqa: SIM115 - kept open
+        except OSError as exc:
+            # Start-up checked the file first (startup.check_logfile); this is a reload or a
+            # console SET after it went away: keep logging where possible and say why.
+            unopened = f"Cannot open logfile: '{logfile}': {os.strerror(exc.errno or 0)}"
+        else:
+            fh = logging.FileHandler(logfile, encoding="utf-8", delay=True)
+            fh.setFormatter(fmt)
+            log.addHandler(fh)
     PgusherLogger.streams = streams
     PgusherLogger.slow = False
     if syslog:
@@ -132,3 +139,5 @@ def setup(*, verbose: int = 0, quiet: bool = False, logfile: str = "", syslog: b
         PgusherLogger.slow = True  # every line through the handlers, syslog's included
     if not log.handlers:
         log.addHandler(logging.NullHandler())
+    if unopened:
+        log.error("%s", unopened)

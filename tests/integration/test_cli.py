@@ -27,7 +27,7 @@ import pytest
 
 import pgusher
 from support import PgCluster, PoolerFactory, PoolerProc, run_psql
-from support.pooler import REPO_ROOT
+from support.pooler import REPO_ROOT, user_args
 
 USERS = {
     "postgres": "postgres",
@@ -52,9 +52,10 @@ def py_env() -> dict[str, str]:
 
 
 def run_pgusher(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``python -m pgusher ARGS`` to completion, stdout and stderr kept apart."""
+    """``python -m pgusher ARGS`` to completion, stdout and stderr kept apart (as root, with
+    ``-u postgres`` unless ARGS name a user)."""
     return subprocess.run(
-        [sys.executable, "-m", "pgusher", *args],
+        [sys.executable, "-m", "pgusher", *user_args(args), *args],
         capture_output=True,
         text=True,
         env=py_env(),

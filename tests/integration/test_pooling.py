@@ -368,13 +368,19 @@ def test_terminate_returns_server_to_pool(pg: PgCluster, pooler: PoolerFactory) 
     assert len(pids) == 1
 
 
-def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory) -> None:
-    proc = start(pooler, pool_size=1, server_check_delay=0,
-                 server_check_query="select 'checked'")
+@pytest.mark.parametrize("check", ["select 'checked'", "<empty>"])
+def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory, check: str) -> None:
+    """A check that succeeds keeps the server (``<empty>``, the default, is an empty query,
+    as in PgBouncer 1.25); a server that died is replaced, not handed out dead."""
+    proc = start(pooler, pool_size=1, server_check_delay=0, server_check_query=check)
     with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
         pid = backend_pid(conn)
         for _ in range(3):
             assert conn.execute("select 1").fetchone() == (1,)
+    for _ in range(3):  # each new client is given the checked server
+        with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
+            assert backend_pid(conn) == pid
+    assert "server check query failed" not in proc.log_text()
     # The check query killed on the server means the server is replaced, not handed out dead.
     pg.sql(f"select pg_terminate_backend({pid})", "postgres")
     time.sleep(0.3)

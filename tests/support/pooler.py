@@ -1,9 +1,12 @@
 """Start the pooler under test (pgusher, or any PgBouncer-compatible binary).
 
 The command comes from $PGUSHER_CMD (split shell-style), default
-``[sys.executable, "-m", "pgusher"]``.  A PgBouncer binary refuses to run as
-root, so when the command looks like pgbouncer and we are root it runs as the
-``postgres`` user (override with $PGUSHER_RUN_AS, empty for "as is").
+``[sys.executable, "-m", "pgusher"]``.  Neither PgBouncer nor pgusher runs as
+root without being told whom to become: when we are root, a command that looks
+like pgbouncer runs as the ``postgres`` user (override with $PGUSHER_RUN_AS,
+empty for "as is"), and pgusher is started as root with ``-u postgres`` (see
+:func:`user_args`), so it binds first and switches after, as in production.
+The work directory belongs to that user either way.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "pooler_command",
     "render_ini",
     "start_pooler",
+    "user_args",
     "write_userlist",
 ]
 
@@ -76,6 +80,14 @@ def _resolve_run_as(cmd: Sequence[str], run_as: RunAs) -> str | None:
     if os.path.basename(cmd[0]).startswith("pgbouncer"):
         return service_user()
     return None
+
+
+def user_args(args: Sequence[str] = ()) -> list[str]:
+    """``["-u", "postgres"]`` when we are root and ``args`` name no user, else nothing."""
+    user = service_user()
+    if user is None or any(a in ("-u", "--user") or a.startswith("--user=") for a in args):
+        return []
+    return ["-u", user]
 
 
 def default_databases(pg: PgCluster, dbname: str = "app") -> dict[str, str]:
@@ -138,8 +150,12 @@ class PoolerProc:
         run_as: str | None,
         pidfile: str | None,
         pg: PgCluster | None,
+        switch_to: str | None = None,
     ) -> None:
         self.cmd = list(cmd)
+        # Given as -u: the process starts as root and becomes this user once it listens.
+        self.switch_to = switch_to
+        self.owner = run_as or switch_to
         self.workdir = workdir
         self.host = host
         self.port = port
@@ -196,11 +212,11 @@ class PoolerProc:
                 main.setdefault("pidfile", self.pidfile)
             text = render_ini(sections)
         Path(self.ini_path).write_text(text)
-        chown_tree(self.ini_path, self.run_as)
+        chown_tree(self.ini_path, self.owner)
 
     def write_userlist(self, userlist: Mapping[str, str] | None) -> None:
         write_userlist(self.auth_file, userlist)
-        chown_tree(self.auth_file, self.run_as)
+        chown_tree(self.auth_file, self.owner)
 
     # ---- process
 
@@ -213,9 +229,10 @@ class PoolerProc:
         if self._out is not None:
             self._out.close()
         self._out = open(self.out_path, "ab")  # noqa: SIM115 - closed in _reap()
-        chown_tree(self.out_path, self.run_as)
+        chown_tree(self.out_path, self.owner)
+        switch = user_args(args) if self.switch_to else []
         self.proc = subprocess.Popen(
-            [*self.cmd, *args, self.ini_path],
+            [*self.cmd, *switch, *args, self.ini_path],
             cwd=self.workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -399,9 +416,10 @@ def start_pooler(
     """
     command = list(cmd) if cmd is not None else pooler_command()
     user = _resolve_run_as(command, run_as)
+    switch_to = service_user() if user is None else None
     wd = workdir or tempfile.mkdtemp(prefix="pgusher-pooler-")
     os.chmod(wd, 0o755)
-    chown_tree(wd, user)
+    chown_tree(wd, user or switch_to)
     given_port: str | None
     given_addr: str | None
     if isinstance(ini_sections, str):
@@ -426,6 +444,7 @@ def start_pooler(
         run_as=user,
         pidfile=None,
         pg=pg,
+        switch_to=switch_to,
     )
     proc.owns_workdir = workdir is None
     proc.write_ini(ini_sections, pidfile=pidfile or "-d" in args)

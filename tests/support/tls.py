@@ -134,6 +134,9 @@ def make_pki(directory: str, clients: tuple[str, ...] = ("scram_user", "md5_user
             _write(os.path.join(directory, f"client-{cn}.crt"), cert.public_bytes(pem)),
             _write(os.path.join(directory, f"client-{cn}.key"), _key_pem(key), 0o600),
         )
+    # The pooler reads these again on reload, as the user it switched to (-u): its files.
+    os.chmod(directory, 0o755)
+    chown_tree(directory, service_user())
     return pki
 
 

@@ -2,7 +2,8 @@
 
 One table, so the row builders, the RowDescription and the tests all read the same
 declaration. Types follow PgBouncer's: names and states ``text``, counts ``int4``, statistics
-``numeric``, times ``timestamptz``, DNS TTLs and cancel keys ``int8``.
+``numeric``, DNS TTLs and cancel keys ``int8``; times are text (``2026-12-01 21:13:54 UTC``),
+as PgBouncer sends them, not ``timestamptz``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ TEXT = 25
 INT4 = 23
 INT8 = 20
 NUMERIC = 1700
-TIMESTAMPTZ = 1184
 BYTEA = 17
 
 Columns = list[tuple[str, int]]
 
 
 def _cols(spec: str, names: str) -> Columns:
-    """``spec`` has one letter per column: s text, i int4, q int8, N numeric, T time, b bytea."""
-    kinds = {"s": TEXT, "i": INT4, "q": INT8, "N": NUMERIC, "T": TIMESTAMPTZ, "b": BYTEA}
+    """``spec`` has one letter per column: s text, i int4, q int8, N numeric, T a time (sent
+    as text), b bytea."""
+    kinds = {"s": TEXT, "i": INT4, "q": INT8, "N": NUMERIC, "T": TEXT, "b": BYTEA}
     words = names.split()
     assert len(words) == len(spec), names
     return [(word, kinds[kind]) for word, kind in zip(words, spec, strict=True)]

@@ -20,6 +20,7 @@ from ..metrics.registry import AVERAGE_NAMES
 from ..metrics.snapshot import Scan, scan
 from ..net.client_conn import ClientConn
 from ..net.server_conn import ServerConn
+from ..net.tls import describe
 from ..pooling.pool import Pool
 from ..pooling.states import AUTH, LOGIN_WAIT, READY, STARTUP
 from . import columns as c
@@ -182,8 +183,14 @@ def show_users(app: Application) -> Result:
 
 
 def _wall(app: Application, monotonic: float) -> str:
+    """PgBouncer's time text: ``2026-12-01 21:13:54 UTC`` (it sends these as text)."""
     stamp = time.time() - (app.loop.time() - monotonic)
-    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(stamp))
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+
+
+def _tls(value: str) -> str:
+    """The tls column: empty without TLS, else version/cipher as the login line logs it."""
+    return "" if value == "no" else value
 
 
 def _split_addr(addr: str, listen_port: int) -> tuple[str, int, int]:
@@ -229,8 +236,8 @@ def _client_row(app: Application, client: ClientConn, state: str, debug: bool) -
         state, addr, port, local_addr, local_port,
         _wall(app, client.connected_at), _wall(app, client.state_since),
         wait_us // 1_000_000, wait_us % 1_000_000, 0,
-        f"0x{id(client):x}", f"0x{id(server):x}" if server is not None else "", pid, "",
-        client.params.get("application_name", ""), len(client.statements),
+        f"0x{id(client):x}", f"0x{id(server):x}" if server is not None else "", pid,
+        _tls(client.tls), client.params.get("application_name", ""), len(client.statements),
         app.metrics.registry.id_of(client)]
     if debug:
         values += [0, 0, 0, 0, 0, sum(map(len, client.pending)), _send_avail(client.transport)]
@@ -256,7 +263,8 @@ def _server_row(app: Application, server: ServerConn, state: str, debug: bool) -
         local_addr, local_port, _wall(app, server.created), _wall(app, server.idle_since),
         0, 0, server.dirty,
         f"0x{id(server):x}", f"0x{id(client):x}" if client is not None else "", server.pid,
-        "", client.params.get("application_name", "") if client is not None else "",
+        _tls(describe(server.transport)) if server.transport is not None else "",
+        client.params.get("application_name", "") if client is not None else "",
         len(link.statements) if link is not None else 0, app.metrics.registry.id_of(server)]
     if debug:
         values += [0, 0, 0, 0, 0, 0, _send_avail(server.transport)]

@@ -236,6 +236,9 @@ class ClientLogin(asyncio.Protocol):
         if method == "any":
             self._auth_ok()
             return
+        if secret is None:
+            # In the log only, as PgBouncer does: the client gets the generic failure below.
+            log.info("%s no such user: %s", self.prefix(), self.user)
         if method == "trust":
             if not known:
                 self._auth_failed(AuthError('"trust" authentication failed',

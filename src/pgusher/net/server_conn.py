@@ -54,6 +54,9 @@ UNTRACKED_REPORTED = frozenset(("server_version", "server_encoding", "integer_da
 _IDENTITY = frozenset(("is_superuser", "session_authorization"))
 
 
+EMPTY_CHECK = "<empty>"
+
+
 class ServerConn(ServerSession, asyncio.Protocol):
     __slots__ = (
         "_capture_cb",
@@ -372,7 +375,9 @@ class ServerConn(ServerSession, asyncio.Protocol):
         return cancel_mod.holds(self)
 
     def run_check(self) -> None:
-        self.run_internal(CHECK, self.app.config.settings.server_check_query)
+        query = self.app.config.settings.server_check_query
+        # PgBouncer's "<empty>" (its default): an empty query, answered without parsing.
+        self.run_internal(CHECK, "" if query == EMPTY_CHECK else query)
 
     def should_close(self) -> bool:
         if self.dirty:

@@ -20,7 +20,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PgusherError, StartupError, listen_error
 from ..log import log
 from . import WorkerInfo, internal_path, notify
 from .shared import SharedCounts
@@ -58,7 +58,7 @@ def bind_tcp(host: str | None, port: int, backlog: int) -> list[socket.socket]:
             sock.close()
             for other in out:
                 other.close()
-            raise ConfigError(f"cannot listen on {host or '*'}:{port}: {exc.strerror}") from None
+            raise listen_error(f"{host or '*'}:{port}", exc) from None
         out.append(sock)
     return out
 
@@ -67,7 +67,11 @@ def bind_unix(path: str, backlog: int, mode: int | None = None) -> socket.socket
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise listen_error(f"unix:{path}", exc) from None
     if mode is not None:
         os.chmod(path, mode)
     sock.listen(backlog)
@@ -235,10 +239,10 @@ def supervise(app: Application, count: int, run: Callable[[Application], int]) -
             app.after_listen()
             app.after_listen = None
         sup.prepare()
-    except ConfigError:
+    except PgusherError:
         sup._cleanup()
         raise
     except OSError as exc:
         sup._cleanup()
-        raise ConfigError(str(exc)) from None
+        raise StartupError(str(exc)) from None
     return sup.run()
