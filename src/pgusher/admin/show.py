@@ -145,17 +145,18 @@ def show_databases(app: Application) -> Result:
             app.effective_max_db_connections(target), app.db_server_count(name),
             app.layered("", target, "", "max_db_client_connections",
                          "max_db_client_connections"),
-            app.db_clients.get(name, 0),
+            app.client_counts.db.get(name, 0),
             name in app.paused_dbs or app.paused, name in app.disabled_dbs]))
     rows.append(_row([CONSOLE_DB, None, s.listen_port, CONSOLE_DB, CONSOLE_DB, 2, 0, 0,
                       int(s.server_lifetime), "statement", None, 0, 0,
-                      0, len(app.console.sessions), 0, 0]))
+                      s.max_db_client_connections, app.client_counts.db.get(CONSOLE_DB, 0),
+                      0, 0]))
     rows.sort(key=lambda r: r[0] or "")
     return c.DATABASES, rows
 
 
 def user_names(app: Application) -> list[str]:
-    names = set(app.config.users) | set(app.userlist) | set(app.user_clients)
+    names = set(app.config.users) | set(app.userlist) | set(app.client_counts.user)
     names |= {p.user for p in app.pools.values()}
     names.add(CONSOLE_DB)
     return sorted(names)
@@ -174,7 +175,7 @@ def show_users(app: Application) -> Result:
             app.user_server_count(name),
             app.layered(name, None, "max_user_client_connections", "",
                          "max_user_client_connections"),
-            app.user_clients.get(name, 0)]))
+            app.client_counts.user.get(name, 0)]))
     return c.USERS, rows
 
 
