@@ -41,9 +41,23 @@ def _wait_timeouts(app: Application, pool: Pool, now: float) -> None:
             client.fatal(ClientFatal("query_wait_timeout"), log_as="query_wait_timeout")
 
 
+def _forced_user_pools(app: Application) -> None:
+    """A database with a forced user and a min_pool_size gets its pool at load, with no
+    client needed (as PgBouncer): the loop below then keeps it at min_pool_size."""
+    s = app.config.settings
+    for name, entry in app.config.databases.items():
+        if name == "*" or not entry.user or (name, entry.user) in app.pools:
+            continue
+        size = entry.min_pool_size if entry.min_pool_size is not None else s.min_pool_size
+        if size > 0:
+            app.get_pool(name, entry.user)
+
+
 def tick(app: Application) -> None:
     now = app.loop.time()
     s = app.config.settings
+    if not app.shutting_down:
+        _forced_user_pools(app)
     for pool in list(app.pools.values()):
         # Waiting clients: the wait timeouts, and the reserve pool after reserve_pool_timeout.
         if pool.waiting:
