@@ -275,7 +275,7 @@ class Application:
         if entry.application_name:
             startup["application_name"] = entry.application_name
         lifetime = entry.server_lifetime
-        if lifetime is None:
+        if not lifetime:  # 0 in [databases] means the global value, as in PgBouncer
             lifetime = self.config.settings.server_lifetime
         return DbTarget(name=name, entry=entry, dbname=dbname, hosts=hosts, port=entry.port,
                         user=entry.user, password=entry.password,
@@ -393,6 +393,9 @@ class Application:
 
     def client_connected(self, client: ClientConn) -> None:
         self.clients.add(client)
+        # Ids come from one sequence for clients and servers, taken when the connection is
+        # made (SHOW SOCKETS numbers them as PgBouncer does); logout gives them back.
+        self.metrics.registry.id_of(client)
 
     def client_is_cancel(self, client: ClientConn) -> None:
         self.clients.discard(client)

@@ -297,7 +297,10 @@ class ConsoleSession(asyncio.Protocol):
         self._wait: control.Wait | None = None
         self._wait_tag = ""
         self.cancel = console.new_cancel_key(self)
-        self.client_id = self.app.metrics.registry.id_of(self)
+        registry = self.app.metrics.registry
+        # The connection keeps the id it got when it was made.
+        self.client_id = registry.ids.pop(client, 0) or registry.id_of(self)
+        registry.ids[self] = self.client_id
         name = self.transport.get_extra_info("sockname")
         self.local = name
 
@@ -484,8 +487,9 @@ class ConsoleSession(asyncio.Protocol):
         while self._queue and self._wait is None and not self.closed:
             self._query(self._queue.pop(0))
 
-    def client_row(self) -> Row:
-        """This session as a SHOW CLIENTS row (database pgbouncer, as PgBouncer lists it)."""
+    def client_row(self, debug: bool = False) -> Row:
+        """This session as a SHOW CLIENTS row (database pgbouncer, as PgBouncer lists it);
+        ``debug`` adds SHOW SOCKETS' buffer columns."""
         app = self.app
         port = app.config.settings.listen_port
         if self.addr.startswith("unix"):
@@ -501,9 +505,13 @@ class ConsoleSession(asyncio.Protocol):
             stamp = time.time() - (app.loop.time() - mono)
             return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(stamp))
 
-        return _row(["C", self.user, "pgbouncer", "none", "active", addr, rport, laddr, lport,
-                     wall(self.connected_at), wall(self.last_request), 0, 0, 0,
-                     f"0x{id(self):x}", "", 0, "", self.application, 0, self.client_id])
+        values: list[object] = [
+            "C", self.user, "pgbouncer", "none", "active", addr, rport, laddr, lport,
+            wall(self.connected_at), wall(self.last_request), 0, 0, 0, f"0x{id(self):x}", "", 0,
+            "", self.application, 0, self.client_id]
+        if debug:
+            values += [0, 0, 0, 0, 0, 0, self.transport.get_write_buffer_size()]
+        return _row(values)
 
 
 def _done(tag: str) -> bytes:

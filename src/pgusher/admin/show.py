@@ -284,21 +284,15 @@ def show_clients(app: Application) -> Result:
 
 def _servers(app: Application) -> Iterator[tuple[ServerConn, str]]:
     pools = sorted(app.pools.values(), key=lambda p: (p.db_name, p.user))
-    seen: list[ServerConn] = []
     for pool in pools:
         delay = pool.check_delay
         for server in sorted(pool.active, key=lambda s: s.created):
-            seen.append(server)
             yield server, "active"
         for server in sorted(pool.tested, key=lambda s: s.created):
-            seen.append(server)
             yield server, "tested"
         for server in pool.idle:
-            seen.append(server)
             used = delay is not None and app.now - server.idle_since >= delay
             yield server, "used" if used else "idle"
-    app.metrics.registry.forget_ids(
-        [*seen, *app.clients, *(s for s in app.console.sessions)])
 
 
 def show_servers(app: Application) -> Result:
@@ -319,6 +313,7 @@ def show_sockets(app: Application, active_only: bool = False) -> Result:
         if active_only and not (cl.pending or _send_avail(cl.transport)):
             continue
         rows.append(_client_row(app, cl, state, True))
+    rows += [session.client_row(debug=True) for session in app.console.sessions]
     for server, state in _servers(app):
         name = {"active": "sv_active", "tested": "sv_tested", "used": "sv_used",
                 "idle": "sv_idle"}[state]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from typing import TYPE_CHECKING, cast
 
 from ..auth.server_login import BackendKey, LoginDone, LoginFailed, Parameter, Send, ServerLogin
@@ -129,7 +130,8 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self.created = now
         self.idle_since = now
         lifetime = pool.target.server_lifetime
-        self.expires_at = now + lifetime if lifetime > 0 else float("inf")
+        # server_lifetime 0: used once, closed when its first client is done (as PgBouncer).
+        self.expires_at = now + lifetime if lifetime > 0 else -math.inf
         self.needs_reset = False
         self.listened = False  # a client's LISTEN ran here: UNLISTEN * before the next client
         self.closed = False
@@ -140,6 +142,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self._internal: Internal | None = None  # the query of the pooler's own under way
         self.flow = FlowControl()
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
+        self.app.metrics.registry.id_of(self)  # dropped when the pool lets go of it
 
     # ------------------------------------------------------------------ login
 
