@@ -142,7 +142,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self._internal: Internal | None = None  # the query of the pooler's own under way
         self.flow = FlowControl()
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
-        self.app.metrics.registry.id_of(self)  # dropped when the pool lets go of it
+        self.app.metrics.registry.id_of(self)  # dropped when it closes
 
     # ------------------------------------------------------------------ login
 
@@ -169,6 +169,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.app.metrics.registry.ids.pop(self, None)
         move_server(self, SERVER_CLOSED)
         log.warning("%s closing because: %s (age=0s)", self.ident, reason)
         self.pool.server_failed(self, error)
@@ -252,6 +253,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         word = f"{server_said} " if server_said else ""
         log.warning("%s server login failed: %s%s", self.ident, word, err.message)
         self.closed = True
+        self.app.metrics.registry.ids.pop(self, None)
         move_server(self, SERVER_CLOSED)
         self._login = None
         if self._login_timer is not None:
@@ -417,6 +419,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.app.metrics.registry.ids.pop(self, None)
         self.flow.closed = True
         was = self.state
         move_server(self, SERVER_CLOSED)

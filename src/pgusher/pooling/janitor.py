@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal
+from ..log import log
 from .states import READY
 
 if TYPE_CHECKING:
@@ -53,11 +54,33 @@ def _forced_user_pools(app: Application) -> None:
             app.get_pool(name, entry.user)
 
 
+def _idle_pools(app: Application, now: float) -> None:
+    """pool_idle_timeout: a pool with no server, no client and no min_pool_size, whose last
+    server went that long ago, is dropped (a client that comes later makes a new one). A
+    pool whose logins fail keeps its retry timer, so it stays until they work again."""
+    timeout = app.config.settings.pool_idle_timeout
+    candidates = [key for key, pool in app.pools.items()
+                  if not pool.total and not pool.waiting and not pool.login_waiters
+                  and not pool.failing_since
+                  and now - pool.alive_at >= timeout
+                  and not app.effective_min_pool_size(pool)]
+    if not candidates:
+        return
+    in_use = {client.pool for client in app.clients}
+    for key in candidates:
+        pool = app.pools[key]
+        if pool not in in_use:
+            log.info("%s cleaning up idle pool", pool.name)
+            del app.pools[key]
+
+
 def tick(app: Application) -> None:
     now = app.loop.time()
     s = app.config.settings
     if not app.shutting_down:
         _forced_user_pools(app)
+        if s.pool_idle_timeout > 0:
+            _idle_pools(app, now)
     for pool in list(app.pools.values()):
         # Waiting clients: the wait timeouts, and the reserve pool after reserve_pool_timeout.
         if pool.waiting:

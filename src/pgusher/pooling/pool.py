@@ -328,7 +328,7 @@ class Pool:
                      self.alive_at - self.failing_since)
         self.forget_failure()
         self._learn_welcome(server)
-        self.give(server)  # fresh: not yet used, whatever its lifetime
+        self.give(server)  # fresh, so even a server_lifetime of 0 lets it serve once
         if self.waiting:
             self.grow()  # the first after failures: open the rest the waiters need
 
@@ -490,7 +490,6 @@ class Pool:
 
     def _take_out(self, server: ServerConn) -> None:
         """A closed server leaves whichever container still holds it."""
-        self.app.metrics.registry.ids.pop(server, None)
         before = self.total
         self.login.discard(server)
         self.active.discard(server)
