@@ -368,9 +368,12 @@ def test_terminate_returns_server_to_pool(pg: PgCluster, pooler: PoolerFactory) 
     assert len(pids) == 1
 
 
-def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory) -> None:
-    proc = start(pooler, pool_size=1, server_check_delay=0,
-                 server_check_query="select 'checked'")
+@pytest.mark.parametrize("query", ["select 'checked'", None])
+def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory,
+                                 query: str | None) -> None:
+    """A given check query, or the default one (the empty query, as in PgBouncer 1.25)."""
+    extra = {"server_check_query": query} if query is not None else {}
+    proc = start(pooler, pool_size=1, server_check_delay=0, **extra)
     with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
         pid = backend_pid(conn)
         for _ in range(3):

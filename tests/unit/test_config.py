@@ -104,7 +104,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "max_db_connections": 0,
     "server_reset_query": "DISCARD ALL",
     "server_reset_query_always": False,
-    "server_check_query": "select 1",
+    "server_check_query": "<empty>",
     "server_check_delay": 30.0,
     "server_lifetime": 3600.0,
     "server_idle_timeout": 600.0,

@@ -370,7 +370,8 @@ class ServerConn(ServerSession, asyncio.Protocol):
         return cancel_mod.holds(self)
 
     def run_check(self) -> None:
-        self.run_internal(CHECK, self.app.config.settings.server_check_query)
+        query = self.app.config.settings.server_check_query
+        self.run_internal(CHECK, "" if query == "<empty>" else query)  # "": EmptyQueryResponse
 
     def should_close(self) -> bool:
         if self.dirty:
