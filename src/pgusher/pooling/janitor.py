@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal
 from ..log import log
+from ..protocol import messages as m
 from .states import READY
+
+WAIT_NOTICE = m.notice_response(
+    "No server connection available in postgres backend, client being queued")
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -28,10 +32,16 @@ def _for_user(app: Application, user: str, name: str) -> float:
 
 
 def _wait_timeouts(app: Application, pool: Pool, now: float) -> None:
-    """Waiting clients: query_timeout and query_wait_timeout (the [users] entry's, then the
-    [databases] entry's, then the global value) count from when the client began to wait."""
+    """Waiting clients: query_wait_notify's notice, query_timeout and query_wait_timeout (the
+    [users] entry's, then the [databases] entry's, then the global value), all counted from
+    when the client began to wait."""
+    notify = app.config.settings.query_wait_notify
     for client in list(pool.waiting):
         age = now - client.wait_started
+        if notify > 0 and age >= notify and not client.wait_notified:
+            # Nothing is on its way to a waiting client: a notice fits between messages.
+            client.wait_notified = True
+            client.transport.write(WAIT_NOTICE)
         query = _for_user(app, client.user, "query_timeout")
         if query > 0 and age >= query:
             client.fatal(ClientFatal("query_timeout"), log_as="query_timeout")
