@@ -52,10 +52,6 @@ if TYPE_CHECKING:
 _RECENT = 10.0
 
 
-def _application(client: ClientConn) -> str:
-    return client.stats.application
-
-
 class Pool:
     __slots__ = ("_retry_handle", "active", "alive_at", "app", "blocked", "check_delay",
                  "db_name", "failing_since", "give_back", "held", "idle",
@@ -79,7 +75,7 @@ class Pool:
         self.active: set[ServerConn] = set()
         self.tested: set[ServerConn] = set()
         # Waiting clients, served fairly between applications (queue.py).
-        self.waiting: FairQueue[ClientConn] = FairQueue(_application)
+        self.waiting: FairQueue[ClientConn] = FairQueue(lambda client: client.stats.application)
         self.login_waiters: list[ClientConn] = []
         self.welcome_params: dict[str, str] | None = None
         self.last_login_failed_at = 0.0
@@ -307,9 +303,11 @@ class Pool:
             self.grow()
 
     def _refuse(self, client: ClientConn) -> None:
-        client.fatal(ClientFatal(
-            "server login has been failing, try again later (server_login_retry)"))
-        # No client may be waiting to bring the next attempt about: this one does.
+        """Tell a new client the last failure (PgBouncer's words); start the next attempt if
+        it is due, as no client may be waiting to bring it about."""
+        cached = self.last_login_error.message if self.last_login_error else "none"
+        client.fatal(ClientFatal(f"server login has been failing, cached error: {cached} "
+                                 "(server_login_retry)"))
         if self.try_open():
             self.open_server()
 
@@ -377,8 +375,9 @@ class Pool:
         else:
             delay = max(retry, 0.05)
         self.retry_at = now + delay
-        if self.total == 0 and not self.held:
-            # Nothing else will serve these clients soon: tell them now rather than hang.
+        if not self.held and all(s.dirty for s in (*self.login, *self.idle, *self.in_use())):
+            # Nothing else will serve these clients soon (no server, or only ones to be
+            # closed once free, as after RECONNECT): tell them now rather than hang.
             waiters = list(self.waiting) + self.login_waiters
             self.waiting.clear()
             self.login_waiters = []
