@@ -26,6 +26,7 @@ from .auth.userlist import load_userlist
 from .config import SETTINGS_TABLE, Config, DatabaseEntry, Settings, load_config
 from .errors import ClientFatal, ConfigError, PgusherError, listen_error
 from .log import log
+from .metrics.counters import CLIENT_LIMITS
 from .metrics.service import Metrics
 from .net import cancel as cancel_mod
 from .net.auth_lookup import LookupService
@@ -38,10 +39,10 @@ from .net.server_conn import ServerConn, new_server
 from .net.sockopts import unix_socket_in_use
 from .net.tls import TlsContexts, build_contexts
 from .pooling import janitor
+from .pooling.client_counts import ClientCounts
 from .pooling.counts import ServerCounts
 from .pooling.pool import Pool
 from .workers import WorkerInfo, notify
-from .workers import shared as shared_mod
 from .workers.balance import balance
 from .workers.shared import SharedCounts
 
@@ -128,8 +129,7 @@ class Application:
         # A clock refreshed every CLOCK_STEP seconds, read on the data path instead of
         # loop.time(); timeouts and ages need no finer precision.
         self.now = 0.0
-        self.db_clients: dict[str, int] = {}
-        self.user_clients: dict[str, int] = {}
+        self.client_counts = ClientCounts(self)  # clients per database and per user
         self.paused = False
         # Console state: databases paused (PAUSE db, KILL db) or refusing logins (DISABLE db).
         self.paused_dbs: set[str] = set()
@@ -145,7 +145,6 @@ class Application:
         # Set in a worker process when ``workers`` > 1 (see workers/__init__.py).
         self.worker: WorkerInfo | None = None
         self.shared: SharedCounts | None = None
-        self._client_slots: dict[tuple[str, str], list[int]] = {}
         self.lookups = LookupService(self)
         self.listeners = Listeners(self)
         pgusher = self.config.pgusher
@@ -306,7 +305,7 @@ class Application:
         if entry.application_name:
             startup["application_name"] = entry.application_name
         lifetime = entry.server_lifetime
-        if lifetime is None:
+        if not lifetime:  # 0 in [databases] means the global value, as in PgBouncer
             lifetime = self.config.settings.server_lifetime
         return DbTarget(name=name, entry=entry, dbname=dbname, hosts=hosts, port=entry.port,
                         user=entry.user, password=entry.password,
@@ -417,55 +416,22 @@ class Application:
             raise ClientFatal(f"database does not allow connections: {target.name}",
                               sqlstate="57P03")
         db_limit = self.layered("", target, "", "max_db_client_connections",
-                                 "max_db_client_connections")
+                                "max_db_client_connections")
         user_limit = self.layered(client.user, None, "max_user_client_connections", "",
-                                   "max_user_client_connections")
-        if db_limit and self.db_clients.get(target.name, 0) >= db_limit:
-            self.metrics.events.refused("max_db_client_connections")
-            raise ClientFatal("no more connections allowed (max_db_client_connections)",
-                              sqlstate="53300")
-        if user_limit and self.user_clients.get(client.user, 0) >= user_limit:
-            self.metrics.events.refused("max_user_client_connections")
-            raise ClientFatal("no more connections allowed (max_user_client_connections)",
-                              sqlstate="53300")
-        if self.shared is not None:
-            self._take_client_slots(client, target.name, db_limit, user_limit)
-        self.db_clients[target.name] = self.db_clients.get(target.name, 0) + 1
-        self.user_clients[client.user] = self.user_clients.get(client.user, 0) + 1
-        client.counted = True
-
-    def _client_offsets(self, db_name: str, user: str) -> list[int]:
-        """The shared-table slots a client of (database, user) counts in (found once)."""
-        found = self._client_slots.get((db_name, user))
-        if found is None:
-            assert self.shared is not None
-            slot = self.shared.slot
-            found = self._client_slots[(db_name, user)] = [
-                slot(shared_mod.key_hash("clients")),
-                slot(shared_mod.key_hash("db clients", db_name)),
-                slot(shared_mod.key_hash("user clients", user))]
-        return found
-
-    def _take_client_slots(self, client: ClientConn, db_name: str, db_limit: int,
-                           user_limit: int) -> None:
-        """The client limits across workers: all three are counted, or the login fails."""
-        assert self.shared is not None
-        offsets = self._client_offsets(db_name, client.user)
-        limits = [self.config.settings.max_client_conn, db_limit, user_limit]
-        if self.shared.take(list(zip(offsets, limits, strict=True))):
-            return
-        totals = [self.shared.total(o) for o in offsets]
-        if db_limit and totals[1] >= db_limit:
-            which = "max_db_client_connections"
-        elif user_limit and totals[2] >= user_limit:
-            which = "max_user_client_connections"
-        else:
-            which = "max_client_conn"
-        self.metrics.events.refused(which)
-        raise ClientFatal(f"no more connections allowed ({which})", sqlstate="53300")
+                                  "max_user_client_connections")
+        try:
+            self.client_counts.take(client, db_limit, user_limit)
+        except ClientFatal as exc:
+            # The limit is named in the message (pooling/client_counts.py).
+            self.metrics.events.refused(next(
+                (name for name in CLIENT_LIMITS[1:] if name in exc.message), CLIENT_LIMITS[0]))
+            raise
 
     def client_connected(self, client: ClientConn) -> None:
         self.clients.add(client)
+        # Ids come from one sequence for clients and servers, taken when the connection is
+        # made (SHOW SOCKETS numbers them as PgBouncer does); logout gives them back.
+        self.metrics.registry.id_of(client)
 
     def client_is_cancel(self, client: ClientConn) -> None:
         self.clients.discard(client)
@@ -473,12 +439,7 @@ class Application:
     def client_closed(self, client: ClientConn) -> None:
         self.clients.discard(client)
         self.metrics.logout(client)
-        if client.counted:
-            client.counted = False
-            self.db_clients[client.db_name] -= 1
-            self.user_clients[client.user] -= 1
-            if self.shared is not None:
-                self.shared.give(self._client_offsets(client.db_name, client.user))
+        self.client_counts.give(client)
         if client.cancel_pid or client.cancel_key:
             self.cancel_keys.pop((client.cancel_pid, client.cancel_key), None)
 

@@ -155,7 +155,8 @@ def test_reload_applies_pool_size_without_dropping_clients(pg: PgCluster,
             for c in clients:  # the same connections still work
                 assert c.execute("select 1").fetchone() == (1,)
             ini.write_text(ini.read_text() + "\nbogus line without equals\n")
-            with pytest.raises(psycopg.Error, match="RELOAD failed") as info:
+            with pytest.raises(psycopg.Error, match=r"RELOAD failed, see logs for additional "
+                               r"details: .*bogus line") as info:
                 admin.execute("RELOAD")
             assert info.value.sqlstate == "F0000"
     finally:

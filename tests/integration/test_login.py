@@ -285,7 +285,7 @@ def test_application_name_add_host(pg: PgCluster, pooler: PoolerFactory) -> None
 def test_client_count_limits(pg: PgCluster, pooler: PoolerFactory, key: str, where: str) -> None:
     proc = start(pooler, **{key: 1})
     first = psycopg.connect(proc.dsn("postgres"), autocommit=True)
-    with pytest.raises(psycopg.OperationalError, match=rf"no more connections allowed \({key}\)"):
+    with pytest.raises(psycopg.OperationalError, match=rf"client connections exceeded \({key}\)"):
         psycopg.connect(proc.dsn("postgres"))
     first.close()
     with psycopg.connect(proc.dsn("postgres"), autocommit=True) as again:

@@ -368,11 +368,13 @@ def test_terminate_returns_server_to_pool(pg: PgCluster, pooler: PoolerFactory) 
     assert len(pids) == 1
 
 
-@pytest.mark.parametrize("check", ["select 'checked'", "<empty>"])
-def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory, check: str) -> None:
-    """A check that succeeds keeps the server (``<empty>``, the default, is an empty query,
-    as in PgBouncer 1.25); a server that died is replaced, not handed out dead."""
-    proc = start(pooler, pool_size=1, server_check_delay=0, server_check_query=check)
+@pytest.mark.parametrize("query", ["select 'checked'", "<empty>", None])
+def test_server_check_query_runs(pg: PgCluster, pooler: PoolerFactory,
+                                 query: str | None) -> None:
+    """A given check query, ``<empty>`` or the default (the empty query, as in PgBouncer
+    1.25), keeps a live server; a server that died is replaced, not handed out dead."""
+    extra = {"server_check_query": query} if query is not None else {}
+    proc = start(pooler, pool_size=1, server_check_delay=0, **extra)
     with psycopg.connect(proc.dsn("postgres"), autocommit=True) as conn:
         pid = backend_pid(conn)
         for _ in range(3):

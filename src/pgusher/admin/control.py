@@ -227,7 +227,9 @@ def reload(app: Application) -> None:
     log.info("RELOAD command issued")
     problems = app.reload("RELOAD command issued, re-reading config")
     if problems:
-        raise ConsoleError("RELOAD failed: " + "; ".join(problems), sqlstate="F0000")
+        # PgBouncer's words first (tools match them), then what is wrong.
+        raise ConsoleError("RELOAD failed, see logs for additional details: "
+                           + "; ".join(problems), sqlstate="F0000")
     for pool in list(app.pools.values()):
         if pool.waiting and not pool.paused:
             pool.grow()

@@ -31,7 +31,7 @@ from ..protocol.reader import MessageReader
 from ..workers.siblings import SiblingCall
 from . import cluster, control
 from .parse import Command, ConsoleError, SetCommand, parse
-from .show import SHOWS, Result, Row, _row
+from .show import CONSOLE_DB, SHOWS, Result, Row, _row
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -119,6 +119,7 @@ class Console:
         client.admin = True
         if "application_name" in params:
             client.startup_params["application_name"] = params["application_name"]
+        self._count(client)
         if client.is_unix and self._own_user(client):
             client.transport.write(m.AUTH_OK_MSG)
             if self.app.config.settings.log_connections:
@@ -128,6 +129,18 @@ class Console:
         move_client(client, AUTH)
         client._begin_auth()
         return True
+
+    def _count(self, client: ClientConn) -> None:
+        """Count the login in the console database and under its user, as any client:
+        max_db_client_connections and the user's max_user_client_connections apply, except
+        to admin users."""
+        app = self.app
+        s = app.config.settings
+        client.db_name = CONSOLE_DB
+        user_limit = app.layered(client.user, None, "max_user_client_connections", "",
+                                 "max_user_client_connections")
+        app.client_counts.take(client, s.max_db_client_connections, user_limit,
+                               exempt=client.user in s.admin_users, console=True)
 
     def _own_user(self, client: ClientConn) -> bool:
         if client.user not in ("pgbouncer", own_user_name()):
@@ -155,6 +168,7 @@ class Console:
         move_client(client, CLOSED)
         self.app.client_is_cancel(client)  # no longer a pool client
         session = self.session_type(self, client, is_admin, internal)
+        session.counted, client.counted = client.counted, False  # the session gives it back
         client.transport.set_protocol(session)
         (self.internal_sessions if internal else self.sessions).append(session)
         session.welcome()
@@ -183,6 +197,7 @@ class Console:
 
     def gone(self, session: ConsoleSession) -> None:
         self.cancel_keys.pop(session.cancel, None)
+        self.app.client_counts.give(session)
         if session.internal:
             if session in self.internal_sessions:
                 self.internal_sessions.remove(session)
@@ -251,6 +266,8 @@ class ConsoleSession(asyncio.Protocol):
         "closed",
         "connected_at",
         "console",
+        "counted",
+        "db_name",
         "internal",
         "last_request",
         "local",
@@ -267,6 +284,8 @@ class ConsoleSession(asyncio.Protocol):
         self.app = console.app
         self.transport = client.transport
         self.user = client.user
+        self.db_name = client.db_name
+        self.counted = False  # in the console database's and its user's client counts
         self.addr = client.addr
         self.admin = admin
         self.application = client.startup_params.get("application_name", "")
@@ -278,7 +297,10 @@ class ConsoleSession(asyncio.Protocol):
         self._wait: control.Wait | None = None
         self._wait_tag = ""
         self.cancel = console.new_cancel_key(self)
-        self.client_id = self.app.metrics.registry.id_of(self)
+        registry = self.app.metrics.registry
+        # The connection keeps the id it got when it was made.
+        self.client_id = registry.ids.pop(client, 0) or registry.id_of(self)
+        registry.ids[self] = self.client_id
         name = self.transport.get_extra_info("sockname")
         self.local = name
 
@@ -466,8 +488,9 @@ class ConsoleSession(asyncio.Protocol):
         while self._queue and self._wait is None and not self.closed:
             self._query(self._queue.pop(0))
 
-    def client_row(self) -> Row:
-        """This session as a SHOW CLIENTS row (database pgbouncer, as PgBouncer lists it)."""
+    def client_row(self, debug: bool = False) -> Row:
+        """This session as a SHOW CLIENTS row (database pgbouncer, as PgBouncer lists it);
+        ``debug`` adds SHOW SOCKETS' buffer columns."""
         app = self.app
         port = app.config.settings.listen_port
         if self.addr.startswith("unix"):
@@ -483,9 +506,13 @@ class ConsoleSession(asyncio.Protocol):
             stamp = time.time() - (app.loop.time() - mono)
             return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(stamp))
 
-        return _row(["C", self.user, "pgbouncer", "none", "active", addr, rport, laddr, lport,
-                     wall(self.connected_at), wall(self.last_request), 0, 0, 0,
-                     f"0x{id(self):x}", "", 0, "", self.application, 0, self.client_id])
+        values: list[object] = [
+            "C", self.user, "pgbouncer", "none", "active", addr, rport, laddr, lport,
+            wall(self.connected_at), wall(self.last_request), 0, 0, 0, f"0x{id(self):x}", "", 0,
+            "", self.application, 0, self.client_id]
+        if debug:
+            values += [0, 0, 0, 0, 0, 0, self.transport.get_write_buffer_size()]
+        return _row(values)
 
 
 def _done(tag: str) -> bytes:

@@ -146,17 +146,18 @@ def show_databases(app: Application) -> Result:
             app.effective_max_db_connections(target), app.db_server_count(name),
             app.layered("", target, "", "max_db_client_connections",
                          "max_db_client_connections"),
-            app.db_clients.get(name, 0),
+            app.client_counts.db.get(name, 0),
             name in app.paused_dbs or app.paused, name in app.disabled_dbs]))
     rows.append(_row([CONSOLE_DB, None, s.listen_port, CONSOLE_DB, CONSOLE_DB, 2, 0, 0,
                       int(s.server_lifetime), "statement", None, 0, 0,
-                      0, len(app.console.sessions), 0, 0]))
+                      s.max_db_client_connections, app.client_counts.db.get(CONSOLE_DB, 0),
+                      0, 0]))
     rows.sort(key=lambda r: r[0] or "")
     return c.DATABASES, rows
 
 
 def user_names(app: Application) -> list[str]:
-    names = set(app.config.users) | set(app.userlist) | set(app.user_clients)
+    names = set(app.config.users) | set(app.userlist) | set(app.client_counts.user)
     names |= {p.user for p in app.pools.values()}
     names.add(CONSOLE_DB)
     return sorted(names)
@@ -175,7 +176,7 @@ def show_users(app: Application) -> Result:
             app.user_server_count(name),
             app.layered(name, None, "max_user_client_connections", "",
                          "max_user_client_connections"),
-            app.user_clients.get(name, 0)]))
+            app.client_counts.user.get(name, 0)]))
     return c.USERS, rows
 
 
@@ -291,21 +292,15 @@ def show_clients(app: Application) -> Result:
 
 def _servers(app: Application) -> Iterator[tuple[ServerConn, str]]:
     pools = sorted(app.pools.values(), key=lambda p: (p.db_name, p.user))
-    seen: list[ServerConn] = []
     for pool in pools:
         delay = pool.check_delay
         for server in sorted(pool.active, key=lambda s: s.created):
-            seen.append(server)
             yield server, "active"
         for server in sorted(pool.tested, key=lambda s: s.created):
-            seen.append(server)
             yield server, "tested"
         for server in pool.idle:
-            seen.append(server)
             used = delay is not None and app.now - server.idle_since >= delay
             yield server, "used" if used else "idle"
-    app.metrics.registry.forget_ids(
-        [*seen, *app.clients, *(s for s in app.console.sessions)])
 
 
 def show_servers(app: Application) -> Result:
@@ -326,6 +321,7 @@ def show_sockets(app: Application, active_only: bool = False) -> Result:
         if active_only and not (cl.pending or _send_avail(cl.transport)):
             continue
         rows.append(_client_row(app, cl, state, True))
+    rows += [session.client_row(debug=True) for session in app.console.sessions]
     for server, state in _servers(app):
         name = {"active": "sv_active", "tested": "sv_tested", "used": "sv_used",
                 "idle": "sv_idle"}[state]

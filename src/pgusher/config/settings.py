@@ -443,7 +443,8 @@ class Settings:
     server_check_delay: float = setting(
         30.0, doc="Released servers younger than this skip the health check.")
     server_check_query: str = setting(
-        "<empty>", doc="Health check query; empty disables, '<empty>' sends an empty query.")
+        "<empty>", doc="Health check query; empty disables, '<empty>' (the default, as in "
+                       "PgBouncer 1.25) sends an empty query.")
     server_fast_close: bool = setting(
         False, doc="Close servers marked for reconnect at transaction end in session mode.")
     server_lifetime: float = setting(3600.0,

@@ -268,7 +268,7 @@ def _database_lines(app: Application, pools: Iterable[Pool]) -> list[str]:
                      for n, t in databases])
     lines += family("pgusher_database_clients", "gauge",
                     "Client connections logged in to the database now.",
-                    [({"database": n}, app.db_clients.get(n, 0)) for n, _ in databases])
+                    [({"database": n}, app.client_counts.db.get(n, 0)) for n, _ in databases])
     lines += family("pgusher_database_paused", "gauge",
                     "1 while the database is paused (PAUSE of it or of the whole pooler).",
                     [({"database": n}, 1 if app.paused or n in app.paused_dbs else 0)

@@ -144,7 +144,7 @@ def json_snapshot(app: Application) -> dict[str, Any]:
         conf = target.entry
         databases.append({
             "database": name, "paused": app.paused or name in app.paused_dbs,
-            "disabled": name in app.disabled_dbs, "clients": app.db_clients.get(name, 0),
+            "disabled": name in app.disabled_dbs, "clients": app.client_counts.db.get(name, 0),
             "server_connections": app.db_server_count(name),
             "pool_size": conf.pool_size if conf.pool_size is not None
             else settings.default_pool_size,

@@ -137,6 +137,7 @@ class ClientConn(ClientLink, ClientLogin):
         "translating",
         "transport",
         "user",
+        "wait_notified",
         "wait_started",
         "waiting",
         "welcome",
@@ -180,6 +181,7 @@ class ClientConn(ClientLink, ClientLogin):
         self.listen_held: bytes | None = None  # a batch waiting for the listening connection
         self.waiting = False
         self.wait_started = 0.0
+        self.wait_notified = False  # told this wait is long (query_wait_notify)
         self.closed = False
         self.counted = False
         self.user = "(nouser)"
@@ -412,6 +414,9 @@ class ClientConn(ClientLink, ClientLogin):
         out = [m.AUTH_OK_MSG] if self.state == LOGIN_WAIT else []
         out += [_parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
+        notice = self.app.config.settings.login_notify_message
+        if notice:
+            out.append(m.notice_response(notice))
         out.append(m.READY_IDLE)
         self.transport.write(b"".join(out))
         move_client(self, READY)
@@ -428,6 +433,7 @@ class ClientConn(ClientLink, ClientLogin):
 
     def start_wait(self) -> None:
         self.waiting = True
+        self.wait_notified = False
         self.wait_started = self.app.loop.time()
 
     def stop_wait(self) -> None:

@@ -154,12 +154,12 @@ class ClientLogin(asyncio.Protocol):
             log.info("%s login attempt: db=%s user=%s tls=%s", self.prefix(), self.db_name,
                      self.user, self.tls)
         tls.check_client_plaintext(self.conn)
+        if app.console.wants(self.conn, params):  # the admin console takes any parameter
+            return  # and max_client_conn does not hold it back, as in PgBouncer
         if app.client_count() > settings.max_client_conn:
             app.metrics.events.refused("max_client_conn")
             raise ClientFatal("no more connections allowed (max_client_conn)",
                               sqlstate="53300")
-        if app.console.wants(self.conn, params):  # the admin console takes any parameter
-            return
         ignored = {p.lower() for p in settings.ignore_startup_parameters}
         for key, value in params.items():
             low = key.lower()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from typing import TYPE_CHECKING, cast
 
 from ..auth.server_login import BackendKey, LoginDone, LoginFailed, Parameter, Send, ServerLogin
@@ -132,7 +133,8 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self.created = now
         self.idle_since = now
         lifetime = pool.target.server_lifetime
-        self.expires_at = now + lifetime if lifetime > 0 else float("inf")
+        # server_lifetime 0: used once, closed when its first client is done (as PgBouncer).
+        self.expires_at = now + lifetime if lifetime > 0 else -math.inf
         self.needs_reset = False
         self.listened = False  # a client's LISTEN ran here: UNLISTEN * before the next client
         self.closed = False
@@ -143,6 +145,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         self._internal: Internal | None = None  # the query of the pooler's own under way
         self.flow = FlowControl()
         self.ident = f"S-0x{id(self):x}: {pool.name}@{addr}"
+        self.app.metrics.registry.id_of(self)  # dropped when it closes
 
     # ------------------------------------------------------------------ login
 
@@ -169,6 +172,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.app.metrics.registry.ids.pop(self, None)
         move_server(self, SERVER_CLOSED)
         log.warning("%s closing because: %s (age=0s)", self.ident, reason)
         self.app.metrics.events.server_connect_failed(self.pool.db_name)
@@ -252,7 +256,11 @@ class ServerConn(ServerSession, asyncio.Protocol):
             return
         word = f"{server_said} " if server_said else ""
         log.warning("%s server login failed: %s%s", self.ident, word, err.message)
+        if self.app.config.settings.log_disconnections:  # PgBouncer's closing line follows
+            log.info("%s closing because: %s (age=%ds)", self.ident, err.message,
+                     self.app.loop.time() - self.created)
         self.closed = True
+        self.app.metrics.registry.ids.pop(self, None)
         move_server(self, SERVER_CLOSED)
         self._login = None
         if self._login_timer is not None:
@@ -426,6 +434,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.app.metrics.registry.ids.pop(self, None)
         self.flow.closed = True
         was = self.state
         move_server(self, SERVER_CLOSED)

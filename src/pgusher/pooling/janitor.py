@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ClientFatal
+from ..log import log
+from ..protocol import messages as m
 from .states import READY
+
+WAIT_NOTICE = m.notice_response(
+    "No server connection available in postgres backend, client being queued")
 
 if TYPE_CHECKING:
     from ..app import Application
@@ -27,10 +32,16 @@ def _for_user(app: Application, user: str, name: str) -> float:
 
 
 def _wait_timeouts(app: Application, pool: Pool, now: float) -> None:
-    """Waiting clients: query_timeout and query_wait_timeout (the [users] entry's, then the
-    [databases] entry's, then the global value) count from when the client began to wait."""
+    """Waiting clients: query_wait_notify's notice, query_timeout and query_wait_timeout (the
+    [users] entry's, then the [databases] entry's, then the global value), all counted from
+    when the client began to wait."""
+    notify = app.config.settings.query_wait_notify
     for client in list(pool.waiting):
         age = now - client.wait_started
+        if notify > 0 and age >= notify and not client.wait_notified:
+            # Nothing is on its way to a waiting client: a notice fits between messages.
+            client.wait_notified = True
+            client.transport.write(WAIT_NOTICE)
         query = _for_user(app, client.user, "query_timeout")
         if query > 0 and age >= query:
             client.fatal(ClientFatal("query_timeout"), log_as="query_timeout")
@@ -42,9 +53,45 @@ def _wait_timeouts(app: Application, pool: Pool, now: float) -> None:
             client.fatal(ClientFatal("query_wait_timeout"), log_as="query_wait_timeout")
 
 
+def _forced_user_pools(app: Application) -> None:
+    """A database with a forced user and a min_pool_size gets its pool at load, with no
+    client needed (as PgBouncer): the loop below then keeps it at min_pool_size."""
+    s = app.config.settings
+    for name, entry in app.config.databases.items():
+        if name == "*" or not entry.user or (name, entry.user) in app.pools:
+            continue
+        size = entry.min_pool_size if entry.min_pool_size is not None else s.min_pool_size
+        if size > 0:
+            app.get_pool(name, entry.user)
+
+
+def _idle_pools(app: Application, now: float) -> None:
+    """pool_idle_timeout: a pool with no server, no client and no min_pool_size, whose last
+    server went that long ago, is dropped (a client that comes later makes a new one). A
+    pool whose logins fail keeps its retry timer, so it stays until they work again."""
+    timeout = app.config.settings.pool_idle_timeout
+    candidates = [key for key, pool in app.pools.items()
+                  if not pool.total and not pool.waiting and not pool.login_waiters
+                  and not pool.failing_since
+                  and now - pool.alive_at >= timeout
+                  and not app.effective_min_pool_size(pool)]
+    if not candidates:
+        return
+    in_use = {client.pool for client in app.clients}
+    for key in candidates:
+        pool = app.pools[key]
+        if pool not in in_use:
+            log.info("%s cleaning up idle pool", pool.name)
+            del app.pools[key]
+
+
 def tick(app: Application) -> None:
     now = app.loop.time()
     s = app.config.settings
+    if not app.shutting_down:
+        _forced_user_pools(app)
+        if s.pool_idle_timeout > 0:
+            _idle_pools(app, now)
     for pool in list(app.pools.values()):
         # Waiting clients: the wait timeouts, and the reserve pool after reserve_pool_timeout.
         if pool.waiting:

@@ -335,9 +335,11 @@ class Pool:
             self.grow()
 
     def _refuse(self, client: ClientConn) -> None:
-        client.fatal(ClientFatal(
-            "server login has been failing, try again later (server_login_retry)"))
-        # No client may be waiting to bring the next attempt about: this one does.
+        """Tell a new client the last failure (PgBouncer's words); start the next attempt if
+        it is due, as no client may be waiting to bring it about."""
+        cached = self.last_login_error.message if self.last_login_error else "none"
+        client.fatal(ClientFatal(f"server login has been failing, cached error: {cached} "
+                                 "(server_login_retry)"))
         if self.try_open():
             self.open_server()
 
@@ -355,9 +357,10 @@ class Pool:
             log.info("%s server login works again, after %.1fs of failures", self.name,
                      self.alive_at - self.failing_since)
         self.forget_failure()
-        # Released first: a session-mode login that learns the welcome here may take this
-        # very server at once (net/client_conn.finish_login).
-        self.release(server)
+        # Given first (fresh, so even a server_lifetime of 0 lets it serve once): a
+        # session-mode login that learns the welcome here may take this very server at once
+        # (net/client_conn.finish_login).
+        self.give(server)
         self._learn_welcome(server)
         if self.waiting:
             self.grow()  # the first after failures: open the rest the waiters need
@@ -407,8 +410,9 @@ class Pool:
         else:
             delay = max(retry, 0.05)
         self.retry_at = now + delay
-        if self.total == 0 and not self.held:
-            # Nothing else will serve these clients soon: tell them now rather than hang.
+        if not self.held and all(s.dirty for s in (*self.login, *self.idle, *self.in_use())):
+            # Nothing else will serve these clients soon (no server, or only ones to be
+            # closed once free, as after RECONNECT): tell them now rather than hang.
             waiters = list(self.waiting) + self.login_waiters
             self.waiting.clear()
             self.login_waiters = []
