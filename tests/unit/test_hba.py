@@ -71,7 +71,7 @@ def test_parse_byte_by_byte_prefixes_never_crash() -> None:
     ("host all all all ident", 'authentication method "ident" is not supported'),
     ("host all all all magic", 'invalid authentication method "magic"'),
     ("host all all all peer", "peer authentication is only supported on local sockets"),
-    ("host all all all cert", "cert authentication is only supported on hostssl connections"),
+    ("hostnossl all all all cert", "cert authentication is only supported on TLS connections"),
     ("host all +admins all md5", "group membership (+admins) is not supported"),
     ("host samerole all all md5", "samerole is not supported"),
     ("host all all all md5 map=x",
