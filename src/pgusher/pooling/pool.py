@@ -307,8 +307,15 @@ class Pool:
             self.grow()
 
     def _refuse(self, client: ClientConn) -> None:
-        client.fatal(ClientFatal(
-            "server login has been failing, try again later (server_login_retry)"))
+        err = self.last_login_error
+        if err is not None:
+            # PgBouncer's words, with the server's own reason from the last attempt.
+            client.fatal(ClientFatal(f"server login has been failing, cached error: "
+                                     f"{err.message} (server_login_retry)",
+                                     sqlstate=err.sqlstate))
+        else:
+            client.fatal(ClientFatal(
+                "server login has been failing, try again later (server_login_retry)"))
         # No client may be waiting to bring the next attempt about: this one does.
         if self.try_open():
             self.open_server()
@@ -377,8 +384,9 @@ class Pool:
         else:
             delay = max(retry, 0.05)
         self.retry_at = now + delay
-        if self.total == 0 and not self.held:
-            # Nothing else will serve these clients soon: tell them now rather than hang.
+        if not self.held and self.total == sum(1 for s in self.in_use() if s.dirty):
+            # Nothing else will serve these clients soon (what is left closes once free):
+            # tell them now rather than hang.
             waiters = list(self.waiting) + self.login_waiters
             self.waiting.clear()
             self.login_waiters = []
