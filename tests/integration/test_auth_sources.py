@@ -226,7 +226,8 @@ def test_pass_through_needs_a_client_proof(pg: PgCluster, pooler: PoolerFactory)
     proc = start(pooler, auth_type="trust",
                  userlist={"scram_user": authid_secret(pg, "scram_user")})
     connect_fails(proc.dsn("scram_user"), 'cannot do SCRAM authentication as user '
-                                          '"scram_user": only a SCRAM secret is stored')
+                                          '"scram_user": wrong password type: only a SCRAM '
+                                          'secret is stored')
 
 
 def test_pass_through_with_a_stale_secret(pg: PgCluster, pooler: PoolerFactory) -> None:

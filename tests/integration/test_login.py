@@ -166,6 +166,12 @@ def test_startup_parameters_become_session_settings(pg: PgCluster,
     digits, path = asyncio.run(settings({"extra_float_digits": "2", "search_path": "nope"}))
     assert digits == "2"
     assert path == '"$user", public'  # dropped by ignore_startup_parameters
+    # ... also when it comes inside options (-c name=value), where the others still apply
+    options = "-c search_path=nope -c work_mem=7MB"
+    with psycopg.connect(proc.dsn("postgres", options=options)) as conn:
+        row = conn.execute("select current_setting('search_path'), "
+                           "current_setting('work_mem')").fetchone()
+    assert row == ('"$user", public', "7MB")
     with pytest.raises(psycopg.OperationalError,
                        match="unsupported startup parameter: replication"):
         psycopg.connect(proc.dsn("postgres", replication="database"))
@@ -380,3 +386,21 @@ def test_terminate_sent_with_the_startup_packet(pg: PgCluster, pooler: PoolerFac
             conn.send(startup_packet() + query("select 1") + wire_message(b"X"))
             replies = conn.read_to_eof()
             assert replies[-5:] == [*_SELECT_ONE, EOF], replies
+
+
+@pytest.mark.parametrize("length", [65530, 65531, 70000])
+def test_very_long_cleartext_password(pg: PgCluster, pooler: PoolerFactory,
+                                      length: int) -> None:
+    """A password as long as a password message may carry logs in; a longer one is refused
+    at once, not left hanging."""
+    password = "p" * length
+    proc = start(pooler, databases=forced_user_db(pg), auth_type="plain",
+                 userlist={"alice": "p" * 65530})
+    dsn = proc.dsn("alice", password, connect_timeout=5)
+    if length == 65530:
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        return
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(dsn)
+    assert "timeout" not in str(err.value)

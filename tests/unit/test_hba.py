@@ -71,7 +71,7 @@ def test_parse_byte_by_byte_prefixes_never_crash() -> None:
     ("host all all all ident", 'authentication method "ident" is not supported'),
     ("host all all all magic", 'invalid authentication method "magic"'),
     ("host all all all peer", "peer authentication is only supported on local sockets"),
-    ("host all all all cert", "cert authentication is only supported on hostssl connections"),
+    ("hostnossl all all all cert", "cert authentication is only supported on TLS connections"),
     ("host all +admins all md5", "group membership (+admins) is not supported"),
     ("host samerole all all md5", "samerole is not supported"),
     ("host all all all md5 map=x",
@@ -201,10 +201,12 @@ def test_lookup_session_login_failures() -> None:
     events = session.feed(_msg(b"R", b"\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00"))
     assert events[0].error is not None
     assert "only a SCRAM secret is known" in events[0].error.message
+    assert events[0].login_failed == ""  # the pooler gave up, the server said nothing
     session = LookupSession("auth", "app", "pw")
     events = session.feed(m.error_response("FATAL", "28P01", "password authentication failed"))
     assert events[0].error is not None
     assert events[0].error.message == "password authentication failed"
+    assert events[0].login_failed == "FATAL"  # the server's word, for the log line
     session = LookupSession("auth", "app", "pw")
     events = session.feed(b"R\xff\xff\xff\xff")
     assert events[0].error is not None
@@ -219,6 +221,7 @@ def test_lookup_session_after_login_keeps_its_own_bound() -> None:
     assert [e.kind for e in events] == ["failed"]
     assert events[0].error is not None
     assert events[0].error.message == "invalid packet from server"
+    assert events[0].login_failed is None  # a failure after the login
     with pytest.raises(ProtocolError, match="lookup while the session is failed"):
         session.lookup("q", "bob")
 

@@ -285,8 +285,10 @@ def _parse_rule(lineno: int, fields: list[list[Token]], read: ReadInclude | None
         raise _LineError(f'invalid authentication method "{method}"')
     if method == "peer" and conn_type != "local":
         raise _LineError("peer authentication is only supported on local sockets")
-    if method == "cert" and conn_type != "hostssl":
-        raise _LineError("cert authentication is only supported on hostssl connections")
+    # A "host" cert rule is accepted, as PgBouncer does (a plain connection it matches fails
+    # for want of a certificate); only rules that can never see TLS are refused.
+    if method == "cert" and conn_type in ("local", "hostnossl"):
+        raise _LineError("cert authentication is only supported on TLS connections")
     options: dict[str, str] = {}
     for field_ in fields[idx + 1:]:
         for token in field_:

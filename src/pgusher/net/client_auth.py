@@ -315,11 +315,12 @@ def scram_login(app: Application, user: str, password: str) -> ScramClient:
     if is_scram_secret(password):
         keys = app.scram_keys.keys_for(user, password)
         if keys is None:
-            raise AuthError(f'cannot do SCRAM authentication as user "{user}": only a SCRAM '
-                            "secret is stored and no client has logged in with SCRAM or a "
-                            "password against it yet (SCRAM pass-through needs one)")
+            raise AuthError(f'cannot do SCRAM authentication as user "{user}": wrong password '
+                            "type: only a SCRAM secret is stored and no client has logged in "
+                            "with SCRAM or a password against it yet (SCRAM pass-through "
+                            "needs one)")
         return ScramClient.from_keys(*keys)
     if password.startswith("md5") and len(password) == 35:
-        raise AuthError(f'cannot do SCRAM authentication as user "{user}": the stored '
-                        "password is an md5 hash")
+        raise AuthError(f'cannot do SCRAM authentication as user "{user}": wrong password '
+                        "type: the stored password is an md5 hash")
     return ScramClient(password)

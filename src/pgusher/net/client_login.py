@@ -178,7 +178,9 @@ class ClientLogin(asyncio.Protocol):
                 raise ClientFatal(f"unsupported startup parameter: {key}", sqlstate="08P01")
             elif low == "options":
                 for name, setting in parse_options(value):
-                    self._startup_setting(name, setting)
+                    # ignore_startup_parameters names settings, wherever they come from
+                    if name.lower() not in ignored:
+                        self._startup_setting(name, setting)
             else:
                 # Any other setting becomes the client's own session default, applied on
                 # every server connection it uses (PgBouncer refuses these).

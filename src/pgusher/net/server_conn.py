@@ -256,9 +256,9 @@ class ServerConn(ServerSession, asyncio.Protocol):
             return
         word = f"{server_said} " if server_said else ""
         log.warning("%s server login failed: %s%s", self.ident, word, err.message)
-        if self.app.config.settings.log_disconnections:  # PgBouncer's closing line follows
-            log.info("%s closing because: %s (age=%ds)", self.ident, err.message,
-                     self.app.loop.time() - self.created)
+        if self.app.config.settings.log_disconnections:
+            age = self.app.loop.time() - self.created
+            log.info("%s closing because: %s (age=%ds)", self.ident, err.message, age)
         self.closed = True
         self.app.metrics.registry.ids.pop(self, None)
         move_server(self, SERVER_CLOSED)

@@ -335,11 +335,16 @@ class Pool:
             self.grow()
 
     def _refuse(self, client: ClientConn) -> None:
-        """Tell a new client the last failure (PgBouncer's words); start the next attempt if
-        it is due, as no client may be waiting to bring it about."""
-        cached = self.last_login_error.message if self.last_login_error else "none"
-        client.fatal(ClientFatal(f"server login has been failing, cached error: {cached} "
-                                 "(server_login_retry)"))
+        err = self.last_login_error
+        if err is not None:
+            # PgBouncer's words, with the server's own reason from the last attempt.
+            client.fatal(ClientFatal(f"server login has been failing, cached error: "
+                                     f"{err.message} (server_login_retry)",
+                                     sqlstate=err.sqlstate))
+        else:
+            client.fatal(ClientFatal(
+                "server login has been failing, try again later (server_login_retry)"))
+        # No client may be waiting to bring the next attempt about: this one does.
         if self.try_open():
             self.open_server()
 
