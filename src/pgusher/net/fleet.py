@@ -286,8 +286,13 @@ class Fleet:
 
     def __init__(self, app: Application) -> None:
         self.app = app
-        self.instance = f"{socket.gethostname()}:{app.config.settings.listen_port}:{os.getpid()}"
         self.databases: dict[str, FleetDatabase] = {}
+
+    @property
+    def instance(self) -> str:
+        """This member's name. Read when used, not when made: the application is built
+        before the workers fork, and each worker is a member of its own."""
+        return f"{socket.gethostname()}:{self.app.config.settings.listen_port}:{os.getpid()}"
 
     def of(self, pool: Pool) -> FleetDatabase:
         found = self.databases.get(pool.target.dbname)
