@@ -2,7 +2,7 @@
 """Many sidecars against one small database, with and without a fleet budget.
 
     python bench/fleet.py [--instances 50] [--clients 50] [--db-limit 100] [--budget 90]
-                          [--seconds 20] [--pool-size 20] [--no-chart]
+                          [--seconds 20] [--pool-size 20] [--no-chart] [--redraw JSON]
 
 The autoscaled API of docs/FLEET.md shrunk to one machine: ``--instances`` pgusher processes,
 each with its own pgbench of ``--clients`` clients (transaction mode, a transaction that
@@ -17,16 +17,17 @@ connections of the pooled role. Two runs, the same instances and load each time:
 Each member of a fleet also keeps one coordination connection to the database, outside the
 budget (docs/FLEET.md, Limits), so the database's limit is raised by one per instance in
 *both* runs (``ALTER DATABASE ... CONNECTION LIMIT``, which the superuser sampling the server
-is exempt from): the pools share ``--db-limit``, and the run without a fleet gets the same
-room for its servers.
+is exempt from): with the fleet, the pools share ``--db-limit`` (the budget below it); the
+run without a fleet has the same limit, all of it for its pools' servers.
 
 Reported per run: tps (the pgbench runs added up), p50/p99 latency (from pgbench's
 per-transaction logs, a sample of them; bench/latency.py), failed transactions and aborted
 clients (and the clients of an instance whose pgbench could not even start, because the
 login of its first client was refused), the peak of server connections the pools held
 (pg_stat_activity sampled every 100 ms, the coordination connections left out by their last
-query) and of all connections of the role, and the spread of the shares: per-instance tps (min / median / max) and, with
-the fleet, the grants in the claims table sampled during the run. Figures go to
+query) and of all connections of the role, and the spread of the shares: per-instance tps
+(min / median / max) and, with the fleet, the claims (demand, grant, live) in the table,
+sampled every 500 ms and shown at the moment the most members had demand. Figures go to
 bench/results/fleet.json, the chart to bench/results/fleet.png (matplotlib, the ``bench``
 extra).
 """
@@ -159,7 +160,10 @@ def one_run(pg: PgCluster, args: argparse.Namespace, fleet: bool, script: str,
     lat = latency.from_logs(logdir)
     refused = args.clients * sum(1 for r in results if r.tps is None)
     per_instance = sorted(r.tps or 0.0 for r in results)
-    middle = sampler.grants[len(sampler.grants) // 2] if sampler.grants else []
+    # The pgbench runs start and end at different times (their clients log in through busy
+    # poolers): the claims are shown at the moment the most members had demand.
+    loaded = max(sampler.grants, key=lambda rows: (sum(1 for r in rows if r[0] > 0),
+                                                   sum(r[0] for r in rows)), default=[])
     out = {
         "name": name, "instances": args.instances, "clients_per_instance": args.clients,
         "tps": round(sum(per_instance), 1),
@@ -178,10 +182,14 @@ def one_run(pg: PgCluster, args: argparse.Namespace, fleet: bool, script: str,
         "instance_tps_min_median_max": [round(per_instance[0], 1),
                                         round(statistics.median(per_instance), 1),
                                         round(per_instance[-1], 1)],
-        "claims_mid_run": middle,  # [demand, granted, live] per member
-        "grant_min_max_mid_run": [middle[0][1], middle[-1][1]] if middle else [],
+        "claims_under_load": loaded,  # [demand, granted, live] per member
+        "members_with_demand_under_load": sum(1 for r in loaded if r[0] > 0),
+        "grant_min_max_under_load": [loaded[0][1], loaded[-1][1]] if loaded else [],
+        "claim_samples": [[sum(1 for r in rows if r[0] > 0), min(r[1] for r in rows),
+                           max(r[1] for r in rows)] for rows in sampler.grants],
     }
-    log(f"{name}: {json.dumps({k: v for k, v in out.items() if k != 'instance_tps'})}")
+    brief = {k: v for k, v in out.items() if k not in ("instance_tps", "claim_samples")}
+    log(f"{name}: {json.dumps(brief)}")
     return out
 
 
@@ -203,10 +211,11 @@ def draw(result: dict[str, Any], path: Path) -> None:
         ax.bar(names, values, color=colours)
         ax.set_title(label)
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:g}", ha="center", va="bottom")
+            ax.text(i, v, f"{v:.0f}", ha="center", va="bottom")
         if key == "peak_server_connections":
-            ax.axhline(result["db_limit"], color="#d1242f", linestyle="--",
-                       label=f"database limit for the pools ({result['db_limit']})")
+            ax.axhline(result["database_connection_limit"], color="#d1242f", linestyle="--",
+                       label=f"database CONNECTION LIMIT ({result['db_limit']} + 1 per "
+                             "instance)")
             ax.axhline(result["budget"], color="#1f77b4", linestyle=":",
                        label=f"fleet budget ({result['budget']})")
             ax.legend(loc="lower right", fontsize=8)
@@ -216,11 +225,12 @@ def draw(result: dict[str, Any], path: Path) -> None:
     ax.set_title("tps per instance (sorted)")
     ax.legend(fontsize=8)
     ax = axes.flat[5]
-    grants = [r for r in runs if r["claims_mid_run"]]
+    grants = [r for r in runs if r["claims_under_load"]]
     if grants:
-        g = [row[1] for row in grants[0]["claims_mid_run"]]
+        g = [row[1] for row in grants[0]["claims_under_load"]]
         ax.bar(range(len(g)), g, color="#1f77b4")
-        ax.set_title("fleet: grant per instance, mid-run")
+        ax.set_title("fleet: grants in the table (sorted)\n"
+                     "at the sample where most members had demand", fontsize=10)
     else:
         ax.axis("off")
     fig.suptitle(f"{result['instances']} pgusher instances x {result['clients']} clients, "
@@ -241,11 +251,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "fleet.json")
     p.add_argument("--no-chart", dest="chart", action="store_false")
+    p.add_argument("--redraw", type=Path, metavar="JSON",
+                   help="only draw the chart again from a results file")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.redraw:
+        draw(json.loads(args.redraw.read_text()), args.redraw.with_suffix(".png"))
+        return 0
     raise_nofile_limit()
     if find_bindir() is None:
         log("PostgreSQL server binaries not found (install postgresql-15 or set PG_BINDIR)")
