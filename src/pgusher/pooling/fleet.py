@@ -5,8 +5,9 @@ server connections (``fleet_max_db_connections``). They coordinate through the P
 server they already use, in a small table of claims (net/fleet.py runs the queries): one
 row per process and database with its *demand* (servers in use plus clients waiting, the
 most seen since its last check, or the floor when idle), its *grant* (servers it may hold),
-the servers it holds (*live*) and a heartbeat. A process changes its own row only inside a transaction that holds an advisory
-lock for the fleet and database, so the claims are read and written one process at a time.
+the servers it holds (*live*) and a heartbeat. A process changes its own row only inside a
+transaction that holds an advisory lock for the fleet and database, so the claims are read
+and written one process at a time.
 
 What a process may claim there (:func:`claim`):
 
