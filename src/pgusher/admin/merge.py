@@ -136,7 +136,10 @@ def _fold_totals(groups: dict[tuple[str | None, ...], list[Row]],
 
 
 # Families whose samples are settings or extremes, not amounts: the largest value wins.
-_PROM_LARGEST = frozenset({"pgusher_info", "pgusher_paused", "pgusher_client_wait_seconds_max",
+_PROM_LARGEST = frozenset({"pgusher_fleet_budget_connections", "pgusher_fleet_members",
+                           "pgusher_fleet_granted_connections",
+                           "pgusher_fleet_heartbeat_age_seconds", "pgusher_info",
+                           "pgusher_paused", "pgusher_client_wait_seconds_max",
                            "pgusher_pool_maxwait_seconds", "pgusher_pool_size",
                            "pgusher_database_max_connections", "pgusher_database_pool_size",
                            "pgusher_database_paused", "pgusher_database_disabled",
@@ -215,6 +218,7 @@ def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for key, value in snap.get("failures", {}).items():
             failures[key] = failures.get(key, 0) + value
     out["failures"] = failures
+    out["fleet"] = _merge_fleet(snapshots)
     out["history"] = _merge_history([s["history"] for s in snapshots if "history" in s])
     per_worker: dict[str, list[float]] = {}
     for snap in snapshots:
@@ -227,6 +231,18 @@ def merge_snapshot(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
                              else sum(values))
                        for key, values in per_worker.items()}
     return out
+
+
+def _merge_fleet(snapshots: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every worker is a member of its own: each member once, from its own worker's
+    snapshot where there is one (the freshest figures), else as another worker read it."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for snap in snapshots:
+        for row in snap.get("fleet", []):
+            key = (row["database"], row["instance"])
+            if key not in rows or (row["self"] and not rows[key]["self"]):
+                rows[key] = row
+    return sorted(rows.values(), key=lambda r: (r["database"], r["instance"]))
 
 
 def _merge_history(histories: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Application and user names come from clients, so they are only ever set as text,
 markup. The 15 minutes of history come with the snapshot (metrics/history.py keeps them in
 the pooler), so a page opened now shows the recent past at once; sparklines are inline SVG.
 The layout is a grid that puts databases and pools beside the applications on a wide
-window and below them on a narrow one; tables take the width of their column.
+window and below them on a narrow one; tables take the width of their column. A process in
+a fleet also shows its members (SHOW FLEET's rows) below.
 """
 
 PAGE = r"""<!doctype html>
@@ -38,6 +39,7 @@ PAGE = r"""<!doctype html>
    #databases-panel { grid-column: 1; grid-row: 1; }
    #pools-panel { grid-column: 1; grid-row: 2; }
    #applications-panel { grid-column: 2; grid-row: 1 / span 2; }
+   #fleet-panel { grid-column: 1 / span 2; grid-row: 3; }
  }
  .panel { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; padding: .7em;
           overflow-x: auto; align-self: start; }
@@ -90,6 +92,12 @@ PAGE = r"""<!doctype html>
   <th class="name">databases</th><th class="name">users</th><th>clients</th><th>peak</th>
   <th>waiting</th><th>servers</th><th>xact/s</th><th>xact time (s)</th><th>queries</th>
   <th class="name">history</th></tr></thead><tbody></tbody></table></section>
+ <section class="panel" id="fleet-panel" hidden><h2>Fleet <span class="legend">members
+  sharing a budget of server connections per database, as this pooler last read them</span>
+  </h2>
+  <table id="fleet"><thead><tr><th class="name">database</th><th class="name">member</th>
+  <th>demand</th><th>share</th><th>grant / budget</th><th>live</th><th>heartbeat age (s)</th>
+  </tr></thead><tbody></tbody></table></section>
 </main>
 <script>
 "use strict";
@@ -275,6 +283,17 @@ function render(s) {
     const w = series(ring, "waiting", a.clients_waiting);
     spark(row, x, w, "transactions/s: max " + Math.max(...x).toFixed(1) +
           "; clients waiting: max " + Math.max(...w));
+  });
+  const fleet = s.fleet || [];
+  document.getElementById("fleet-panel").hidden = fleet.length === 0;
+  fill("fleet", fleet, (row, m) => {
+    cell(row, m.database, "name");
+    cell(row, m.instance + (m.self ? " (this pooler)" : ""), "name");
+    cell(row, m.demand, m.demand > m.granted ? "waiting" : "");
+    cell(row, m.share < 0 ? "-" : m.share);
+    bar(cell(row, m.granted + " / " + m.budget), m.budget > 0 ? m.granted / m.budget : 0,
+        m.demand > m.granted);
+    cell(row, m.live); cell(row, Number(m.heartbeat_age).toFixed(1));
   });
 }
 async function refresh() {

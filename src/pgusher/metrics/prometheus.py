@@ -154,6 +154,7 @@ def render(app: Application) -> str:
     lines += _histogram_lines(counters)
     lines += _database_lines(app, (p for p, _ in pools))
     lines += _event_lines(app)
+    lines += _fleet_lines(app)
     settings = app.config.settings
     lines += family("pgusher_config_max_client_connections", "gauge",
                     "max_client_conn: client connections the pooler accepts.",
@@ -301,4 +302,39 @@ def _event_lines(app: Application) -> list[str]:
     lines += family("pgusher_query_wait_timeouts_total", "counter",
                     "Clients disconnected after waiting query_wait_timeout for a server.",
                     [({"database": d}, n) for d, n in sorted(events.wait_timeouts.items())])
+    return lines
+
+
+# The fleet (net/fleet.py), per database: this member's own figures, and the fleet as this
+# member last read its claims. Empty families when the process is in no fleet.
+_FLEET_FAMILIES: list[tuple[str, str]] = [
+    ("pgusher_fleet_budget_connections",
+     "fleet_max_db_connections: server connections the whole fleet may hold."),
+    ("pgusher_fleet_members", "Members of the fleet with a live claim, this one included."),
+    ("pgusher_fleet_demand_connections",
+     "This member's demand: servers in use plus clients waiting (at most its pool sizes)."),
+    ("pgusher_fleet_share_connections", "This member's max-min fair share of the budget."),
+    ("pgusher_fleet_grant_connections", "Server connections this member may hold now."),
+    ("pgusher_fleet_live_connections", "Server connections this member holds now."),
+    ("pgusher_fleet_granted_connections",
+     "Grants of the whole fleet added up (the others' as last read)."),
+    ("pgusher_fleet_heartbeat_age_seconds", "Seconds since this member last wrote its claim."),
+]
+
+
+def _fleet_lines(app: Application) -> list[str]:
+    fleet = app.fleet
+    members = sorted(fleet.databases.items()) if fleet is not None else []
+    values: dict[str, list[Sample]] = {name: [] for name, _ in _FLEET_FAMILIES}
+    now = app.loop.time()
+    for database, m in members:
+        labels = {"database": database}
+        figures = [app.config.pgusher.fleet_max_db_connections, 1 + len(m.members), m.demand,
+                   m.share, m.grant, m.live(), m.grant + sum(o.granted for o in m.members),
+                   round(now - m.last_write, 3) if m.last_write else -1]
+        for (name, _), value in zip(_FLEET_FAMILIES, figures, strict=True):
+            values[name].append((labels, value))
+    lines: list[str] = []
+    for name, help_text in _FLEET_FAMILIES:
+        lines += family(name, "gauge", help_text, values[name])
     return lines

@@ -184,8 +184,25 @@ def json_snapshot(app: Application) -> dict[str, Any]:
         "averages": registry.averages_of(""),
         "databases": databases,
         "failures": _failures(app),
+        "fleet": _fleet(app),
         "history": app.metrics.history.to_json(shown),
     }
+
+
+_FLEET_KEYS = ("database", "instance", "demand", "share", "granted", "live",
+               "heartbeat_age", "budget")
+
+
+def _fleet(app: Application) -> list[dict[str, Any]]:
+    """SHOW FLEET's rows, this member's first in each database (``self``)."""
+    fleet = app.fleet
+    if fleet is None:
+        return []
+    out = []
+    for name in sorted(fleet.databases):
+        for i, row in enumerate(fleet.databases[name].rows()):
+            out.append(dict(zip(_FLEET_KEYS, row, strict=True)) | {"self": i == 0})
+    return out
 
 
 def _failures(app: Application) -> dict[str, int]:

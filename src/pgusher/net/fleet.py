@@ -3,7 +3,8 @@
 Strategy: for every database it serves, a process of the fleet keeps one coordination
 connection of its own to that database (outside the pools, like the auth_query and listening
 connections), logged in as the first pool's user, and every ``fleet_check_interval`` (sooner
-when clients wait for a server the grant does not allow) runs one check, in two round trips:
+when clients wait for a server the grant does not allow while it is below the fair share,
+but not sooner than half an interval after the last) runs one check, in two round trips:
 
 1. ``BEGIN``, the fleet's advisory lock for the database, deleting the rows whose heartbeat
    is older than ``fleet_lease_timeout``, reading the other members' rows;
@@ -131,6 +132,9 @@ class FleetDatabase:
         self.grant = 0
         self.share = 0
         self.demand = 0
+        # The largest demand seen since the last check: a check's own moment may find every
+        # client between two transactions (a busy client machine), not the load.
+        self.demand_seen = 0
         self.members: list[Member] = []  # the others, as last read
         self.last_write = 0.0  # loop time of the last committed row
         self.conn: ControlConn | None = None
@@ -153,8 +157,13 @@ class FleetDatabase:
         return self.live() > self.grant
 
     def wanted(self) -> None:
-        """A client waits for a server the grant does not allow: check now."""
-        self.wake.set()
+        """A client waits for a server the grant does not allow: check now, unless the grant
+        is already the whole fair share. Then another check could only find the same, and
+        with many members each asking again and again the advisory lock would be held
+        without pause; the periodic check sees a change of the others' demand."""
+        self.demand_seen = max(self.demand_seen, self._demand())
+        if self.grant < self.share or not self.last_write:
+            self.wake.set()
 
     def _demand(self) -> int:
         busy = waiting = limit = 0
@@ -169,6 +178,7 @@ class FleetDatabase:
     async def _loop(self) -> None:
         settings = self.app.config.pgusher
         while True:
+            started = self.app.loop.time()
             try:
                 await self._check()
             except (ServerError, ValueError) as exc:
@@ -185,8 +195,11 @@ class FleetDatabase:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), settings.fleet_check_interval)
-            # Several clients asking at once: one check for all of them.
-            await asyncio.sleep(0.005)
+            # Brought forward by waiting clients: one check for all of them, and no sooner
+            # than half an interval after the last, so that many members short of their
+            # share do not keep the fleet's lock taken between them.
+            await asyncio.sleep(max(0.005, settings.fleet_check_interval / 2
+                                    - (self.app.loop.time() - started)))
 
     async def _check(self) -> None:
         settings = self.app.config.pgusher
@@ -226,7 +239,8 @@ class FleetDatabase:
         others = [Member(str(r[0]), int(r[1] or 0), int(r[2] or 0), int(r[3] or 0),
                          float(r[4] or 0))
                   for r in read.rows if len(r) == 5]
-        demand = self._demand()
+        demand = max(self._demand(), self.demand_seen)
+        self.demand_seen = 0
         live = self.live()
         grant, share = claim(settings.fleet_max_db_connections, self.fleet.instance, demand,
                              live, others, settings.fleet_min_share)
@@ -286,8 +300,13 @@ class Fleet:
 
     def __init__(self, app: Application) -> None:
         self.app = app
-        self.instance = f"{socket.gethostname()}:{app.config.settings.listen_port}:{os.getpid()}"
         self.databases: dict[str, FleetDatabase] = {}
+
+    @property
+    def instance(self) -> str:
+        """This member's name. Read when used, not when made: the application is built
+        before the workers fork, and each worker is a member of its own."""
+        return f"{socket.gethostname()}:{self.app.config.settings.listen_port}:{os.getpid()}"
 
     def of(self, pool: Pool) -> FleetDatabase:
         found = self.databases.get(pool.target.dbname)

@@ -3,10 +3,11 @@
 Strategy: pgusher processes that name the same fleet share, for each database, a budget of
 server connections (``fleet_max_db_connections``). They coordinate through the PostgreSQL
 server they already use, in a small table of claims (net/fleet.py runs the queries): one
-row per process and database with its *demand* (servers in use plus clients waiting, or the
-floor when idle), its *grant* (servers it may hold), the servers it holds (*live*) and a
-heartbeat. A process changes its own row only inside a transaction that holds an advisory
-lock for the fleet and database, so the claims are read and written one process at a time.
+row per process and database with its *demand* (servers in use plus clients waiting, the
+most seen since its last check, or the floor when idle), its *grant* (servers it may hold),
+the servers it holds (*live*) and a heartbeat. A process changes its own row only inside a
+transaction that holds an advisory lock for the fleet and database, so the claims are read
+and written one process at a time.
 
 What a process may claim there (:func:`claim`):
 
