@@ -16,7 +16,6 @@ replies for is let go once that work is answered.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import socket
 import struct
@@ -85,9 +84,6 @@ _INT32_FROM = m.INT32.unpack_from
 _PENDING_LIMIT = 256 * 1024
 
 
-
-# The welcome repeats the same few parameter values for every login: encode each once.
-_parameter_status = functools.lru_cache(maxsize=4096)(m.parameter_status)
 
 class ClientConn(ClientLink, ClientLogin):
     __slots__ = (
@@ -380,54 +376,6 @@ class ClientConn(ClientLink, ClientLogin):
             self.transport = self.flow.transport = _GONE
             return
         self.close("client unexpected eof")
-
-    def finish_login(self, welcome: dict[str, str]) -> None:
-        """The pool knows its server's parameters: send the welcome and go live.
-
-        In session mode the client keeps one server for good, so when the pool can give one
-        at once (an idle one, or room to open one) and peering does not need the process id
-        to route cancels, that server is linked first and its real process id goes in the
-        welcome. A login never queues behind other clients for it: with the pool full the
-        welcome goes out as in the other modes, and the server is linked at the first query."""
-        if self.closed:
-            return
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
-        tracked = self.app.tracked_params
-        shown = dict(welcome)
-        shown.update(self.startup_params)
-        self.params = {canon: shown[canon] for canon in tracked.values() if canon in shown}
-        pool = self.pool
-        self.translating = pool is not None and pool.mode != SESSION
-        self.stats = self.app.metrics.login(self)
-        if (pool is not None and pool.mode == SESSION and self.app.config.pgusher.session_real_pid
-                and not self.app.config.settings.peer_id and pool.serves_at_once(self)):
-            self.welcome = shown
-            pool.request(self)
-            return
-        self.send_welcome(shown, 0)
-        self.take_early()
-
-    def send_welcome(self, shown: dict[str, str], real_pid: int) -> None:
-        self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self, real_pid)
-        out = [m.AUTH_OK_MSG] if self.state == LOGIN_WAIT else []
-        out += [_parameter_status(k, v) for k, v in shown.items()]
-        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
-        notice = self.app.config.settings.login_notify_message
-        if notice:
-            out.append(m.notice_response(notice))
-        out.append(m.READY_IDLE)
-        self.transport.write(b"".join(out))
-        move_client(self, READY)
-        if self.app.config.settings.log_connections:
-            log.debug("%s login ok", self.prefix())
-
-    def take_early(self) -> None:
-        """Messages that came behind the login, before the welcome: handle them now."""
-        early = self._reader.take_rest()
-        if early:
-            self.data_received(early)
 
     # ------------------------------------------------------------------ linking
 

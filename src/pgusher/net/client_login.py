@@ -13,6 +13,7 @@ from the reader what the client sent before its welcome.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import struct
@@ -23,7 +24,16 @@ from ..auth.md5 import md5_check, md5_password_hash
 from ..auth.scram import ScramServer, is_scram_secret, make_scram_secret, parse_scram_secret
 from ..errors import AuthError, ClientFatal, PgusherError, ProtocolError
 from ..log import log
-from ..pooling.states import AUTH, CANCEL, LOGIN_WAIT, STARTUP, ClientState, move_client
+from ..pooling.states import (
+    AUTH,
+    CANCEL,
+    LOGIN_WAIT,
+    READY,
+    SESSION,
+    STARTUP,
+    ClientState,
+    move_client,
+)
 from ..protocol import messages as m
 from ..protocol.encodings import canonical_encoding
 from ..protocol.reader import MessageReader
@@ -33,11 +43,15 @@ from .server_conn import sql_literal
 
 if TYPE_CHECKING:
     from ..app import Application
+    from ..metrics.counters import Counters
     from ..pooling.pool import Pool
     from .client_conn import ClientConn
 
 # The longest password or SASL message a client may send (PostgreSQL's own bound for them).
 MAX_AUTH_MESSAGE = 65536
+
+# The welcome repeats the same few parameter values for every login: encode each once.
+_parameter_status = functools.lru_cache(maxsize=4096)(m.parameter_status)
 
 
 class ClientLogin(asyncio.Protocol):
@@ -68,7 +82,14 @@ class ClientLogin(asyncio.Protocol):
         prefix: Callable[[], str]
         fatal: Callable[..., None]
         close: Callable[..., None]
-        finish_login: Callable[[dict[str, str]], None]
+        closed: bool
+        _login_timer: asyncio.TimerHandle | None
+        params: dict[str, str]
+        translating: bool
+        stats: Counters
+        welcome: dict[str, str] | None
+        cancel_pid: int
+        cancel_key: int
 
     # True on a worker's private socket, where only siblings connect: for cancel requests
     # and for console questions that are answered for this worker alone.
@@ -376,3 +397,53 @@ class ClientLogin(asyncio.Protocol):
         client_auth.logged_in(self.conn, pool, self._login_secret)
         self._login_secret = None
         pool.request_welcome(self.conn)
+
+    # ------------------------------------------------------------------ the welcome
+
+    def finish_login(self, welcome: dict[str, str]) -> None:
+        """The pool knows its server's parameters: send the welcome and go live.
+
+        In session mode the client keeps one server for good, so when the pool can give one
+        at once (an idle one, or room to open one) and peering does not need the process id
+        to route cancels, that server is linked first and its real process id goes in the
+        welcome. A login never queues behind other clients for it: with the pool full the
+        welcome goes out as in the other modes, and the server is linked at the first query."""
+        if self.closed:
+            return
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        tracked = self.app.tracked_params
+        shown = dict(welcome)
+        shown.update(self.startup_params)
+        self.params = {canon: shown[canon] for canon in tracked.values() if canon in shown}
+        pool = self.pool
+        self.translating = pool is not None and pool.mode != SESSION
+        self.stats = self.app.metrics.login(self.conn)
+        if (pool is not None and pool.mode == SESSION and self.app.config.pgusher.session_real_pid
+                and not self.app.config.settings.peer_id and pool.serves_at_once(self.conn)):
+            self.welcome = shown
+            pool.request(self.conn)
+            return
+        self.send_welcome(shown, 0)
+        self.take_early()
+
+    def send_welcome(self, shown: dict[str, str], real_pid: int) -> None:
+        self.cancel_pid, self.cancel_key = self.app.register_cancel_key(self.conn, real_pid)
+        out = [m.AUTH_OK_MSG] if self.state == LOGIN_WAIT else []
+        out += [_parameter_status(k, v) for k, v in shown.items()]
+        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
+        notice = self.app.config.settings.login_notify_message
+        if notice:
+            out.append(m.notice_response(notice))
+        out.append(m.READY_IDLE)
+        self.transport.write(b"".join(out))
+        move_client(self, READY)
+        if self.app.config.settings.log_connections:
+            log.debug("%s login ok", self.prefix())
+
+    def take_early(self) -> None:
+        """Messages that came behind the login, before the welcome: handle them now."""
+        early = self._reader.take_rest()
+        if early:
+            self.data_received(early)
