@@ -120,13 +120,15 @@ def test_entrypoint_from_environment(pg: PgCluster, rundir: Path) -> None:
         assert userlist.stat().st_mode & 0o777 == 0o600
         assert f"auth_file = {userlist}" in (rundir / "pgusher.ini").read_text()
         health = entrypoint(env, "--health")
-        assert health.wait(30) == 0, health.communicate()[0]
+        said, _ = health.communicate(timeout=30)
+        assert health.returncode == 0, said
         proc.send_signal(signal.SIGTERM)  # docker stop: no client left, so it exits
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
         assert "got SIGTERM" in out and "Traceback" not in out
         down = entrypoint(env, "--health")  # nothing answers now: unhealthy
-        assert down.wait(30) == 1
+        said, _ = down.communicate(timeout=30)
+        assert down.returncode == 1 and said.startswith("unhealthy: "), said
     finally:
         if proc.poll() is None:
             proc.kill()
