@@ -50,9 +50,12 @@ def test_dockerfile_runs_unprivileged_with_a_healthcheck() -> None:
     assert re.search(r"^HEALTHCHECK .*\n?.*pgusher\.container.*--health", text, re.M)
     assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.M)
     assert re.search(r'^ENTRYPOINT \["python", "-m", "pgusher\.container"\]$', text, re.M)
+    ignored = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for path in source.split():
             assert (REPO_ROOT / path).exists(), path  # the build context has what it copies
+            assert path not in ignored, path
 
 
 def test_compose_file() -> None:
