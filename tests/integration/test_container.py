@@ -50,9 +50,12 @@ def test_dockerfile_runs_unprivileged_with_a_healthcheck() -> None:
     assert re.search(r"^HEALTHCHECK .*\n?.*pgusher\.container.*--health", text, re.M)
     assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.M)
     assert re.search(r'^ENTRYPOINT \["python", "-m", "pgusher\.container"\]$', text, re.M)
+    ignored = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for path in source.split():
             assert (REPO_ROOT / path).exists(), path  # the build context has what it copies
+            assert path not in ignored, path
 
 
 def test_compose_file() -> None:
@@ -120,13 +123,15 @@ def test_entrypoint_from_environment(pg: PgCluster, rundir: Path) -> None:
         assert userlist.stat().st_mode & 0o777 == 0o600
         assert f"auth_file = {userlist}" in (rundir / "pgusher.ini").read_text()
         health = entrypoint(env, "--health")
-        assert health.wait(30) == 0, health.communicate()[0]
+        said, _ = health.communicate(timeout=30)
+        assert health.returncode == 0, said
         proc.send_signal(signal.SIGTERM)  # docker stop: no client left, so it exits
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
         assert "got SIGTERM" in out and "Traceback" not in out
         down = entrypoint(env, "--health")  # nothing answers now: unhealthy
-        assert down.wait(30) == 1
+        said, _ = down.communicate(timeout=30)
+        assert down.returncode == 1 and said.startswith("unhealthy: "), said
     finally:
         if proc.poll() is None:
             proc.kill()
