@@ -157,3 +157,17 @@ def test_server_tls_change_forgets_a_failed_login(tls_pg: PgCluster, pooler: Poo
     with psycopg.connect(proc.dsn("scram_user")) as conn:
         assert conn.execute("select ssl from pg_stat_ssl "
                             "where pid = pg_backend_pid()").fetchone() == (True,)
+
+
+def test_server_mode_stays_with_the_contexts_in_force(pg: PgCluster, pooler: PoolerFactory,
+                                                      pki: Pki) -> None:
+    """A server_tls_sslmode SET whose contexts cannot be built changes nothing in force:
+    servers are still reached as before."""
+    proc = start_console(pooler, server_tls_sslmode="disable",
+                         server_tls_cert_file="/nonexistent/client.crt")
+    notices = set_values(proc, {"server_tls_sslmode": "require"})
+    assert notices == ["TLS settings could not be applied, still using old configuration"]
+    with psycopg.connect(proc.dsn("scram_user"), autocommit=True) as conn:
+        assert conn.execute("select ssl from pg_stat_ssl "
+                            "where pid = pg_backend_pid()").fetchone() == (False,)
+    assert "obsolete connection" not in proc.log_text()

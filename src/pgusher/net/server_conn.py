@@ -159,8 +159,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
                     app.loop.create_unix_connection(lambda: self, self.addr[5:]), timeout)
             else:
                 await asyncio.wait_for(connect_server(app.loop, self, self._host, self._port,
-                                                      app.config.settings, app.tls.server),
-                                       timeout)
+                                                      app.tls), timeout)
         except ServerError as exc:  # TLS refused or failed where the mode forbids plain text
             self._connect_failed(exc.message, exc)
         except (OSError, TimeoutError) as exc:

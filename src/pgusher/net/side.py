@@ -34,8 +34,8 @@ async def connect_to(app: Application, protocol: asyncio.Protocol, target: DbTar
         await asyncio.wait_for(app.loop.create_unix_connection(
             lambda: protocol, f"{directory}/.s.PGSQL.{port}"), timeout)
     else:
-        await asyncio.wait_for(connect_server(app.loop, protocol, host, port, s,
-                                              app.tls.server), timeout)
+        await asyncio.wait_for(connect_server(app.loop, protocol, host, port, app.tls),
+                               timeout)
 
 
 def pool_login(app: Application, pool: Pool, who: str) -> ServerLogin:

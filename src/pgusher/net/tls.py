@@ -79,6 +79,11 @@ class TlsContexts:
     server: ssl.SSLContext | None
     server_key: tuple[object, ...] = ()
 
+    @property
+    def server_mode(self) -> str:
+        """The server_tls_sslmode the server context was built for."""
+        return str(self.server_key[0]) if self.server_key else "prefer"
+
 
 def _protocol_range(text: str, key: str) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
     names: list[str] = []
@@ -387,14 +392,15 @@ class _SslAnswer(asyncio.Protocol):
 
 
 async def connect_server(loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol,
-                         host: str, port: int, settings: Settings,
-                         ctx: ssl.SSLContext | None) -> None:
-    """Connect ``protocol`` to host:port, with TLS as server_tls_sslmode says.
+                         host: str, port: int, tls: TlsContexts) -> None:
+    """Connect ``protocol`` to host:port, with TLS as the server_tls_sslmode the contexts
+    were built with says (a console SET whose contexts could not be built changes nothing).
 
     ``protocol.connection_made`` is called with the transport to use. Raises OSError when the
     server cannot be reached and ServerError when TLS fails in a way the mode forbids.
     """
-    mode = settings.server_tls_sslmode
+    mode = tls.server_mode
+    ctx = tls.server
     if ctx is None:
         await loop.create_connection(lambda: protocol, host, port)
         return
