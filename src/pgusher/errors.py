@@ -72,12 +72,16 @@ class ServerError(PgusherError):
 
     ``transient``: the server is there but not taking connections for now (refused, reset,
     timed out, shutting down or starting up, too many clients), as during a restart; a
-    wrong password, an unknown database or a TLS mismatch is not.
+    wrong password, an unknown database or a TLS mismatch is not. ``unreachable``: no
+    connection came about at all (refused, unreachable, timed out); as PgBouncer, the
+    waiting clients stay queued for the next attempt.
     """
 
     sqlstate = "08006"
 
     def __init__(self, message: str, *, sqlstate: str | None = None,
-                 severity: str | None = None, transient: bool = False) -> None:
+                 severity: str | None = None, transient: bool = False,
+                 unreachable: bool = False) -> None:
         super().__init__(message, sqlstate=sqlstate, severity=severity)
-        self.transient = transient
+        self.transient = transient or unreachable
+        self.unreachable = unreachable

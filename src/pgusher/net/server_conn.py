@@ -163,9 +163,10 @@ class ServerConn(ServerSession, asyncio.Protocol):
         except ServerError as exc:  # TLS refused or failed where the mode forbids plain text
             self._connect_failed(exc.message, exc)
         except (OSError, TimeoutError) as exc:
-            reason = str(exc) or exc.__class__.__name__
-            self._connect_failed(f"connect failed: {reason}",
-                                 ServerError("pgusher cannot connect to server", transient=True))
+            reason = ("connect timeout" if isinstance(exc, TimeoutError)
+                      else f"connect failed: {exc or exc.__class__.__name__}")
+            self._connect_failed(reason, ServerError("pgusher cannot connect to server",
+                                                     unreachable=True))
 
     def _connect_failed(self, reason: str, error: ServerError) -> None:
         if self.closed:
@@ -203,8 +204,7 @@ class ServerConn(ServerSession, asyncio.Protocol):
     def _login_timeout(self) -> None:
         self._login_timer = None
         if self.state == LOGIN:
-            self._fail_login(ServerError("server login timed out (server_connect_timeout)",
-                                         transient=True))
+            self._fail_login(ServerError("connect timeout", unreachable=True))
 
     def _login_data(self, data: bytes) -> None:
         login = self._login

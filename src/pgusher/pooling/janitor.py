@@ -36,9 +36,11 @@ def _wait_timeouts(app: Application, pool: Pool, now: float) -> None:
     [users] entry's, then the [databases] entry's, then the global value), all counted from
     when the client began to wait."""
     notify = app.config.settings.query_wait_notify
-    for client in list(pool.waiting):
-        age = now - client.wait_started
-        if notify > 0 and age >= notify and not client.wait_notified:
+    for client in [*pool.login_waiters, *pool.waiting]:
+        # A login waiter (held while the server cannot be reached) waits since it came.
+        waiting = client.waiting
+        age = now - (client.wait_started if waiting else client.connected_at)
+        if notify > 0 and age >= notify and waiting and not client.wait_notified:
             # Nothing is on its way to a waiting client: a notice fits between messages.
             client.wait_notified = True
             client.transport.write(WAIT_NOTICE)
@@ -94,9 +96,12 @@ def tick(app: Application) -> None:
             _idle_pools(app, now)
     for pool in list(app.pools.values()):
         # Waiting clients: the wait timeouts, and the reserve pool after reserve_pool_timeout.
+        if pool.login_waiters:
+            _wait_timeouts(app, pool, now)
         if pool.waiting:
             oldest = pool.waiting[0]
-            _wait_timeouts(app, pool, now)
+            if not pool.login_waiters:
+                _wait_timeouts(app, pool, now)
             if (not pool.reserve_active and app.effective_reserve_size(pool) > 0
                     and now - oldest.wait_started >= s.reserve_pool_timeout):
                 pool.set_reserve(True)

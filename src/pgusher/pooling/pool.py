@@ -387,12 +387,12 @@ class Pool:
     def server_failed(self, server: ServerConn, error: ServerError) -> None:
         """A connection attempt failed (connect or login).
 
-        A server that worked until recently and now refuses connections, or says it is
-        shutting down or starting up, is being restarted: its waiting clients are held, and
-        attempts come quickly at first, then further apart (an eighth of the time logins
-        have failed, from 50 ms up to server_login_retry), so that the pool is back soon after
-        the server is. Any other failure (a server never reached, a wrong password, an
-        unknown database) fails the waiting clients at once, and the next attempt comes after
+        A server that cannot be reached (refused, timed out), or worked until recently and
+        says it is shutting down or starting up: the waiting clients are held (as PgBouncer,
+        until their query_timeout or query_wait_timeout), and attempts come quickly at
+        first, then further apart (an eighth of the time logins have failed, from 50 ms up
+        to server_login_retry). A failed login (a wrong password, an unknown database)
+        fails the waiting clients at once, and the next attempt comes after
         server_login_retry.
         """
         self._take_out(server)
@@ -401,8 +401,8 @@ class Pool:
         retry = self.app.config.settings.server_login_retry
         if not self.failing_since:
             self.failing_since = now
-            self.held = error.transient and (
-                self.total > 0 or now - self.alive_at <= max(retry, _RECENT))
+            self.held = error.unreachable or (error.transient and (
+                self.total > 0 or now - self.alive_at <= max(retry, _RECENT)))
             log.warning("%s server logins failing: %s; %s", self.name, error.message,
                         "clients wait for the server" if self.held
                         else "waiting clients are refused")
