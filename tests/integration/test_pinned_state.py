@@ -153,9 +153,13 @@ def test_metrics_show_who_is_pinned_and_why(pooler: PoolerFactory) -> None:
     owner = connect(proc)
     try:
         owner.execute("select pg_advisory_lock(99)")
-        _, _, body = http_get(f"http://127.0.0.1:{port}/metrics")
-        assert ('pgusher_pool_client_pinned_connections{database="app",user="postgres",'
-                'reason="session advisory lock"} 1') in body
+        # The read-back that pins it runs after the reply: the series comes soon after.
+        series = ('pgusher_pool_client_pinned_connections{database="app",user="postgres",'
+                  'reason="session advisory lock"} 1')
+        deadline = time.monotonic() + 10
+        while series not in http_get(f"http://127.0.0.1:{port}/metrics")[2]:
+            assert time.monotonic() < deadline, "not shown as pinned"
+            time.sleep(0.05)
         owner.execute("select pg_advisory_unlock(99)")
         # The read-back that unpins it runs after the reply: the series goes soon after.
         deadline = time.monotonic() + 10
