@@ -313,6 +313,9 @@ def test_reserve_pool(pg: PgCluster, pooler: PoolerFactory) -> None:
         waited = time.monotonic() - started
     assert 0.4 <= waited < 3
     assert pg.connections(user="postgres", dbname="app") == 2
+    # One line per connection the reserve gave, in PgBouncer's words.
+    logfile = proc.log_text().split("--- stdout", 1)[0]  # the log file, not its echo
+    assert logfile.count("app/postgres taking connection from reserve_pool") == 1
     a.close()
 
 

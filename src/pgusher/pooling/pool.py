@@ -255,6 +255,8 @@ class Pool:
             self.open_server()
 
     def open_server(self) -> None:
+        if self.reserve_active and self.total >= self.app.effective_pool_size(self):
+            log.info("%s taking connection from reserve_pool", self.name)  # PgBouncer's line
         server = self.app.new_server(self)
         self.login.add(server)
         self.app.server_counts.changed(self.db_name, self.user, 1)
