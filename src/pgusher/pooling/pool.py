@@ -297,12 +297,16 @@ class Pool:
 
     def serves_at_once(self, client: ClientConn) -> bool:
         """Whether a client asking now would get a server without queueing behind others
-        or waiting for one to be given back: an idle one, or room to open one."""
+        or waiting for one to be given back: an idle one, or room to open one while none
+        is about to come back."""
         if self.paused or self.waiting:
             return False
         if self.app_limit and _application(client) in self.full_apps():
             return False
-        return bool(self.idle) or (not self.failing_since and self._may_open())
+        # A server being reset (a session just ended) is free in a moment: no new one for
+        # this login, which then goes the usual way.
+        return bool(self.idle) or (not self.tested and not self.failing_since
+                                   and self._may_open())
 
     def request(self, client: ClientConn) -> None:
         """A logged-in client has work and no server: link one now or queue the client."""
