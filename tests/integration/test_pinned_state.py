@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -156,19 +157,23 @@ def test_metrics_show_who_is_pinned_and_why(pooler: PoolerFactory) -> None:
         # The read-back that pins it runs after the reply: the series comes soon after.
         series = ('pgusher_pool_client_pinned_connections{database="app",user="postgres",'
                   'reason="session advisory lock"} 1')
-        deadline = time.monotonic() + 10
-        while series not in http_get(f"http://127.0.0.1:{port}/metrics")[2]:
-            assert time.monotonic() < deadline, "not shown as pinned"
-            time.sleep(0.05)
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: series in http_get(metrics)[2], "not shown as pinned")
         owner.execute("select pg_advisory_unlock(99)")
         # The read-back that unpins it runs after the reply: the series goes soon after.
-        deadline = time.monotonic() + 10
-        while "reason=" in pinned_series(http_get(f"http://127.0.0.1:{port}/metrics")[2]):
-            assert time.monotonic() < deadline, "still pinned after the unlock"
-            time.sleep(0.05)
+        wait_for(lambda: "reason=" not in pinned_series(http_get(metrics)[2]),
+                 "still pinned after the unlock")
     finally:
         owner.close()
 
 
 def pinned_series(body: str) -> str:
     return body.split("pgusher_pool_client_pinned_connections", 1)[1].split("# HELP", 1)[0]
+
+
+def wait_for(done: Callable[[], bool], what: str) -> None:
+    """Poll ``done`` for up to 10 s; fail with ``what`` if it never holds."""
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
